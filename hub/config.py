@@ -1,0 +1,123 @@
+"""Settings → JupyterHub traits. The one place where the hub's configuration is decided.
+
+``jupyterhub_config.py`` calls :func:`configure`; everything shared by the local and Docker
+spawners is set here once, and ``hub.spawner`` picks the spawner class.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from traitlets.config import Config
+
+from .auth import OIDCAuthenticator
+from .settings import Settings
+from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
+from .state import StateDir
+
+PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
+
+
+def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
+    return [asdict(p) for p in settings.profiles]
+
+
+def _dataset_dicts(settings: Settings) -> list[dict[str, Any]]:
+    return [{**asdict(d), "path": str(d.path), "groups": list(d.groups)} for d in settings.datasets]
+
+
+def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The idle-culler hub service and its role, from ``[culler]``."""
+    cull = settings.culler
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={cull.timeout}",
+        f"--cull-every={cull.every}",
+        f"--max-age={cull.max_age}",
+    ]
+    if cull.cull_users:
+        command.append("--cull-users=true")
+    scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+    if cull.cull_users:
+        scopes.append("admin:users")
+    service = {"name": "idle-culler", "command": command}
+    role = {"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]}
+    return service, role
+
+
+def configure(c: Config, settings: Settings) -> None:
+    """Set every JupyterHub trait medhub decides from ``settings``."""
+    state = StateDir(settings.hub.state_dir)
+    state.ensure()
+    hub = settings.hub
+
+    c.JupyterHub.bind_url = hub.public_url + "/"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.hub_port}"
+    c.JupyterHub.db_url = f"sqlite:///{state.database}"
+    c.JupyterHub.cookie_secret_file = str(state.cookie_secret)
+    c.JupyterHub.pid_file = str(state.path / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = hub.cleanup_servers
+    c.JupyterHub.cleanup_proxy = False
+
+    # medhub runs configurable-http-proxy itself (see medhub.processes), so that a hub restart
+    # leaves the proxy and every user's route in place.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.auth_token = os.environ.get(PROXY_TOKEN_ENV) or state.proxy_token()
+
+    oidc = settings.oidc
+    c.JupyterHub.authenticator_class = OIDCAuthenticator
+    a = c.OIDCAuthenticator
+    a.issuer = oidc.issuer
+    a.client_id = oidc.client_id
+    a.client_secret = oidc.client_secret
+    a.oauth_callback_url = settings.callback_url
+    a.scope = list(oidc.scopes)
+    a.username_claim = oidc.username_claim
+    a.auth_state_groups_key = f"oauth_user.{oidc.groups_claim}"
+    a.manage_groups = True
+    a.allowed_groups = set(oidc.allowed_groups)
+    a.admin_groups = set(oidc.admin_groups)
+    a.enable_auth_state = True
+    a.enable_pkce = True
+    a.refresh_pre_spawn = True
+    a.auth_refresh_age = oidc.refresh_age
+    a.login_service = oidc.login_service
+    a.validate_server_cert = True
+
+    if hub.spawner == "docker":
+        c.JupyterHub.spawner_class = MedhubDockerSpawner
+        s = c.MedhubDockerSpawner
+        s.image = settings.docker.image
+        s.network_name = settings.docker.network
+        s.use_internal_ip = False
+        s.home_volume = settings.docker.home_volume
+        s.home_mount = settings.docker.home_mount
+        s.notebook_dir = settings.docker.home_mount
+        s.extra_create_kwargs = {"user": "1000:100"}
+        s.extra_host_config = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
+    else:
+        c.JupyterHub.spawner_class = MedhubLocalSpawner
+        s = c.MedhubLocalSpawner
+        s.home_dir_template = str(settings.local.home_root / "{username}")
+        s.datasets_view_root = str(state.views_dir)
+        s.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+    s.profiles = _profile_dicts(settings)
+    s.datasets = _dataset_dicts(settings)
+    s.default_url = "/lab"
+    s.start_timeout = hub.start_timeout
+    s.http_timeout = hub.start_timeout
+
+    services: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
+    if settings.culler.enabled:
+        service, role = culler_service(settings)
+        services.append(service)
+        roles.append(role)
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

@@ -1,0 +1,412 @@
+"""The medhub settings file: one TOML file that configures the whole hub.
+
+The file is read once, validated completely and turned into typed settings; every error
+names the setting (``oidc.issuer``) and the file. :mod:`medhub.config` turns the settings
+into JupyterHub traits. Nothing else reads the file.
+
+Example (the demo writes one like it)::
+
+    [hub]
+    public_url = "http://127.0.0.1:8000"
+    state_dir = "state"
+    spawner = "local"
+
+    [oidc]
+    issuer = "https://login.example-hospital.org/realms/research"
+    client_id = "medhub"
+    client_secret_file = "/etc/medhub/oidc-client-secret"
+    allowed_groups = ["radiology-research"]
+    admin_groups = ["medhub-admins"]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import HubConfigError
+
+SETTINGS_ENV = "MEDHUB_SETTINGS"
+CLIENT_SECRET_ENV = "MEDHUB_OIDC_CLIENT_SECRET"
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MEMORY = re.compile(r"^\d+(\.\d+)?[KMGT]?$")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A server size a user picks in the spawn form."""
+
+    slug: str
+    display_name: str
+    description: str = ""
+    cpu_limit: float | None = None
+    mem_limit: str | None = None
+    gpus: int = 0  # 0: none, n: that many, -1: all
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    public_url: str = "http://127.0.0.1:8000"
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
+    state_dir: Path = Path("state")
+    spawner: str = "local"
+    cleanup_servers: bool = False
+    start_timeout: int = 120
+    extra_config: Path | None = None
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups")
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    allowed_groups: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()
+    refresh_age: int = 300
+    login_service: str = "your institution"
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    home_root: Path = Path("state/home")
+
+
+@dataclass(frozen=True)
+class DockerSettings:
+    image: str = "medhub/notebook:latest"
+    home_volume: str = "medhub-home-{username}"
+    home_mount: str = "/home/jovyan"
+    network: str = "host"
+
+
+@dataclass(frozen=True)
+class CullerSettings:
+    enabled: bool = True
+    timeout: int = 3600
+    every: int = 300
+    max_age: int = 0
+    cull_users: bool = False
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    image: str = "medhub/notebook:latest"
+    hub_image: str = "medhub/hub:latest"
+    gpus_per_node: int = 0
+    storage_capacity: str = "10Gi"
+    datasets_claim_prefix: str = "medhub-dataset-"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset the hub can grant: who may read it and where it lies."""
+
+    id: str
+    title: str
+    path: Path
+    groups: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    hub: HubSettings
+    oidc: OIDCSettings
+    local: LocalSettings
+    docker: DockerSettings
+    culler: CullerSettings
+    kubernetes: KubernetesSettings
+    profiles: tuple[Profile, ...]
+    datasets: tuple[Dataset, ...]
+
+    @property
+    def callback_url(self) -> str:
+        return self.hub.public_url.rstrip("/") + "/hub/oauth_callback"
+
+    @property
+    def default_profile(self) -> Profile:
+        return next((p for p in self.profiles if p.default), self.profiles[0])
+
+
+DEFAULT_PROFILES = (
+    Profile("cpu", "CPU only", "2 CPUs, 8 GB memory, no GPU", 2, "8G", 0, True),
+    Profile("gpu1", "1 GPU", "8 CPUs, 32 GB memory, one GPU", 8, "32G", 1),
+    Profile("gpu-all", "All GPUs", "16 CPUs, 64 GB memory, every GPU of the node", 16, "64G", -1),
+)
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used, to report unknown ones."""
+
+    def __init__(self, data: dict[str, Any], name: str, source: Path):
+        if not isinstance(data, dict):
+            raise HubConfigError(f"{source}: [{name}] must be a table")
+        self.data, self.name, self.source = data, name, source
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> HubConfigError:
+        return HubConfigError(f"{self.source}: {self.name}.{key}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.error(key, f"must be {names}, not {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def path(self, key: str, default: Path) -> Path:
+        value = Path(self.get(key, str, str(default))).expanduser()
+        return value if value.is_absolute() else (self.source.parent / value).resolve()
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise HubConfigError(
+                f"{self.source}: [{self.name}] has unknown setting(s) {', '.join(unknown)}; "
+                "see the configuration reference in README.md"
+            )
+
+
+def _url(section: _Section, key: str, value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise section.error(key, f"must be an http(s) URL, not {value!r}")
+    if parsed.scheme == "http" and parsed.hostname not in LOOPBACK:
+        raise section.error(key, f"{value!r} uses plain http on a non-loopback host; use https")
+    return value.rstrip("/")
+
+
+def _hub(s: _Section) -> HubSettings:
+    d = HubSettings()
+    hub = HubSettings(
+        public_url=_url(s, "public_url", s.get("public_url", str, d.public_url)),
+        hub_port=s.get("hub_port", int, d.hub_port),
+        proxy_api_port=s.get("proxy_api_port", int, d.proxy_api_port),
+        state_dir=s.path("state_dir", d.state_dir),
+        spawner=s.get("spawner", str, d.spawner),
+        cleanup_servers=s.get("cleanup_servers", bool, d.cleanup_servers),
+        start_timeout=s.get("start_timeout", int, d.start_timeout),
+        extra_config=s.path("extra_config", Path(".")) if "extra_config" in s.data else None,
+    )
+    if hub.spawner not in ("local", "docker"):
+        raise s.error("spawner", f"must be 'local' or 'docker', not {hub.spawner!r}")
+    if hub.extra_config is not None and not hub.extra_config.is_file():
+        raise s.error("extra_config", f"{hub.extra_config} is not a file")
+    for key in ("hub_port", "proxy_api_port"):
+        if not 0 < getattr(hub, key) < 65536:
+            raise s.error(key, "must be a TCP port number (1-65535)")
+    s.done()
+    return hub
+
+
+def _client_secret(s: _Section) -> str:
+    inline = s.get("client_secret", str, "")
+    path = s.get("client_secret_file", str, "")
+    if inline and path:
+        raise s.error("client_secret", "set either client_secret or client_secret_file, not both")
+    if path:
+        file = Path(path).expanduser()
+        file = file if file.is_absolute() else s.source.parent / file
+        try:
+            secret = file.read_text().strip()
+        except OSError as e:
+            raise s.error("client_secret_file", f"cannot read {file}: {e.strerror}") from None
+    else:
+        secret = os.environ.get(CLIENT_SECRET_ENV, inline)
+    if not secret:
+        raise s.error(
+            "client_secret_file",
+            f"no client secret: set oidc.client_secret_file or the {CLIENT_SECRET_ENV} environment variable",
+        )
+    return secret
+
+
+def _oidc(s: _Section) -> OIDCSettings:
+    d = OIDCSettings("", "", "")
+    oidc = OIDCSettings(
+        issuer=_url(s, "issuer", s.get("issuer", str)),
+        client_id=s.get("client_id", str),
+        client_secret=_client_secret(s),
+        scopes=s.strings("scopes", d.scopes),
+        username_claim=s.get("username_claim", str, d.username_claim),
+        groups_claim=s.get("groups_claim", str, d.groups_claim),
+        allowed_groups=s.strings("allowed_groups"),
+        admin_groups=s.strings("admin_groups"),
+        refresh_age=s.get("refresh_age", int, d.refresh_age),
+        login_service=s.get("login_service", str, d.login_service),
+    )
+    if not oidc.client_id:
+        raise s.error("client_id", "must not be empty")
+    if "openid" not in oidc.scopes:
+        raise s.error("scopes", "must include 'openid'")
+    if not oidc.allowed_groups and not oidc.admin_groups:
+        raise s.error("allowed_groups", "name at least one group whose members may log in")
+    s.done()
+    return oidc
+
+
+def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
+    if raw is None:
+        return DEFAULT_PROFILES
+    if not isinstance(raw, list) or not raw:
+        raise HubConfigError(f"{source}: [[profiles]] must be a non-empty array of tables")
+    profiles = []
+    for i, item in enumerate(raw):
+        s = _Section(item, f"profiles[{i}]", source)
+        gpus = s.get("gpus", (int, str), 0)
+        if gpus == "all":
+            gpus = -1
+        if not isinstance(gpus, int) or gpus < -1:
+            raise s.error("gpus", f"must be a number of GPUs or 'all', not {gpus!r}")
+        p = Profile(
+            slug=s.get("slug", str),
+            display_name=s.get("display_name", str),
+            description=s.get("description", str, ""),
+            cpu_limit=s.get("cpu_limit", float, None),
+            mem_limit=s.get("mem_limit", str, None),
+            gpus=gpus,
+            default=s.get("default", bool, False),
+        )
+        if not SLUG.match(p.slug):
+            raise s.error("slug", f"{p.slug!r} is not a slug (lower-case letters, digits, '-')")
+        if p.mem_limit is not None and not MEMORY.match(p.mem_limit):
+            raise s.error("mem_limit", f"{p.mem_limit!r} is not a size such as '8G' or '512M'")
+        s.done()
+        profiles.append(p)
+    slugs = [p.slug for p in profiles]
+    if len(set(slugs)) != len(slugs):
+        raise HubConfigError(f"{source}: [[profiles]] slugs must be unique, got {slugs}")
+    if sum(p.default for p in profiles) > 1:
+        raise HubConfigError(f"{source}: [[profiles]] at most one profile may be default = true")
+    return tuple(profiles)
+
+
+def _datasets(raw: Any, source: Path) -> tuple[Dataset, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise HubConfigError(f"{source}: [[datasets]] must be an array of tables")
+    datasets = []
+    for i, item in enumerate(raw):
+        s = _Section(item, f"datasets[{i}]", source)
+        ds = Dataset(
+            id=s.get("id", str),
+            title=s.get("title", str),
+            path=s.path("path", Path(".")),
+            groups=s.strings("groups"),
+            description=s.get("description", str, ""),
+        )
+        if not SLUG.match(ds.id):
+            raise s.error("id", f"{ds.id!r} is not a slug (lower-case letters, digits, '-')")
+        if not ds.path.is_dir():
+            raise s.error("path", f"{ds.path} is not a directory")
+        if not ds.groups:
+            raise s.error("groups", "name the groups that may read this dataset")
+        s.done()
+        datasets.append(ds)
+    ids = [d.id for d in datasets]
+    if len(set(ids)) != len(ids):
+        raise HubConfigError(f"{source}: [[datasets]] ids must be unique, got {ids}")
+    return tuple(datasets)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate a settings file.
+
+    Args:
+        path: the TOML file; defaults to ``$MEDHUB_SETTINGS``.
+
+    Raises:
+        HubConfigError: naming the file and the setting that is wrong.
+    """
+    if path is None:
+        path = os.environ.get(SETTINGS_ENV)
+        if not path:
+            raise HubConfigError(f"no settings file: pass --settings FILE or set {SETTINGS_ENV}")
+    source = Path(path).expanduser().resolve()
+    try:
+        data = tomllib.loads(source.read_text())
+    except OSError as e:
+        raise HubConfigError(f"cannot read settings file {source}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise HubConfigError(f"{source} is not valid TOML: {e}") from None
+
+    known = {"hub", "oidc", "local", "docker", "culler", "kubernetes", "profiles", "datasets"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "oidc" not in data:
+        raise HubConfigError(f"{source}: the [oidc] section is required (issuer, client_id, client secret)")
+
+    def section(name: str) -> _Section:
+        return _Section(data.get(name, {}), name, source)
+
+    hub = _hub(section("hub"))
+    local = section("local")
+    local_settings = LocalSettings(home_root=local.path("home_root", hub.state_dir / "home"))
+    local.done()
+    docker = section("docker")
+    dd = DockerSettings()
+    docker_settings = DockerSettings(
+        image=docker.get("image", str, dd.image),
+        home_volume=docker.get("home_volume", str, dd.home_volume),
+        home_mount=docker.get("home_mount", str, dd.home_mount),
+        network=docker.get("network", str, dd.network),
+    )
+    docker.done()
+    culler = section("culler")
+    dc = CullerSettings()
+    culler_settings = CullerSettings(
+        enabled=culler.get("enabled", bool, dc.enabled),
+        timeout=culler.get("timeout", int, dc.timeout),
+        every=culler.get("every", int, dc.every),
+        max_age=culler.get("max_age", int, dc.max_age),
+        cull_users=culler.get("cull_users", bool, dc.cull_users),
+    )
+    culler.done()
+    k8s = section("kubernetes")
+    dk = KubernetesSettings()
+    k8s_settings = KubernetesSettings(
+        image=k8s.get("image", str, docker_settings.image),
+        hub_image=k8s.get("hub_image", str, dk.hub_image),
+        gpus_per_node=k8s.get("gpus_per_node", int, dk.gpus_per_node),
+        storage_capacity=k8s.get("storage_capacity", str, dk.storage_capacity),
+        datasets_claim_prefix=k8s.get("datasets_claim_prefix", str, dk.datasets_claim_prefix),
+    )
+    k8s.done()
+    return Settings(
+        source=source,
+        hub=hub,
+        oidc=_oidc(section("oidc")),
+        local=local_settings,
+        docker=docker_settings,
+        culler=culler_settings,
+        kubernetes=k8s_settings,
+        profiles=_profiles(data.get("profiles"), source),
+        datasets=_datasets(data.get("datasets"), source),
+    )

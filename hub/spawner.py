@@ -1,0 +1,226 @@
+"""Spawners: a user's server, sized by a profile, seeing only its dataset grants.
+
+:class:`ProfilesMixin` holds what every medhub spawner shares: the spawn form (one radio
+button per profile), applying the chosen profile (CPU and memory limits, GPUs), the user's
+identity and groups in the environment, and the datasets granted to those groups. The
+concrete spawners only say how that reaches a process or a container:
+
+- :class:`MedhubDockerSpawner` (production): the notebook image, GPUs as Docker device
+  requests, a named per-user home volume, and read-only binds for granted datasets only.
+- :class:`MedhubLocalSpawner` (demo and tests): a local process with a per-user home and a
+  per-user folder of links to granted datasets; GPUs are chosen with CUDA_VISIBLE_DEVICES.
+  It isolates nothing from the hub's own user: never use it in production.
+
+Tokens never enter the environment except the server's own short-lived hub API token:
+the identity provider's tokens stay in the hub's encrypted auth_state.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import pwd
+from pathlib import Path
+from typing import Any
+
+from docker.types import DeviceRequest
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from tornado import web
+from traitlets import Dict, List, Unicode, default
+from traitlets.config import Configurable
+
+from . import grants
+from .settings import Dataset, Profile
+
+
+def docker_device_requests(gpus: int) -> list[DeviceRequest]:
+    """Docker device requests for a profile's GPUs: none, ``gpus`` of them, or all (-1)."""
+    if gpus == 0:
+        return []
+    return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+
+
+def cuda_visible_devices(gpus: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a local server: '' hides every GPU, None leaves all visible."""
+    if gpus == 0:
+        return ""
+    if gpus < 0:
+        return None
+    return ",".join(str(i) for i in range(gpus))
+
+
+class ProfilesMixin(Configurable):
+    """Profiles, identity and grants shared by every medhub spawner."""
+
+    profiles = List(
+        Dict(),
+        config=True,
+        help="""Server profiles offered in the spawn form: dicts with slug, display_name,
+        description, cpu_limit, mem_limit, gpus (0 none, n, -1 all) and default.""",
+    )
+    datasets = List(
+        Dict(),
+        config=True,
+        help="Datasets the hub can grant: dicts with id, title, path and groups (from [[datasets]]).",
+    )
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return type(self).apply_profile
+
+    def _profiles(self) -> list[Profile]:
+        return [Profile(**p) for p in self.profiles]
+
+    def _options_form(self) -> str:
+        chosen = self.profile.slug if getattr(self, "_profile", None) else None
+        rows = []
+        for p in self._profiles():
+            checked = "checked" if (p.slug == chosen or (chosen is None and p.default)) else ""
+            rows.append(
+                f'<div class="form-check"><input class="form-check-input" type="radio" name="profile" '
+                f'id="profile-{p.slug}" value="{p.slug}" {checked}>'
+                f'<label class="form-check-label" for="profile-{p.slug}"><b>{html.escape(p.display_name)}</b> '
+                f"{html.escape(p.description)}</label></div>"
+            )
+        return "<fieldset><legend>Server profile</legend>" + "".join(rows) + "</fieldset>"
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: spawner._options_form() if len(spawner.profiles) > 1 else ""
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        return {"profile": formdata.get("profile", [""])[0]}
+
+    @property
+    def profile(self) -> Profile:
+        """The profile chosen at the last spawn (the default one before any)."""
+        return getattr(self, "_profile", None) or self._default_profile()
+
+    def _default_profile(self) -> Profile:
+        profiles = self._profiles()
+        return next((p for p in profiles if p.default), profiles[0])
+
+    def apply_profile(self, user_options: dict[str, Any]) -> None:
+        """``apply_user_options`` hook: validate the chosen profile and apply its limits."""
+        slug = (user_options or {}).get("profile") or self._default_profile().slug
+        by_slug = {p.slug: p for p in self._profiles()}
+        if slug not in by_slug:
+            raise web.HTTPError(400, f"Unknown profile {slug!r}; choose one of {', '.join(by_slug)}")
+        self._profile = by_slug[slug]
+        self.cpu_limit = self._profile.cpu_limit
+        self.mem_limit = self._profile.mem_limit
+        self.apply_gpus(self._profile.gpus)
+
+    def apply_gpus(self, gpus: int) -> None:
+        """Make ``gpus`` GPUs visible to the server (subclasses)."""
+        raise NotImplementedError
+
+    def group_names(self) -> list[str]:
+        return sorted(g.name for g in self.user.groups)
+
+    def granted_datasets(self) -> list[Dataset]:
+        datasets = [Dataset(**{**d, "path": Path(d["path"]), "groups": tuple(d["groups"])}) for d in self.datasets]
+        return grants.granted(datasets, self.group_names())
+
+    def medhub_env(self, datasets_dir: str) -> dict[str, str]:
+        return {
+            "MEDHUB_USER": self.user.name,
+            "MEDHUB_GROUPS": ",".join(self.group_names()),
+            "MEDHUB_PROFILE": self.profile.slug,
+            "MEDHUB_DATASETS_DIR": datasets_dir,
+        }
+
+
+class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
+    """A local process per user (demo and tests). No isolation: see the module docstring.
+
+    When the hub runs as root, servers run as :attr:`unprivileged_user` if one is set (it
+    must be able to execute the hub's Python); otherwise they run as root, with a warning.
+    """
+
+    datasets_view_root = Unicode(
+        config=True,
+        help="Folder holding each user's view of their granted datasets, one sub-folder per user.",
+    )
+    unprivileged_user = Unicode(
+        "",
+        config=True,
+        help="""System account (e.g. 'nobody') the servers run as when the hub runs as root; the
+        home folders are chowned to it. It must be able to execute the hub's Python interpreter.
+        Empty: servers run as root (demo machines only).""",
+    )
+    _cuda_visible_devices: str | None = ""
+
+    def apply_gpus(self, gpus: int) -> None:
+        self._cuda_visible_devices = cuda_visible_devices(gpus)
+
+    def _view_dir(self) -> Path:
+        return Path(self.datasets_view_root) / self.user.name
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.medhub_env(str(self._view_dir())))
+        if self._cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self._cuda_visible_devices
+        return env
+
+    def make_preexec_fn(self, name: str):
+        home = Path(self.home_dir)
+        account = pwd.getpwnam(self.unprivileged_user) if os.geteuid() == 0 and self.unprivileged_user else None
+
+        def preexec() -> None:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if account is not None:
+                os.chown(home, account.pw_uid, account.pw_gid)
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+            os.chdir(home)
+
+        return preexec
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0 and not self.unprivileged_user:
+            self.log.warning("Running %s's server as root: set MedhubLocalSpawner.unprivileged_user", self.user.name)
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    async def start(self):
+        grants.local_view(self._view_dir(), self.granted_datasets())
+        return await super().start()
+
+
+class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
+    """A container per user from the notebook image (production)."""
+
+    home_volume = Unicode(
+        "medhub-home-{username}",
+        config=True,
+        help="Name of the per-user Docker volume mounted as home; it survives the container.",
+    )
+    home_mount = Unicode("/home/jovyan", config=True, help="Where the home volume is mounted in the container.")
+
+    @default("remove")
+    def _remove_default(self):
+        return True
+
+    def apply_gpus(self, gpus: int) -> None:
+        self.extra_host_config = {
+            **{k: v for k, v in self.extra_host_config.items() if k != "device_requests"},
+            "device_requests": docker_device_requests(gpus),
+        }
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.medhub_env(grants.CONTAINER_ROOT))
+        return env
+
+    async def start(self):
+        # Only the home volume and granted datasets: never any other host path.
+        self.volumes = {
+            self.home_volume: {"bind": self.home_mount, "mode": "rw"},
+            **grants.docker_volumes(self.granted_datasets()),
+        }
+        return await super().start()

@@ -1,0 +1,112 @@
+"""Synthetic but valid DICOM data for demos and tests: no patient data, nothing downloaded.
+
+:func:`write_ct_series` writes a CT Image Storage series of a water cylinder with embedded
+spheres of known Hounsfield units, with the identifying attributes a real scanner writes
+(patient name and ID, dates, institution, UIDs), so that de-identification and loading
+have something real to work on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+#: (centre x, y, z in voxels as fractions of the volume, radius in mm, HU)
+SPHERES = ((0.35, 0.4, 0.5, 12.0, 60.0), (0.65, 0.45, 0.5, 9.0, -500.0), (0.5, 0.65, 0.4, 7.0, 900.0))
+
+
+def phantom_hu(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """A (z, y, x) volume in HU: air, a water cylinder, and the :data:`SPHERES`."""
+    nz, ny, nx = shape
+    sz, sy, sx = spacing
+    z, y, x = np.meshgrid(np.arange(nz) * sz, np.arange(ny) * sy, np.arange(nx) * sx, indexing="ij")
+    volume = np.full(shape, -1000.0)
+    cy, cx = (ny - 1) * sy / 2, (nx - 1) * sx / 2
+    cylinder = (y - cy) ** 2 + (x - cx) ** 2 <= (0.42 * min(ny * sy, nx * sx)) ** 2
+    volume[cylinder] = 0.0
+    for fx, fy, fz, radius, hu in SPHERES:
+        d2 = (x - fx * nx * sx) ** 2 + (y - fy * ny * sy) ** 2 + (z - fz * nz * sz) ** 2
+        volume[d2 <= radius**2] = hu
+    return volume
+
+
+def write_ct_series(
+    folder: str | os.PathLike[str],
+    *,
+    patient_name: str = "Doe^Jane",
+    patient_id: str = "PAT-0001",
+    shape: tuple[int, int, int] = (16, 64, 64),
+    spacing: tuple[float, float, float] = (2.5, 0.8, 0.8),
+    study_date: dt.date = dt.date(2024, 3, 14),
+    seed: int = 0,
+) -> list[Path]:
+    """Write one CT series, one file per slice, and return the paths.
+
+    Args:
+        folder: created if missing; files are named ``CT000001.dcm`` … .
+        patient_name, patient_id: the identity written into every file.
+        shape: (slices, rows, columns).
+        spacing: (slice thickness, row spacing, column spacing) in mm.
+        study_date: StudyDate / SeriesDate / AcquisitionDate.
+        seed: noise seed (σ = 5 HU), so that repeated calls give identical files.
+
+    Example:
+        >>> import tempfile
+        >>> paths = write_ct_series(tempfile.mkdtemp(), shape=(2, 8, 8))
+        >>> len(paths)
+        2
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    hu = phantom_hu(shape, spacing) + rng.normal(0.0, 5.0, shape)
+    slope, intercept = 1.0, -1024.0
+    pixels = np.clip(np.round((hu - intercept) / slope), 0, 4095).astype(np.uint16)
+
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    date = study_date.strftime("%Y%m%d")
+    paths = []
+    for k in range(shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientName, ds.PatientID = patient_name, patient_id
+        ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19700101", "F", "054Y"
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
+        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "101500"
+        ds.AccessionNumber, ds.StudyID = "ACC0001", "1"
+        ds.ReferringPhysicianName = "Smith^John"
+        ds.InstitutionName, ds.StationName = "Synthetic General Hospital", "CTSCAN01"
+        ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber = "medhub", "Phantom CT", "SN-0001"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
+        ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", "Axial 2.5 mm"
+        ds.BodyPartExamined, ds.KVP = "CHEST", 120
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, k * spacing[0]]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceThickness, ds.SliceLocation = spacing[0], k * spacing[0]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.Rows, ds.Columns = shape[1], shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = pixels[k].tobytes()
+
+        path = folder / f"CT{k + 1:06d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -1,0 +1,215 @@
+"""Fixtures that start the real platform: development IdP, configurable-http-proxy, JupyterHub.
+
+Everything listens on free ports of 127.0.0.1 and lives in a temporary folder; processes
+are started with the same functions ``medhub run`` and ``medhub demo`` use.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+import tomli_w
+
+from medhub.idp import Account, Client, DevIdentityProvider
+from medhub.processes import ManagedProcess, Stack, hub_process, idp_process, proxy_process
+from medhub.settings import Settings, load
+from medlib.synthetic import write_ct_series
+
+#: id_tokens and access tokens live this long, so that refresh is exercised in the run.
+TOKEN_TTL = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_accounts() -> dict[str, Account]:
+    def account(name: str, *groups: str) -> Account:
+        return Account(name, secrets.token_urlsafe(12), name.title(), f"{name}@hospital.example", groups)
+
+    return {
+        "alice": account("alice", "radiology-research", "course-instructors"),
+        "bob": account("bob", "course-students"),
+        "carol": account("carol", "course-students"),
+        "mallory": account("mallory", "visitors"),
+    }
+
+
+@dataclass
+class Platform:
+    """A running medhub on loopback and the handles the tests need."""
+
+    root: Path
+    settings: Settings
+    idp: DevIdentityProvider | None
+    accounts: dict[str, Account]
+    observer_token: str
+    stack: Stack
+    hub: ManagedProcess
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.settings.hub.public_url
+
+    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """Call the hub's REST API as the test observer service (admin scopes)."""
+        headers = {"Authorization": f"token {self.observer_token}"}
+        return httpx.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kwargs)
+
+    def browser(self) -> httpx.Client:
+        """A fresh cookie jar: one person's browser."""
+        client = httpx.Client(timeout=30, follow_redirects=True)
+        self.clients.append(client)
+        return client
+
+    def login(self, client: httpx.Client, username: str, password: str | None = None) -> httpx.Response:
+        """Log in through the IdP's real pages: login form, consent, callback to the hub."""
+        password = self.accounts[username].password if password is None else password
+        r = client.get(f"{self.url}/hub/oauth_login")
+        match = re.search(r'action="(/interaction/[\w-]+/login)"', r.text)
+        assert match, f"no IdP login form at {r.url}: {r.text[:500]}"
+        r = client.post(urljoin(str(r.url), match.group(1)), data={"username": username, "password": password})
+        consent = re.search(r'action="(/interaction/[\w-]+/confirm)"', r.text)
+        if consent:
+            r = client.post(urljoin(str(r.url), consent.group(1)))
+        return r
+
+    def spawn(self, client: httpx.Client, username: str, profile: str = "cpu", timeout: float = 90) -> dict:
+        """Start ``username``'s server through the spawn form; wait until it is ready."""
+        form = client.get(f"{self.url}/hub/spawn/{username}")
+        action = re.search(r'id="spawn_form"\s+action="([^"]+)"', form.text)
+        assert action, f"no spawn form: {form.status_code} {form.text[:300]}"
+        client.post(urljoin(str(form.url), html.unescape(action.group(1))), data={"profile": profile},
+                    follow_redirects=False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.api("GET", f"/users/{username}").json()["servers"].get("")
+            if server and server["ready"]:
+                return server
+            time.sleep(0.5)
+        raise AssertionError(f"{username}'s server not ready after {timeout} s:\n{self.hub.log_tail()}")
+
+    def restart_hub(self) -> None:
+        self.hub.stop()
+        self.stack.processes.remove(self.hub)
+        self.hub = self.stack.start(hub_process(self.settings), timeout=120)
+
+
+def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, **hub: object) -> Path:
+    datasets = root / "datasets"
+    if not (datasets / "research-ct").is_dir():
+        write_ct_series(datasets / "research-ct" / "series-001", shape=(4, 16, 16))
+        write_ct_series(datasets / "teaching-ct" / "series-001", shape=(4, 16, 16), patient_id="PAT-0002")
+    observer = root / "observer_config.py"
+    settings = {
+        "hub": {
+            "public_url": f"http://127.0.0.1:{public_port}",
+            "hub_port": free_port(),
+            "proxy_api_port": free_port(),
+            "state_dir": str(root / "state"),
+            "spawner": "local",
+            "cleanup_servers": False,
+            "extra_config": str(observer),
+            **hub,
+        },
+        "oidc": {
+            "issuer": issuer,
+            "client_id": "medhub-test",
+            "client_secret": client_secret,
+            "allowed_groups": ["radiology-research", "course-instructors", "course-students"],
+            "admin_groups": ["course-instructors"],
+            "refresh_age": 5,
+        },
+        "local": {"home_root": str(root / "home")},
+        "culler": {"enabled": True, "timeout": 3600, "every": 600},
+        "datasets": [
+            {"id": "research-ct", "title": "Research CT", "path": str(datasets / "research-ct"),
+             "groups": ["radiology-research"]},
+            {"id": "teaching-ct", "title": "Teaching CT", "path": str(datasets / "teaching-ct"),
+             "groups": ["course-students", "course-instructors"]},
+        ],
+    }
+    path = root / "medhub.toml"
+    path.write_text(tomli_w.dumps(settings))
+    return path
+
+
+OBSERVER_CONFIG = """
+c.JupyterHub.services.append({{"name": "test-observer", "api_token": "{token}"}})
+c.JupyterHub.load_roles.append({{
+    "name": "test-observer",
+    "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state",
+               "admin:groups", "list:services", "read:services"],
+    "services": ["test-observer"],
+}})
+"""
+
+
+def start_platform(root: Path, *, issuer: str | None = None, **hub: object) -> Platform:
+    """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    accounts = make_accounts()
+    client_secret = secrets.token_urlsafe(24)
+    public_port = free_port()
+    public_url = f"http://127.0.0.1:{public_port}"
+    observer_token = secrets.token_hex(16)
+    (root / "observer_config.py").write_text(OBSERVER_CONFIG.format(token=observer_token))
+    stack = Stack()
+    idp = None
+    try:
+        if issuer is None:
+            idp = DevIdentityProvider(
+                state_dir=root / "idp",
+                port=free_port(),
+                accounts=tuple(accounts.values()),
+                clients=(Client("medhub-test", client_secret, (public_url + "/hub/oauth_callback",),
+                                (public_url + "/hub/login",)),),
+                access_token_ttl=TOKEN_TTL,
+                id_token_ttl=TOKEN_TTL,
+            )
+            stack.start(idp_process(idp, root / "logs"))
+            issuer = idp.issuer
+        settings = load(write_settings(root, issuer, client_secret, public_port=public_port, **hub))
+        stack.start(proxy_process(settings))
+        hub_proc = stack.start(hub_process(settings), timeout=120)
+    except BaseException:
+        stack.stop()
+        raise
+    return Platform(root, settings, idp, accounts, observer_token, stack, hub_proc)
+
+
+def stop_platform(platform: Platform) -> None:
+    for client in platform.clients:
+        client.close()
+    # Servers outlive the hub by design (cleanup_servers = false): stop them through the API.
+    users = platform.api("GET", "/users").json() if platform.hub.running() else []
+    for user in users:
+        if user["servers"]:
+            platform.api("DELETE", f"/users/{user['name']}/server")
+    for user in users:
+        deadline = time.monotonic() + 30
+        while platform.api("GET", f"/users/{user['name']}").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+    platform.stack.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    p = start_platform(tmp_path_factory.mktemp("platform"))
+    try:
+        yield p
+    finally:
+        stop_platform(p)
