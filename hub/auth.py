@@ -266,6 +266,34 @@ class OIDCAuthenticator(GenericOAuthenticator):
             raise IdTokenRejected("userinfo 'sub' differs from the id_token's")
         return {**claims, **userinfo}
 
+    async def get_token_info(self, handler, params):
+        """The token response, stamped with ``expires_at`` (epoch seconds) from ``expires_in``."""
+        token_info = await super().get_token_info(handler, params)
+        if "expires_in" in token_info:
+            token_info["expires_at"] = time.time() + float(token_info["expires_in"])
+        return token_info
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """Refresh auth_state; use the refresh token as soon as the access token nears expiry.
+
+        oauthenticator only refreshes once the issuer rejects the old access token, which
+        issuers that tolerate clock skew do late. Here an access token that expires within
+        ``auth_refresh_age`` seconds is replaced straight away. Returns False (log in again)
+        when the refresh token is refused.
+        """
+        state = await user.get_auth_state() if self.enable_auth_state else None
+        expires_at = ((state or {}).get("token_response") or {}).get("expires_at")
+        if state and state.get("refresh_token") and expires_at and expires_at - time.time() < self.auth_refresh_age:
+            params = self.build_refresh_token_request_params(state["refresh_token"])
+            try:
+                token_info = await self.get_token_info(handler, params)
+                token_info.setdefault("refresh_token", state["refresh_token"])
+                return await self._token_to_auth_model(token_info)
+            except (web.HTTPError, HTTPClientError, IdentityProviderUnavailable) as e:
+                self.log.info("Refreshing %s's tokens failed (%s): login required", user.name, e)
+                return False
+        return await super().refresh_user(user, handler, **kwargs)
+
     async def authenticate(self, handler, data=None, **kwargs):
         try:
             await self.discover()

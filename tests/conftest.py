@@ -102,6 +102,13 @@ class Platform:
             time.sleep(0.5)
         raise AssertionError(f"{username}'s server not ready after {timeout} s:\n{self.hub.log_tail()}")
 
+    def server_status(self, client: httpx.Client, username: str) -> httpx.Response:
+        """Open ``username``'s JupyterLab (completing the server's OAuth with the hub), then
+        return ``/user/<name>/api/status``."""
+        lab = client.get(f"{self.url}/user/{username}/lab")
+        assert lab.status_code == 200, f"{lab.url}: {lab.status_code}"
+        return client.get(f"{self.url}/user/{username}/api/status")
+
     def restart_hub(self) -> None:
         self.hub.stop()
         self.stack.processes.remove(self.hub)

@@ -37,9 +37,7 @@ def test_allowed_user_logs_in_and_server_answers(platform: Platform):
     assert urlparse(str(r.url)).path.startswith("/hub/spawn")
     assert 'name="profile"' in r.text and "gpu1" in r.text  # the profile form
     platform.spawn(client, "bob")
-    lab = client.get(f"{platform.url}/user/bob/lab")
-    assert lab.status_code == 200
-    status = client.get(f"{platform.url}/user/bob/api/status")
+    status = platform.server_status(client, "bob")
     assert status.status_code == 200
     assert "started" in status.json()
 

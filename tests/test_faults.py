@@ -1,0 +1,84 @@
+"""Faults: the IdP down, a misconfigured issuer or client, and a hub restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+import tomllib
+
+from conftest import Platform, free_port, start_platform, stop_platform
+
+
+def medhub(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medhub.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def settings_variant(platform: Platform, tmp_path: Path, section: str, **changes) -> Path:
+    data = tomllib.loads(platform.settings.source.read_text())
+    data[section].update(changes)
+    data["hub"]["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "medhub.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def test_hub_runs_and_says_so_when_the_idp_is_unreachable(tmp_path: Path):
+    down = f"http://127.0.0.1:{free_port()}"
+    p = start_platform(tmp_path, issuer=down)
+    try:
+        assert httpx.get(f"{p.url}/hub/health").status_code == 200
+        with httpx.Client(follow_redirects=True) as client:
+            r = client.get(f"{p.url}/hub/oauth_login")
+        assert str(r.url).startswith(f"{p.url}/hub/login")
+        assert 'id="idp-unavailable"' in r.text
+        assert "identity provider" in r.text and "is unavailable" in r.text
+        check = medhub("check", "--settings", str(p.settings.source))
+        assert check.returncode == 3
+        assert "did not answer" in check.stdout
+    finally:
+        stop_platform(p)
+
+
+@pytest.mark.parametrize(
+    "section, changes, named",
+    [
+        ("oidc", {"issuer": "WRONG_PATH"}, "oidc.issuer"),
+        ("oidc", {"client_secret": "not-the-secret"}, "oidc.client_id / oidc.client_secret"),
+        ("oidc", {"client_id": "nobody-registered-me"}, "oidc.client_id / oidc.client_secret"),
+        ("oidc", {"scopes": ["openid", "teleport"]}, "oidc.scopes"),
+        ("oidc", {"issuer": "http://idp.example.org"}, "oidc.issuer"),
+        ("hub", {"spawner": "kubernetes"}, "hub.spawner"),
+        ("oidc", {"alowed_groups": ["typo"]}, "alowed_groups"),
+    ],
+)
+def test_misconfiguration_stops_medhub_naming_the_setting(platform: Platform, tmp_path: Path, section, changes, named):
+    if changes.get("issuer") == "WRONG_PATH":
+        changes = {"issuer": platform.idp.issuer + "/realms/nope"}
+    path = settings_variant(platform, tmp_path, section, **changes)
+    result = medhub("run", "--settings", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert named in result.stderr
+    assert "configuration error" in result.stderr
+
+
+def test_hub_restart_keeps_servers_and_sessions(platform: Platform):
+    client = platform.browser()
+    platform.login(client, "bob")
+    if not platform.api("GET", "/users/bob").json()["servers"]:
+        platform.spawn(client, "bob")
+    pid = platform.api("GET", "/users/bob").json()["servers"][""]["state"]["pid"]
+    assert platform.server_status(client, "bob").status_code == 200
+
+    platform.restart_hub()
+
+    assert os.path.exists(f"/proc/{pid}"), "the server died with the hub"
+    assert client.get(f"{platform.url}/hub/api/user").json()["name"] == "bob"  # session kept
+    assert client.get(f"{platform.url}/user/bob/api/status").status_code == 200
+    server = platform.api("GET", "/users/bob").json()["servers"][""]
+    assert server["ready"] and server["state"]["pid"] == pid
