@@ -217,10 +217,13 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
         env.update(self.medhub_env(grants.CONTAINER_ROOT))
         return env
 
-    async def start(self):
-        # Only the home volume and granted datasets: never any other host path.
-        self.volumes = {
+    def container_volumes(self) -> dict[str, dict[str, str]]:
+        """The home volume and the granted datasets (read-only): never any other host path."""
+        return {
             self.home_volume: {"bind": self.home_mount, "mode": "rw"},
             **grants.docker_volumes(self.granted_datasets()),
         }
+
+    async def start(self):
+        self.volumes = self.container_volumes()
         return await super().start()

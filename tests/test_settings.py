@@ -1,0 +1,104 @@
+"""The settings file: defaults, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from medhub.errors import HubConfigError
+from medhub.settings import DEFAULT_PROFILES, load
+
+MINIMAL = {
+    "oidc": {
+        "issuer": "https://login.example.org/realms/research",
+        "client_id": "medhub",
+        "client_secret": "s3cret",
+        "allowed_groups": ["radiology-research"],
+    }
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "medhub.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def with_(section: str, **values) -> dict:
+    data = {k: dict(v) for k, v in MINIMAL.items()}
+    data.setdefault(section, {}).update(values)
+    return data
+
+
+def test_minimal_settings_take_safe_defaults(tmp_path: Path):
+    s = load(write(tmp_path, MINIMAL))
+    assert s.hub.spawner == "local"
+    assert s.hub.cleanup_servers is False  # servers survive hub restarts
+    assert s.hub.state_dir == (tmp_path / "state").resolve()
+    assert s.oidc.scopes == ("openid", "profile", "email", "groups")
+    assert s.profiles == DEFAULT_PROFILES
+    assert s.default_profile.slug == "cpu" and s.default_profile.gpus == 0
+    assert s.callback_url == "http://127.0.0.1:8000/hub/oauth_callback"
+    assert s.culler.enabled and s.culler.timeout == 3600
+
+
+def test_client_secret_from_file_and_environment(tmp_path: Path, monkeypatch):
+    (tmp_path / "secret").write_text("from-file\n")
+    data = with_("oidc", client_secret_file="secret")
+    del data["oidc"]["client_secret"]
+    assert load(write(tmp_path, data)).oidc.client_secret == "from-file"
+    del data["oidc"]["client_secret_file"]
+    monkeypatch.setenv("MEDHUB_OIDC_CLIENT_SECRET", "from-env")
+    assert load(write(tmp_path, data)).oidc.client_secret == "from-env"
+    monkeypatch.delenv("MEDHUB_OIDC_CLIENT_SECRET")
+    with pytest.raises(HubConfigError, match="oidc.client_secret_file: no client secret"):
+        load(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (with_("oidc", issuer="http://login.example.org"), "oidc.issuer: .*plain http on a non-loopback host"),
+        (with_("oidc", issuer="login.example.org"), "oidc.issuer: must be an http"),
+        (with_("oidc", client_id=""), "oidc.client_id: must not be empty"),
+        (with_("oidc", scopes=["profile"]), "oidc.scopes: must include 'openid'"),
+        (with_("oidc", allowed_groups=[]), "oidc.allowed_groups: name at least one group"),
+        (with_("oidc", allowed_groups="radiology"), "oidc.allowed_groups: must be list"),
+        (with_("oidc", client_secret_file="/nonexistent/secret"), "oidc.client_secret: set either"),
+        (with_("hub", spawner="kubernetes"), "hub.spawner: must be 'local' or 'docker'"),
+        (with_("hub", hub_port=70000), "hub.hub_port: must be a TCP port"),
+        (with_("hub", cleanup_servers="yes"), "hub.cleanup_servers: must be bool"),
+        (with_("hub", colour="blue"), r"\[hub\] has unknown setting\(s\) colour"),
+        ({**MINIMAL, "extras": {}}, "unknown section"),
+        ({"hub": {}}, r"the \[oidc\] section is required"),
+        ({**MINIMAL, "profiles": [{"slug": "GPU!", "display_name": "x"}]}, r"profiles\[0\].slug: 'GPU!' is not a slug"),
+        ({**MINIMAL, "profiles": [{"slug": "a", "display_name": "x", "gpus": "many"}]}, r"profiles\[0\].gpus"),
+        ({**MINIMAL, "profiles": [{"slug": "a", "display_name": "x", "mem_limit": "lots"}]}, r"profiles\[0\].mem_limit"),
+        ({**MINIMAL, "profiles": [{"slug": "a", "display_name": "x"}, {"slug": "a", "display_name": "y"}]},
+         "slugs must be unique"),
+        ({**MINIMAL, "datasets": [{"id": "ct", "title": "CT", "path": "/nonexistent", "groups": ["g"]}]},
+         r"datasets\[0\].path: /nonexistent is not a directory"),
+        ({**MINIMAL, "datasets": [{"id": "../ct", "title": "CT", "path": "/", "groups": ["g"]}]},
+         r"datasets\[0\].id: '../ct' is not a slug"),
+    ],
+)
+def test_errors_name_the_setting(tmp_path: Path, data: dict, message: str):
+    with pytest.raises(HubConfigError, match=message):
+        load(write(tmp_path, data))
+
+
+def test_unreadable_or_invalid_files(tmp_path: Path):
+    with pytest.raises(HubConfigError, match="cannot read settings file"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[oidc\nissuer = ")
+    with pytest.raises(HubConfigError, match="is not valid TOML"):
+        load(bad)
+
+
+def test_profiles_accept_all_gpus(tmp_path: Path):
+    data = {**MINIMAL, "profiles": [{"slug": "big", "display_name": "Big", "gpus": "all", "cpu_limit": 4}]}
+    (p,) = load(write(tmp_path, data)).profiles
+    assert p.gpus == -1 and p.cpu_limit == 4.0
