@@ -47,6 +47,19 @@ def make_accounts() -> dict[str, Account]:
     }
 
 
+def idp_login(client: httpx.Client, hub_url: str, username: str, password: str) -> httpx.Response:
+    """Log in as a browser does: the hub sends us to the IdP's login form, we post it,
+    authorize the hub on the consent page (first time only) and follow the callback."""
+    r = client.get(f"{hub_url}/hub/oauth_login")
+    match = re.search(r'action="(/interaction/[\w-]+/login)"', r.text)
+    assert match, f"no IdP login form at {r.url}: {r.text[:500]}"
+    r = client.post(urljoin(str(r.url), match.group(1)), data={"username": username, "password": password})
+    consent = re.search(r'action="(/interaction/[\w-]+/confirm)"', r.text)
+    if consent:
+        r = client.post(urljoin(str(r.url), consent.group(1)))
+    return r
+
+
 @dataclass
 class Platform:
     """A running medhub on loopback and the handles the tests need."""
@@ -78,14 +91,7 @@ class Platform:
     def login(self, client: httpx.Client, username: str, password: str | None = None) -> httpx.Response:
         """Log in through the IdP's real pages: login form, consent, callback to the hub."""
         password = self.accounts[username].password if password is None else password
-        r = client.get(f"{self.url}/hub/oauth_login")
-        match = re.search(r'action="(/interaction/[\w-]+/login)"', r.text)
-        assert match, f"no IdP login form at {r.url}: {r.text[:500]}"
-        r = client.post(urljoin(str(r.url), match.group(1)), data={"username": username, "password": password})
-        consent = re.search(r'action="(/interaction/[\w-]+/confirm)"', r.text)
-        if consent:
-            r = client.post(urljoin(str(r.url), consent.group(1)))
-        return r
+        return idp_login(client, self.url, username, password)
 
     def spawn(self, client: httpx.Client, username: str, profile: str = "cpu", timeout: float = 90) -> dict:
         """Start ``username``'s server through the spawn form; wait until it is ready."""
