@@ -43,10 +43,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = check_issuer(settings)
     print(("issuer: " if status.reachable else "warning: ") + status.detail, flush=True)
     with Stack() as stack:
-        stack.start(proxy_process(settings))
-        stack.start(hub_process(settings), timeout=settings.hub.start_timeout)
-        print(f"medhub is running at {settings.hub.public_url}/ (Ctrl-C stops it)", flush=True)
-        reason = stack.wait()
+        try:
+            stack.start(proxy_process(settings))
+            stack.start(hub_process(settings), timeout=settings.hub.start_timeout)
+            print(f"medhub is running at {settings.hub.public_url}/ (Ctrl-C stops it)", flush=True)
+            reason = stack.wait()
+        except KeyboardInterrupt:  # Ctrl-C before wait() took over the signal
+            reason = "SIGINT"
         print(f"stopping ({reason}) …", flush=True)
     return 0
 

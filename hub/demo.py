@@ -16,7 +16,7 @@ import tomli_w
 
 from medlib.synthetic import write_ct_series
 
-from .idp import DEMO_ACCOUNTS, Client, DevIdentityProvider
+from .idp import DEMO_ACCOUNTS, Account, Client, DevIdentityProvider
 from .processes import Stack, hub_process, idp_process, proxy_process
 from .settings import Settings, load
 from .state import StateDir
@@ -32,8 +32,17 @@ class DemoPorts:
     idp: int = 9000
 
 
-def prepare(state_dir: Path, ports: DemoPorts = DemoPorts(), reset: bool = False) -> tuple[Settings, DevIdentityProvider]:
-    """Create (or reuse) the demo's state folder; return its settings and IdP."""
+def prepare(
+    state_dir: Path,
+    ports: DemoPorts = DemoPorts(),
+    reset: bool = False,
+    accounts: tuple[Account, ...] = DEMO_ACCOUNTS,
+    start_timeout: int = 120,
+) -> tuple[Settings, DevIdentityProvider]:
+    """Create (or reuse) the demo's state folder; return its settings and IdP.
+
+    ``accounts`` and ``start_timeout`` let the benchmarks reuse the demo with more users.
+    """
     state_dir = Path(state_dir).resolve()
     if reset and state_dir.exists():
         shutil.rmtree(state_dir)
@@ -45,7 +54,7 @@ def prepare(state_dir: Path, ports: DemoPorts = DemoPorts(), reset: bool = False
     idp = DevIdentityProvider(
         state_dir=state.idp_dir,
         port=ports.idp,
-        accounts=DEMO_ACCOUNTS,
+        accounts=accounts,
         clients=(Client("medhub", secret, (public_url + "/hub/oauth_callback",), (public_url + "/hub/login",)),),
     )
 
@@ -64,6 +73,7 @@ def prepare(state_dir: Path, ports: DemoPorts = DemoPorts(), reset: bool = False
             "state_dir": str(state_dir),
             "spawner": "local",
             "cleanup_servers": True,
+            "start_timeout": start_timeout,
         },
         "oidc": {
             "issuer": idp.issuer,
@@ -115,13 +125,16 @@ def run(state_dir: Path, ports: DemoPorts = DemoPorts(), reset: bool = False) ->
     settings, idp = prepare(state_dir, ports, reset)
     logs = StateDir(settings.hub.state_dir).logs_dir
     with Stack() as stack:
-        print("starting the identity provider …", flush=True)
-        stack.start(idp_process(idp, logs))
-        print("starting configurable-http-proxy …", flush=True)
-        stack.start(proxy_process(settings))
-        print("starting JupyterHub …", flush=True)
-        stack.start(hub_process(settings), timeout=120)
-        print(banner(settings, idp), flush=True)
-        reason = stack.wait()
+        try:
+            print("starting the identity provider …", flush=True)
+            stack.start(idp_process(idp, logs))
+            print("starting configurable-http-proxy …", flush=True)
+            stack.start(proxy_process(settings))
+            print("starting JupyterHub …", flush=True)
+            stack.start(hub_process(settings), timeout=120)
+            print(banner(settings, idp), flush=True)
+            reason = stack.wait()
+        except KeyboardInterrupt:  # Ctrl-C before wait() took over the signal
+            reason = "SIGINT"
         print(f"\nstopping ({reason}) …", flush=True)
     return 0

@@ -36,6 +36,7 @@ class ManagedProcess:
     ready_url: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    stop_timeout: float = 15.0
     proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> ManagedProcess:
@@ -70,13 +71,13 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+    def stop(self) -> None:
+        """SIGTERM, wait up to ``stop_timeout`` seconds, then SIGKILL."""
         if not self.running():
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(self.stop_timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -143,6 +144,8 @@ def hub_process(settings: Settings) -> ManagedProcess:
             "CONFIGPROXY_AUTH_TOKEN": state.proxy_token(),
         },
         cwd=state.path,
+        # with hub.cleanup_servers the hub stops every server before it exits
+        stop_timeout=max(15.0, float(settings.hub.start_timeout)),
     )
 
 

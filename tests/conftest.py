@@ -21,6 +21,7 @@ import pytest
 import tomli_w
 
 from medhub.idp import Account, Client, DevIdentityProvider
+from medhub.idp.browser import scripted_login
 from medhub.processes import ManagedProcess, Stack, hub_process, idp_process, proxy_process
 from medhub.settings import Settings, load
 from medlib.synthetic import write_ct_series
@@ -39,25 +40,15 @@ def make_accounts() -> dict[str, Account]:
     def account(name: str, *groups: str) -> Account:
         return Account(name, secrets.token_urlsafe(12), name.title(), f"{name}@hospital.example", groups)
 
+    # One user per purpose, so that tests do not depend on each other's servers.
     return {
-        "alice": account("alice", "radiology-research", "course-instructors"),
-        "bob": account("bob", "course-students"),
-        "carol": account("carol", "course-students"),
-        "mallory": account("mallory", "visitors"),
+        "alice": account("alice", "radiology-research", "course-instructors"),  # spawn environment
+        "bob": account("bob", "course-students"),  # login and first spawn
+        "carol": account("carol", "course-students"),  # tokens, GPU profile
+        "dave": account("dave", "course-students"),  # hub restart
+        "erin": account("erin", "radiology-research"),  # real browser
+        "mallory": account("mallory", "visitors"),  # in no allowed group
     }
-
-
-def idp_login(client: httpx.Client, hub_url: str, username: str, password: str) -> httpx.Response:
-    """Log in as a browser does: the hub sends us to the IdP's login form, we post it,
-    authorize the hub on the consent page (first time only) and follow the callback."""
-    r = client.get(f"{hub_url}/hub/oauth_login")
-    match = re.search(r'action="(/interaction/[\w-]+/login)"', r.text)
-    assert match, f"no IdP login form at {r.url}: {r.text[:500]}"
-    r = client.post(urljoin(str(r.url), match.group(1)), data={"username": username, "password": password})
-    consent = re.search(r'action="(/interaction/[\w-]+/confirm)"', r.text)
-    if consent:
-        r = client.post(urljoin(str(r.url), consent.group(1)))
-    return r
 
 
 @dataclass
@@ -91,7 +82,7 @@ class Platform:
     def login(self, client: httpx.Client, username: str, password: str | None = None) -> httpx.Response:
         """Log in through the IdP's real pages: login form, consent, callback to the hub."""
         password = self.accounts[username].password if password is None else password
-        return idp_login(client, self.url, username, password)
+        return scripted_login(client, self.url, username, password)
 
     def spawn(self, client: httpx.Client, username: str, profile: str = "cpu", timeout: float = 90) -> dict:
         """Start ``username``'s server through the spawn form; wait until it is ready."""

@@ -27,17 +27,16 @@ def test_browser_logs_in_through_the_idp_and_jupyterlab_loads(platform: Platform
             page.get_by_role("button", name="Sign in with").click()
             # the identity provider's own login page
             page.wait_for_url(f"{platform.idp.issuer}/interaction/**")
-            page.fill("#username", "alice")
-            page.fill("#password", platform.accounts["alice"].password)
+            page.fill("#username", "erin")
+            page.fill("#password", platform.accounts["erin"].password)
             page.click("#sign-in")
             if page.locator("#authorize").count():
                 page.click("#authorize")
-            # back at the hub: the profile form (unless alice's server already runs)
-            page.wait_for_url(f"{platform.url}/**")
-            if page.locator("#spawn_form").count():
-                page.check("#profile-cpu")
-                page.click("#spawn_form button[type=submit]")
-            page.wait_for_url(f"{platform.url}/user/alice/lab**", timeout=90_000)
+            # back at the hub: the profile form
+            page.wait_for_url(f"{platform.url}/hub/spawn**")
+            page.check("#profile-cpu")
+            page.click("#spawn_form button[type=submit]")
+            page.wait_for_url(f"{platform.url}/user/erin/lab**", timeout=90_000)
             expect(page.locator(".jp-Launcher")).to_be_visible(timeout=90_000)
             expect(page.locator("#jupyterlab-splash")).to_have_count(0)
             expect(page.locator(".jp-DirListing")).to_be_visible()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port, idp_login
+from conftest import free_port
 from medhub.demo import DEMO_DATASET
 from medhub.idp import DEMO_ACCOUNTS
+from medhub.idp.browser import scripted_login
 from medhub.processes import url_answers
 
 
@@ -50,7 +51,7 @@ def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
     proc = start_demo(state, ports)
     try:
         with httpx.Client(follow_redirects=True, timeout=30) as client:
-            idp_login(client, url, "ada", ada.password)
+            scripted_login(client, url, "ada", ada.password)
             me = client.get(f"{url}/hub/api/user").json()
         assert me["name"] == "ada" and me["admin"] is True
         assert sorted(me["groups"]) == ["course-instructors", "radiology-research"]
@@ -68,7 +69,7 @@ def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
     proc = start_demo(state, ports)  # a second run reuses the state
     try:
         with httpx.Client(follow_redirects=True, timeout=30) as client:
-            idp_login(client, url, "ada", ada.password)
+            scripted_login(client, url, "ada", ada.password)
             assert client.get(f"{url}/hub/api/user").json()["name"] == "ada"
     finally:
         stop_demo(proc)

@@ -69,16 +69,16 @@ def test_misconfiguration_stops_medhub_naming_the_setting(platform: Platform, tm
 
 def test_hub_restart_keeps_servers_and_sessions(platform: Platform):
     client = platform.browser()
-    platform.login(client, "bob")
-    if not platform.api("GET", "/users/bob").json()["servers"]:
-        platform.spawn(client, "bob")
-    pid = platform.api("GET", "/users/bob").json()["servers"][""]["state"]["pid"]
-    assert platform.server_status(client, "bob").status_code == 200
+    platform.login(client, "dave")
+    if not platform.api("GET", "/users/dave").json()["servers"]:
+        platform.spawn(client, "dave")
+    pid = platform.api("GET", "/users/dave").json()["servers"][""]["state"]["pid"]
+    assert platform.server_status(client, "dave").status_code == 200
 
     platform.restart_hub()
 
     assert os.path.exists(f"/proc/{pid}"), "the server died with the hub"
-    assert client.get(f"{platform.url}/hub/api/user").json()["name"] == "bob"  # session kept
-    assert client.get(f"{platform.url}/user/bob/api/status").status_code == 200
-    server = platform.api("GET", "/users/bob").json()["servers"][""]
+    assert client.get(f"{platform.url}/hub/api/user").json()["name"] == "dave"  # session kept
+    assert client.get(f"{platform.url}/user/dave/api/status").status_code == 200
+    server = platform.api("GET", "/users/dave").json()["servers"][""]
     assert server["ready"] and server["state"]["pid"] == pid

@@ -71,12 +71,12 @@ def test_server_sees_exactly_its_granted_datasets(platform: Platform, alice: dic
 
 def test_per_user_home_and_grants_for_a_student(platform: Platform):
     client = platform.browser()
-    platform.login(client, "bob")
-    if not platform.api("GET", "/users/bob").json()["servers"]:
-        platform.spawn(client, "bob")
-    env = server_environ(platform, "bob")
+    platform.login(client, "dave")
+    if not platform.api("GET", "/users/dave").json()["servers"]:
+        platform.spawn(client, "dave")
+    env = server_environ(platform, "dave")
     assert sorted(p.name for p in Path(env["MEDHUB_DATASETS_DIR"]).iterdir()) == ["teaching-ct"]
-    assert env["HOME"] == str(platform.settings.local.home_root / "bob")
+    assert env["HOME"] == str(platform.settings.local.home_root / "dave")
     assert Path(env["HOME"]).is_dir()
 
 
