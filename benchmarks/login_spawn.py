@@ -21,6 +21,7 @@ import html
 import os
 import re
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,11 +75,17 @@ class Result:
 
 
 def wait_ready(client: httpx.Client, url: str, deadline: float) -> None:
+    """Poll the user's own model until their server is ready; fail fast if its spawn failed."""
+    seen_pending = False
     while time.monotonic() < deadline:
         server = client.get(f"{url}/hub/api/user").json().get("servers", {}).get("")
         if server and server.get("ready"):
             return
-        time.sleep(0.25)
+        if server and server.get("pending"):
+            seen_pending = True
+        elif seen_pending:
+            raise RuntimeError("the spawn failed (see the hub's log)")
+        time.sleep(0.5)
     raise TimeoutError("server not ready in time")
 
 
@@ -195,6 +202,8 @@ def table(results: list[Result], users: int) -> str:
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so that every hub, proxy and server started here is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=50, help="concurrent users (default 50)")
     p.add_argument("--quick", action="store_true", help="5 users")

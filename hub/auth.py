@@ -154,18 +154,19 @@ class OIDCAuthenticator(GenericOAuthenticator):
             raise IdentityProviderUnavailable(f"{url}: {e}") from e
         return json.loads(response.body)
 
-    async def discover(self, force: bool = False) -> dict[str, Any]:
+    async def discover(self, force: bool = False, refresh_keys: bool = False) -> dict[str, Any]:
         """Fetch (or reuse) the issuer's discovery document and JWKS, and set the endpoints.
 
         Args:
             force: fetch the discovery document again even if the cached one is fresh; used
                 on each login so that a user is told at once when the issuer is down.
+            refresh_keys: fetch the JWKS again too (the issuer may have rotated its keys).
 
         Raises:
             IdentityProviderUnavailable: the issuer did not answer (or answered nonsense).
         """
         fresh = time.monotonic() - self._fetched_at < self.discovery_max_age
-        if self._discovery is not None and fresh and not force:
+        if self._discovery is not None and fresh and not force and not refresh_keys:
             return self._discovery
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
         try:
@@ -174,7 +175,8 @@ class OIDCAuthenticator(GenericOAuthenticator):
                 raise IdentityProviderUnavailable(
                     f"{url} names issuer {doc.get('issuer')!r}, not the configured {self.issuer!r}"
                 )
-            if self._jwks is None or not fresh or doc.get("jwks_uri") != (self._discovery or {}).get("jwks_uri"):
+            known_uri = (self._discovery or {}).get("jwks_uri")
+            if self._jwks is None or not fresh or refresh_keys or doc.get("jwks_uri") != known_uri:
                 self._jwks = jwt.PyJWKSet.from_dict(await self._fetch_json(doc["jwks_uri"]))
         except IdentityProviderUnavailable as e:
             self._last_error = str(e)
@@ -215,10 +217,14 @@ class OIDCAuthenticator(GenericOAuthenticator):
             return self.unavailable_html(base_url)
         return super().get_custom_html(base_url)
 
-    def login_url(self, base_url: str) -> str:
-        return url_path_join(base_url, "oauth_login")
-
     # -- tokens ----------------------------------------------------------------------------
+
+    def _knows_key_of(self, token: str) -> bool:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return True  # malformed: let verify_id_token say so
+        return self._jwks is not None and any(kid is None or k.key_id == kid for k in self._jwks.keys)
 
     def verify_id_token(self, id_token: str) -> dict[str, Any]:
         """Verify an id_token from the issuer and return its claims.
@@ -260,6 +266,8 @@ class OIDCAuthenticator(GenericOAuthenticator):
         id_token = token_info.get("id_token")
         if not id_token:
             raise IdTokenRejected("the token response has no id_token; is 'openid' in oidc.scopes?")
+        if not self._knows_key_of(id_token):
+            await self.discover(refresh_keys=True)
         claims = self.verify_id_token(id_token)
         userinfo = await super().token_to_user(token_info)
         if userinfo.get("sub") != claims["sub"]:
@@ -278,20 +286,37 @@ class OIDCAuthenticator(GenericOAuthenticator):
 
         oauthenticator only refreshes once the issuer rejects the old access token, which
         issuers that tolerate clock skew do late. Here an access token that expires within
-        ``auth_refresh_age`` seconds is replaced straight away. Returns False (log in again)
-        when the refresh token is refused.
+        ``auth_refresh_age`` seconds is replaced straight away.
+
+        Returns False (log in again) when the issuer refuses the tokens. When the issuer does
+        not answer (timeout, 5xx), the current auth is kept until the next refresh: an
+        identity provider outage must not stop logged-in users from working.
         """
+        try:
+            return await self._refresh(user, handler, **kwargs)
+        except (IdentityProviderUnavailable, OSError) as e:
+            transient = e
+        except HTTPClientError as e:
+            if e.code < 500:
+                raise
+            transient = e
+        self.log.warning("Could not refresh %s's tokens, keeping them for now: %s", user.name, transient)
+        return True
+
+    async def _refresh(self, user, handler=None, **kwargs):
         state = await user.get_auth_state() if self.enable_auth_state else None
         expires_at = ((state or {}).get("token_response") or {}).get("expires_at")
         if state and state.get("refresh_token") and expires_at and expires_at - time.time() < self.auth_refresh_age:
             params = self.build_refresh_token_request_params(state["refresh_token"])
             try:
                 token_info = await self.get_token_info(handler, params)
-                token_info.setdefault("refresh_token", state["refresh_token"])
-                return await self._token_to_auth_model(token_info)
-            except (web.HTTPError, HTTPClientError, IdentityProviderUnavailable) as e:
-                self.log.info("Refreshing %s's tokens failed (%s): login required", user.name, e)
+            except (web.HTTPError, HTTPClientError) as e:
+                if isinstance(e, HTTPClientError) and e.code >= 500:
+                    raise  # the issuer is in trouble: refresh_user keeps the current auth
+                self.log.info("Refreshing %s's tokens was refused (%s): login required", user.name, e)
                 return False
+            token_info.setdefault("refresh_token", state["refresh_token"])
+            return await self._token_to_auth_model(token_info)
         return await super().refresh_user(user, handler, **kwargs)
 
     async def authenticate(self, handler, data=None, **kwargs):

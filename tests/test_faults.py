@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -82,3 +83,31 @@ def test_hub_restart_keeps_servers_and_sessions(platform: Platform):
     assert client.get(f"{platform.url}/user/dave/api/status").status_code == 200
     server = platform.api("GET", "/users/dave").json()["servers"][""]
     assert server["ready"] and server["state"]["pid"] == pid
+
+
+def test_idp_outage_does_not_stop_logged_in_users(tmp_path: Path):
+    p = start_platform(tmp_path)
+    try:
+        client = p.browser()
+        p.login(client, "bob")
+        p.spawn(client, "bob")
+        assert p.server_status(client, "bob").status_code == 200
+
+        idp = p.stack.processes[0]
+        assert idp.name == "identity provider"
+        idp.stop()
+        time.sleep(p.settings.oidc.refresh_age + 1)  # the next request tries to refresh bob's tokens
+
+        assert client.get(f"{p.url}/hub/api/user").json()["name"] == "bob"
+        assert client.get(f"{p.url}/user/bob/api/status").status_code == 200
+        # bob can even restart his server (the pre-spawn refresh fails and is tolerated)
+        p.api("DELETE", "/users/bob/server").raise_for_status()
+        while p.api("GET", "/users/bob").json()["servers"]:
+            time.sleep(0.3)
+        p.spawn(client, "bob")
+        # while a newcomer is told why they cannot log in
+        with httpx.Client(follow_redirects=True) as newcomer:
+            page = newcomer.get(f"{p.url}/hub/oauth_login")
+        assert 'id="idp-unavailable"' in page.text
+    finally:
+        stop_platform(p)
