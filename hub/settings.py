@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -335,6 +335,15 @@ def _datasets(raw: Any, source: Path) -> tuple[Dataset, ...]:
     return tuple(datasets)
 
 
+def _plain(s: _Section, defaults: Any) -> Any:
+    """A section whose keys are the fields of a dataclass of str, int and bool values, all
+    optional; ``defaults`` is an instance holding each field's default."""
+    values = {f.name: s.get(f.name, type(getattr(defaults, f.name)), getattr(defaults, f.name))
+              for f in fields(defaults)}
+    s.done()
+    return replace(defaults, **values)
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and validate a settings file.
 
@@ -370,35 +379,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     local = section("local")
     local_settings = LocalSettings(home_root=local.path("home_root", hub.state_dir / "home"))
     local.done()
-    docker = section("docker")
-    dd = DockerSettings()
-    docker_settings = DockerSettings(
-        image=docker.get("image", str, dd.image),
-        home_volume=docker.get("home_volume", str, dd.home_volume),
-        home_mount=docker.get("home_mount", str, dd.home_mount),
-        network=docker.get("network", str, dd.network),
-    )
-    docker.done()
-    culler = section("culler")
-    dc = CullerSettings()
-    culler_settings = CullerSettings(
-        enabled=culler.get("enabled", bool, dc.enabled),
-        timeout=culler.get("timeout", int, dc.timeout),
-        every=culler.get("every", int, dc.every),
-        max_age=culler.get("max_age", int, dc.max_age),
-        cull_users=culler.get("cull_users", bool, dc.cull_users),
-    )
-    culler.done()
-    k8s = section("kubernetes")
-    dk = KubernetesSettings()
-    k8s_settings = KubernetesSettings(
-        image=k8s.get("image", str, docker_settings.image),
-        hub_image=k8s.get("hub_image", str, dk.hub_image),
-        gpus_per_node=k8s.get("gpus_per_node", int, dk.gpus_per_node),
-        storage_capacity=k8s.get("storage_capacity", str, dk.storage_capacity),
-        datasets_claim_prefix=k8s.get("datasets_claim_prefix", str, dk.datasets_claim_prefix),
-    )
-    k8s.done()
+    docker_settings = _plain(section("docker"), DockerSettings())
+    culler_settings = _plain(section("culler"), CullerSettings())
+    k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
     return Settings(
         source=source,
         hub=hub,

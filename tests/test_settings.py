@@ -71,6 +71,8 @@ def test_client_secret_from_file_and_environment(tmp_path: Path, monkeypatch):
         (with_("hub", hub_port=70000), "hub.hub_port: must be a TCP port"),
         (with_("hub", cleanup_servers="yes"), "hub.cleanup_servers: must be bool"),
         (with_("hub", colour="blue"), r"\[hub\] has unknown setting\(s\) colour"),
+        (with_("culler", timeout="1h"), "culler.timeout: must be int"),
+        (with_("docker", imgae="medhub/notebook"), r"\[docker\] has unknown setting\(s\) imgae"),
         ({**MINIMAL, "extras": {}}, "unknown section"),
         ({"hub": {}}, r"the \[oidc\] section is required"),
         ({**MINIMAL, "profiles": [{"slug": "GPU!", "display_name": "x"}]}, r"profiles\[0\].slug: 'GPU!' is not a slug"),
