@@ -24,7 +24,7 @@ from tornado import web
 from tornado.escape import xhtml_escape
 from tornado.httputil import url_concat
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Float, Integer, List, Unicode, default
+from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 
 from .errors import IdentityProviderUnavailable
 
@@ -103,6 +103,13 @@ class OIDCAuthenticator(GenericOAuthenticator):
         config=True,
         help="Signature algorithms accepted for id_tokens. Symmetric algorithms are never accepted.",
     )
+    @validate("id_token_algorithms")
+    def _asymmetric_only(self, proposal):
+        refused = [a for a in proposal.value if a.lower() == "none" or a.upper().startswith("HS")]
+        if refused:
+            raise TraitError(f"id_token_algorithms: {', '.join(refused)} cannot be accepted; use RS*, PS* or ES*")
+        return proposal.value
+
     post_logout_redirect_url = Unicode(
         "",
         config=True,

@@ -73,10 +73,9 @@ class ProfilesMixin(Configurable):
         return [Profile(**p) for p in self.profiles]
 
     def _options_form(self) -> str:
-        chosen = self.profile.slug if getattr(self, "_profile", None) else None
         rows = []
         for p in self._profiles():
-            checked = "checked" if (p.slug == chosen or (chosen is None and p.default)) else ""
+            checked = "checked" if p.slug == self.profile.slug else ""
             rows.append(
                 f'<div class="form-check"><input class="form-check-input" type="radio" name="profile" '
                 f'id="profile-{p.slug}" value="{p.slug}" {checked}>'
@@ -92,10 +91,12 @@ class ProfilesMixin(Configurable):
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         return {"profile": formdata.get("profile", [""])[0]}
 
+    _profile: Profile | None = None
+
     @property
     def profile(self) -> Profile:
         """The profile chosen at the last spawn (the default one before any)."""
-        return getattr(self, "_profile", None) or self._default_profile()
+        return self._profile or self._default_profile()
 
     def _default_profile(self) -> Profile:
         profiles = self._profiles()

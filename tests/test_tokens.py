@@ -93,3 +93,11 @@ def test_expired_id_token_is_refused_and_the_hub_refreshes(authenticator: OIDCAu
     assert after["access_token"] != before["access_token"]
     assert after["id_token"] != before["id_token"]
     assert authenticator.verify_id_token(after["id_token"])["sub"] == "carol"
+
+
+def test_symmetric_algorithms_cannot_be_configured():
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="HS256 cannot be accepted"):
+        OIDCAuthenticator(id_token_algorithms=["RS256", "HS256"])
+    assert OIDCAuthenticator(id_token_algorithms=["ES256"]).id_token_algorithms == ["ES256"]
