@@ -7,12 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medhub-installed
 
-.PHONY: demo test install chromium clean
+.PHONY: demo test install system-packages clean
 
 demo: install
 	$(BIN)/medhub demo $(ARGS)
 
-test: install chromium
+test: install system-packages
 	$(BIN)/python -m pytest $(ARGS)
 
 install: $(STAMP)
@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-# The browser test drives Debian's Chromium (Playwright cannot download its own here).
-chromium:
-	@command -v chromium >/dev/null || { \
+# Debian packages the tests use: Chromium for the browser test (Playwright cannot download
+# its own here), dicom3tools' dciodvfy to validate anonymized files.
+system-packages:
+	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools >/dev/null; }
 
 clean:
 	rm -rf $(VENV) node_modules state

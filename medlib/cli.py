@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from dataclasses import asdict
 
 from . import __version__
@@ -32,6 +34,70 @@ def cmd_synthetic_ct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anonymize_keygen(args: argparse.Namespace) -> int:
+    from .anonymize import SiteKey
+
+    key = SiteKey.generate(args.key_file)
+    print(f"wrote a new site key to {args.key_file} (mode 0600, fingerprint {key.fingerprint}); "
+          "keep it at the site and back it up: its pseudonyms cannot be made again without it")
+    return 0
+
+
+def cmd_anonymize_run(args: argparse.Namespace) -> int:
+    from .anonymize import Anonymizer, SiteKey
+    from .anonymize.tree import anonymize_tree
+
+    anonymizer = Anonymizer(SiteKey.load(args.key_file), args.option or ())
+    report = anonymize_tree(anonymizer, args.src, args.dst, quarantine=args.quarantine, workers=args.workers)
+    report_file = Path(args.report or f"anonymize-report-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    tmp = report_file.with_suffix(report_file.suffix + ".tmp")
+    tmp.write_text(report.to_json())
+    tmp.replace(report_file)
+    totals = ", ".join(f"{n} {what}" for what, n in sorted(report.totals.items())) or "no files"
+    print(f"{totals}; report: {report_file} (it names source files: keep it at the site)")
+    return 1 if report.totals.get("failed") else 0
+
+
+def cmd_anonymize_check(args: argparse.Namespace) -> int:
+    from .anonymize.check import check_tree
+
+    files, findings = check_tree(args.dst)
+    for f in findings:
+        print(f"{f.file}: {f.tag} {f.keyword}: {f.reason}")
+    print(f"{files} files checked, {len(findings)} residual identifier(s)")
+    return 1 if findings else 0
+
+
+def _anonymize_parser(sub) -> None:
+    from .anonymize import load_profile
+
+    anon = sub.add_parser("anonymize", help="de-identify DICOM files by the DICOM PS3.15 confidentiality profile")
+    verbs = anon.add_subparsers(dest="anonymize_verb", metavar="VERB", required=True)
+    keygen = verbs.add_parser("keygen", help="create a site key file (mode 0600)")
+    keygen.add_argument("key_file")
+    keygen.set_defaults(func=cmd_anonymize_keygen)
+
+    options = load_profile().option_codes
+    run = verbs.add_parser(
+        "run", help="anonymize every file below SRC into DST",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="options (--option NAME, repeatable; the Basic Profile always applies):\n"
+        + "\n".join(f"  {name:32} {meaning} (DCM {code})" for name, (code, meaning) in sorted(options.items())),
+    )
+    run.add_argument("src")
+    run.add_argument("dst")
+    run.add_argument("--key-file", required=True, help="the site key (see `medlib anonymize keygen`)")
+    run.add_argument("--option", action="append", choices=sorted(options), metavar="NAME",
+                     help="a PS3.15 option (listed below)")
+    run.add_argument("--workers", type=int, default=1, help="processes to use (default 1)")
+    run.add_argument("--quarantine", help="folder for files that may carry burned-in text (default DST.quarantine)")
+    run.add_argument("--report", help="JSON report file (default anonymize-report-<time>.json here)")
+    run.set_defaults(func=cmd_anonymize_run)
+    check = verbs.add_parser("check", help="list residual identifiers and private tags in DST (exit 1 if any)")
+    check.add_argument("dst")
+    check.set_defaults(func=cmd_anonymize_check)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medlib",
@@ -48,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     syn.add_argument("--size", type=int, default=64, help="rows and columns")
     syn.add_argument("--patient-id", default="PAT-0001")
     syn.set_defaults(func=cmd_synthetic_ct)
+    _anonymize_parser(sub)
     return p
 
 
@@ -55,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except MedlibError as e:
+    except (MedlibError, ValueError) as e:
         print(f"medlib: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -95,9 +95,11 @@ def write_ct_series(
         ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", "Axial 2.5 mm"
         ds.BodyPartExamined, ds.KVP = "CHEST", 120
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [-(shape[2] - 1) * spacing[2] / 2, -(shape[1] - 1) * spacing[1] / 2, k * spacing[0]]
+        ds.ImagePositionPatient = [round(-(shape[2] - 1) * spacing[2] / 2, 4), round(-(shape[1] - 1) * spacing[1] / 2, 4),
+                                   round(k * spacing[0], 4)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceThickness, ds.SliceLocation = spacing[0], k * spacing[0]
+        ds.SliceThickness, ds.SliceLocation = spacing[0], round(k * spacing[0], 4)
+        ds.PatientPosition, ds.PositionReferenceIndicator, ds.AcquisitionNumber = "HFS", "", 1
         ds.PixelSpacing = [spacing[1], spacing[2]]
         ds.Rows, ds.Columns = shape[1], shape[2]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

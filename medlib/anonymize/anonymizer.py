@@ -1,0 +1,199 @@
+"""The anonymizer: a small interpreter of PS3.15 Table E.1-1 over a pydicom Dataset.
+
+For every attribute, at every depth of nested sequences, the profile (with the chosen
+options) gives one action; :class:`Anonymizer` carries it out with the site key: UIDs and
+the patient's name and ID become keyed pseudonyms, dates move by a per-patient shift when
+dates are kept modified. The result records what was done (PatientIdentityRemoved,
+DeidentificationMethod and its CID 7050 codes, LongitudinalTemporalInformationModified) and
+its file meta information matches the new SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from .. import __version__
+from .keys import SiteKey
+from .profile import Action, OptionError, Profile, load_profile
+
+#: A dummy value for each VR (PS3.15: "a non-zero length value that may be a dummy value
+#: and consistent with the VR"). UI is handled by the key; SQ keeps its cleaned items.
+DUMMY_BY_VR: dict[str, object] = {
+    "AE": "ANONYMOUS", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0",
+    "DT": "19000101000000", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED", "ST": "ANONYMIZED", "TM": "000000", "UC": "ANONYMIZED", "UR": "", "UT": "ANONYMIZED",
+    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
+    "OB": b"", "OD": b"", "OF": b"", "OL": b"", "OV": b"", "OW": b"", "UN": b"",
+}
+#: Attributes whose dummy is a keyed pseudonym, so that one patient's files stay linked.
+PSEUDONYMS = {"PatientID": ("patient-id", "ANON-{}"), "PatientName": ("patient-name", "ANON^{}")}
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def _zero(vr: str):
+    """A zero-length value of ``vr``."""
+    return b"" if vr in BINARY_VRS else None
+
+
+class Anonymizer:
+    """De-identify datasets with the PS3.15 Basic Profile and options, keyed by a site key.
+
+    Args:
+        key: the site key (:meth:`SiteKey.load`).
+        options: option names, e.g. ``{"retain_modified_dates", "clean_descriptors"}``;
+            see :attr:`Profile.option_codes`.
+
+    Example:
+        >>> from medlib.synthetic import write_ct_series
+        >>> import pydicom, tempfile, secrets
+        >>> ds = pydicom.dcmread(write_ct_series(tempfile.mkdtemp(), shape=(1, 4, 4))[0])
+        >>> out = Anonymizer(SiteKey(secrets.token_bytes(32))).anonymize(ds)
+        >>> str(out.PatientName).startswith("ANON^"), "InstitutionName" in out
+        (True, False)
+    """
+
+    def __init__(self, key: SiteKey, options: Iterable[str] = (), profile: Profile | None = None):
+        self.key = key
+        self.profile = profile or load_profile()
+        self.options = self.profile.check_options(frozenset(options))
+        if "retain_safe_private" in self.options:
+            raise OptionError(
+                "retain_safe_private: medlib ships no list of safe private attributes yet (PS3.15 "
+                "Table E.3.10-1), so it could keep none; run without it (every private attribute is removed)"
+            )
+
+    def __reduce__(self):  # picklable for worker processes
+        return (Anonymizer, (self.key, sorted(self.options)))
+
+    # -- public ----------------------------------------------------------------------------
+
+    def anonymize(self, dataset: Dataset, counts: Counter | None = None) -> Dataset:
+        """Return an anonymized copy of ``dataset`` (the original is not touched).
+
+        Args:
+            counts: if given, incremented per action taken (``"X"``, ``"U"``, …).
+        """
+        counts = Counter() if counts is None else counts
+        ds = copy.deepcopy(dataset)
+        shift = self.key.date_shift_days(str(dataset.get("PatientID", "")))
+        self._walk(ds, shift, counts)
+        self._record(ds)
+        if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        return ds
+
+    @property
+    def method_codes(self) -> list[tuple[str, str]]:
+        """The CID 7050 (code, meaning) pairs this anonymizer records."""
+        return [self.profile.basic_code] + sorted(self.profile.option_codes[o] for o in self.options)
+
+    # -- the interpreter -------------------------------------------------------------------
+
+    def _walk(self, ds: Dataset, shift: int, counts: Counter) -> None:
+        for elem in list(ds):
+            rule = self.profile.rule(elem.tag)
+            if rule is None:  # not in the table: kept, but its items still follow the profile
+                if elem.VR == "SQ":
+                    for item in elem.value:
+                        self._walk(item, shift, counts)
+                continue
+            action = rule.action(self.options)
+            counts[action.value] += 1
+            self._apply(ds, elem, action, shift, counts)
+
+    def _apply(self, ds: Dataset, elem: DataElement, action: Action, shift: int, counts: Counter) -> None:
+        vr = elem.VR
+        if action is Action.REMOVE:
+            del ds[elem.tag]
+        elif vr == "SQ":
+            if action is Action.ZERO:
+                elem.value = Sequence()
+            else:  # K, C, D, U*: keep the structure, apply the profile inside
+                for item in elem.value:
+                    self._walk(item, shift, counts)
+        elif action is Action.KEEP:
+            pass
+        elif elem.keyword in PSEUDONYMS and action in (Action.ZERO, Action.DUMMY):
+            elem.value = self._pseudonym(elem)
+        elif action is Action.ZERO:
+            elem.value = _zero(vr)
+        elif action is Action.UID or (action is Action.UID_IN_SEQUENCE and vr == "UI"):
+            if vr == "UI":
+                elem.value = self._uids(elem.value)
+            else:
+                elem.value = DUMMY_BY_VR.get(vr, b"")
+        elif action is Action.DUMMY:
+            elem.value = self._dummy(elem)
+        elif action is Action.CLEAN:
+            elem.value = self._clean(elem, shift)
+
+    def _uids(self, value):
+        if isinstance(value, (list, tuple, MultiValue)):
+            return [self.key.uid(str(v)) for v in value if str(v)]
+        return self.key.uid(str(value)) if value else value
+
+    def _pseudonym(self, elem: DataElement) -> str:
+        """The patient's keyed pseudonym (empty stays empty: nothing to link)."""
+        if not elem.value:
+            return ""
+        purpose, template = PSEUDONYMS[elem.keyword]
+        return template.format(self.key.pseudonym(purpose, str(elem.value)))
+
+    def _dummy(self, elem: DataElement):
+        if elem.VR == "UI":
+            return self._uids(elem.value)
+        return DUMMY_BY_VR.get(elem.VR, b"")
+
+    def _clean(self, elem: DataElement, shift: int):
+        """C: dates move by the patient's shift under Modified Dates; anything else that can
+        carry identifying text is emptied (the least information that is still valid)."""
+        if "retain_modified_dates" in self.options and elem.VR in ("DA", "DT"):
+            return _shift_dates(elem.value, elem.VR, shift)
+        if "retain_modified_dates" in self.options and elem.VR == "TM":
+            return elem.value  # times of day carry no date; intervals stay
+        return _zero(elem.VR)
+
+    def _record(self, ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = [f"medlib {__version__}"] + [m for _, m in self.method_codes]
+        items = []
+        for code, meaning in self.method_codes:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        if "retain_full_dates" in self.options:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif "retain_modified_dates" in self.options:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+
+
+def _shift_dates(value, vr: str, days: int):
+    if isinstance(value, (list, tuple, MultiValue)):
+        return [_shift_one(str(v), vr, days) for v in value]
+    return _shift_one(str(value), vr, days)
+
+
+def _shift_one(value: str, vr: str, days: int) -> str:
+    """Move the date part of a DA or DT value by ``days``; keep time and offset as they are."""
+    value = value.strip()
+    if len(value) < 8:
+        return ""  # not a full date: nothing safe to keep
+    try:
+        date = dt.datetime.strptime(value[:8], "%Y%m%d").date() + dt.timedelta(days=days)
+    except ValueError:
+        return ""
+    return date.strftime("%Y%m%d") + (value[8:] if vr == "DT" else "")

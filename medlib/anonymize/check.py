@@ -1,0 +1,104 @@
+"""Scan anonymized files for anything the profile says must not survive with a real value.
+
+The options a file was made with are read from its own DeidentificationMethodCodeSequence
+(CID 7050 codes); a file without it (another tool's output) is held to the Basic Profile.
+A finding is an attribute the profile removes that is present, one it empties or replaces
+with a dummy that holds something else, a UID it replaces that is not a ``2.25.`` UID, or
+any private attribute.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from .anonymizer import DUMMY_BY_VR, PSEUDONYMS
+from .profile import Action, Profile, load_profile
+
+PSEUDONYM_PREFIXES = tuple(template.split("{")[0] for _, template in PSEUDONYMS.values())
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    tag: str
+    keyword: str
+    reason: str
+
+
+def _values(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return [str(v) for v in value if str(v)]
+    return [str(value)] if str(value) else []
+
+
+def options_of(ds: Dataset, profile: Profile) -> frozenset[str]:
+    by_code = {code: name for name, (code, _) in profile.option_codes.items()}
+    return frozenset(by_code[i.CodeValue] for i in ds.get("DeidentificationMethodCodeSequence", [])
+                     if i.get("CodeValue") in by_code)
+
+
+def check_dataset(ds: Dataset, name: str, profile: Profile | None = None) -> list[Finding]:
+    """Findings in one dataset (recursing into sequences)."""
+    profile = profile or load_profile()
+    options = options_of(ds, profile)
+    return list(_scan(ds, name, profile, options))
+
+
+def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str]) -> Iterator[Finding]:
+    for elem in ds:
+        tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        keyword = elem.keyword or "private" if elem.tag.is_private else elem.keyword or tag
+        if elem.tag.is_private:
+            yield Finding(name, tag, keyword, "private attribute")
+            continue
+        rule = profile.rule(elem.tag)
+        action = None if rule is None else rule.action(options)
+        if elem.VR == "SQ":
+            if action is Action.REMOVE:
+                yield Finding(name, tag, keyword, "must be removed")
+            elif action is Action.ZERO and len(elem.value):
+                yield Finding(name, tag, keyword, "must be empty")
+            for item in elem.value:
+                yield from _scan(item, name, profile, options)
+            continue
+        values = _values(elem.value)
+        if action is Action.REMOVE:
+            yield Finding(name, tag, keyword, "must be removed")
+        elif action in (Action.ZERO, Action.DUMMY) and elem.keyword in PSEUDONYMS:
+            if any(not v.startswith(PSEUDONYM_PREFIXES) for v in values):
+                yield Finding(name, tag, keyword, "holds a value that is not a pseudonym")
+        elif action is Action.ZERO and values:
+            yield Finding(name, tag, keyword, "must be empty")
+        elif action is Action.DUMMY and elem.VR != "UI" and any(v != str(DUMMY_BY_VR.get(elem.VR)) for v in values):
+            yield Finding(name, tag, keyword, "holds a value that is not a dummy")
+        elif (action is Action.UID or (action is Action.DUMMY and elem.VR == "UI")) and any(
+                not v.startswith("2.25.") for v in values):
+            yield Finding(name, tag, keyword, "holds an original UID")
+        elif action is Action.CLEAN and values and not (
+                "retain_modified_dates" in options and elem.VR in ("DA", "DT", "TM")):
+            yield Finding(name, tag, keyword, "must be cleaned")
+
+
+def check_tree(root: str | os.PathLike[str]) -> tuple[int, list[Finding]]:
+    """Check every DICOM file below ``root``; return (files checked, findings)."""
+    root = Path(root)
+    profile = load_profile()
+    files, findings = 0, []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError):
+            continue
+        files += 1
+        findings.extend(check_dataset(ds, path.relative_to(root).as_posix(), profile))
+    return files, findings

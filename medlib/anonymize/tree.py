@@ -1,0 +1,206 @@
+"""Anonymize a folder tree: every DICOM file below ``src`` into ``dst``, in parallel, resumable.
+
+Outputs are named by their new UIDs (``<study>/<series>/<instance>.dcm``), so that no source
+path (which often holds a patient's name) reaches ``dst``. Each file is written under a
+temporary name and renamed; originals are only read. A journal in ``dst`` (keyed hashes of
+source paths, nothing identifying) lets an interrupted run skip finished files; given the
+key, outputs are byte-identical whenever they are made. Files that may carry burned-in text
+go to the quarantine folder instead, for review. Unreadable and non-DICOM files are skipped
+with their reason; the report (kept at the site: it names source files) says what happened
+to each file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from tqdm.auto import tqdm
+
+from .anonymizer import Anonymizer
+
+JOURNAL = ".medlib-anonymize-journal"
+#: Modalities and SOP classes where text is usually burned into the pixels.
+BURNED_IN_MODALITIES = frozenset({"US", "SC", "XA", "OT", "DOC"})
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass
+class FileOutcome:
+    source: str
+    outcome: str  # anonymized | quarantined | duplicate | skipped | failed | done-before
+    output: str | None = None
+    reason: str | None = None
+    actions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    source: str
+    destination: str
+    quarantine: str
+    options: list[str]
+    key_fingerprint: str
+    files: list[FileOutcome] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return dict(Counter(f.outcome for f in self.files))
+
+    @property
+    def actions(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for f in self.files:
+            total.update(f.actions)
+        return dict(sorted(total.items()))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["totals"], data["actions"] = self.totals, self.actions
+        return json.dumps(data, indent=1)
+
+
+def burned_in_reason(ds: pydicom.Dataset) -> str | None:
+    """Why a file may carry burned-in text, or None."""
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        return "BurnedInAnnotation is YES"
+    if ds.get("Modality") in BURNED_IN_MODALITIES:
+        return f"modality {ds.Modality} often has burned-in text"
+    if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+        return "secondary capture"
+    return None
+
+
+def _short_pixel_data(ds: pydicom.Dataset) -> str | None:
+    """Why native (uncompressed) pixel data is shorter than its attributes say, or None.
+
+    pydicom reads a file cut inside its last element without complaint; this catches the
+    common case, a cut inside the pixel data."""
+    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    # YBR_FULL_422 stores two samples per pixel (chroma subsampled), not three
+    samples = 2 if ds.get("PhotometricInterpretation") == "YBR_FULL_422" else ds.get("SamplesPerPixel", 1)
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(samples)
+                    * int(ds.BitsAllocated) * int(ds.get("NumberOfFrames", 1) or 1) + 7) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None
+    actual = len(ds.PixelData)
+    return f"truncated: pixel data has {actual} of {expected} bytes" if actual < expected else None
+
+
+def _write_new(ds: pydicom.Dataset, path: Path) -> bool:
+    """Write ``ds`` to ``path`` atomically, never replacing an existing file.
+
+    The file is written under a temporary name, then hard-linked into place (which fails if
+    ``path`` exists, also against a parallel worker). An existing identical file (written by
+    an interrupted run before it could journal it) counts as written. Returns False if
+    ``path`` holds something else.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            ds.save_as(f, enforce_file_format=True)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return Path(tmp).read_bytes() == path.read_bytes()
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str) -> FileOutcome:
+    try:
+        ds = pydicom.dcmread(src / rel)
+        missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
+        if missing:
+            return FileOutcome(rel, "skipped", reason=f"incomplete DICOM object: no {' or '.join(missing)} (truncated?)")
+        short = _short_pixel_data(ds)
+        if short:
+            return FileOutcome(rel, "skipped", reason=short)
+        counts: Counter = Counter()
+        out = anonymizer.anonymize(ds, counts)
+        name = Path(str(out.get("StudyInstanceUID", "no-study")), str(out.get("SeriesInstanceUID", "no-series")),
+                    f"{out.SOPInstanceUID}.dcm")
+        reason = burned_in_reason(ds)
+        target = (quarantine if reason else dst) / name
+        if not _write_new(out, target):
+            return FileOutcome(rel, "duplicate", str(name), "another file has the same SOP Instance UID; "
+                               "its output was kept and this one not written", dict(counts))
+        return FileOutcome(rel, "quarantined" if reason else "anonymized", str(name), reason, dict(counts))
+    except InvalidDicomError as e:
+        return FileOutcome(rel, "skipped", reason=f"not a DICOM file ({e})")
+    except Exception as e:  # a batch reports what failed and goes on
+        return FileOutcome(rel, "failed", reason=f"{type(e).__name__}: {e}")
+
+
+def _work(args: tuple) -> FileOutcome:
+    return _one(*args)
+
+
+def anonymize_tree(
+    anonymizer: Anonymizer,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    quarantine: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Report:
+    """Anonymize every file below ``src`` into ``dst``.
+
+    Args:
+        anonymizer: the profile, options and key to apply.
+        quarantine: where files that may carry burned-in text go (default ``<dst>.quarantine``,
+            beside ``dst``, never inside it).
+        workers: processes to use (1: in this process).
+        progress: show a progress bar (a widget in notebooks, a bar in terminals).
+
+    Returns:
+        the run's :class:`Report`.
+    """
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    quarantine = Path(quarantine).resolve() if quarantine else dst.with_name(dst.name + ".quarantine")
+    if dst == src or src in dst.parents:
+        raise ValueError(f"the destination {dst} must not lie inside the source {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    report = Report(str(src), str(dst), str(quarantine), sorted(anonymizer.options), anonymizer.key.fingerprint)
+
+    journal_path = dst / JOURNAL
+    done = set(journal_path.read_text().split()) if journal_path.exists() else set()
+    todo = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        if anonymizer.key.digest("journal", rel).hex() in done:
+            report.files.append(FileOutcome(rel, "done-before"))
+        else:
+            todo.append(rel)
+
+    jobs = [(anonymizer, src, dst, quarantine, rel) for rel in todo]
+    with open(journal_path, "a") as journal, tqdm(total=len(jobs), unit="file", disable=not progress,
+                                                  desc="anonymizing") as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = pool.map(_work, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1)))
+                for outcome in results:
+                    _finish(outcome, report, journal, anonymizer, bar)
+        else:
+            for job in jobs:
+                _finish(_work(job), report, journal, anonymizer, bar)
+    return report
+
+
+def _finish(outcome: FileOutcome, report: Report, journal, anonymizer: Anonymizer, bar) -> None:
+    report.files.append(outcome)
+    if outcome.outcome in ("anonymized", "quarantined", "duplicate", "skipped"):
+        journal.write(anonymizer.key.digest("journal", outcome.source).hex() + "\n")
+        journal.flush()
+    bar.update(1)
