@@ -15,6 +15,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -64,6 +65,7 @@ class Anonymizer:
         self.key = key
         self.profile = profile or load_profile()
         self.options = self.profile.check_options(frozenset(options))
+        self._actions: dict[int, Action | None] = {}
         if "retain_safe_private" in self.options:
             raise OptionError(
                 "retain_safe_private: medlib ships no list of safe private attributes yet (PS3.15 "
@@ -75,15 +77,17 @@ class Anonymizer:
 
     # -- public ----------------------------------------------------------------------------
 
-    def anonymize(self, dataset: Dataset, counts: Counter | None = None) -> Dataset:
+    def anonymize(self, dataset: Dataset, counts: Counter | None = None, *, in_place: bool = False) -> Dataset:
         """Return an anonymized copy of ``dataset`` (the original is not touched).
 
         Args:
             counts: if given, incremented per action taken (``"X"``, ``"U"``, …).
+            in_place: change ``dataset`` itself instead of a copy (for a dataset just read
+                from a file, as tree runs do: it saves the copy).
         """
         counts = Counter() if counts is None else counts
-        ds = copy.deepcopy(dataset)
         shift = self.key.date_shift_days(str(dataset.get("PatientID", "")))
+        ds = dataset if in_place else copy.deepcopy(dataset)
         self._walk(ds, shift, counts)
         self._record(ds)
         if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
@@ -97,17 +101,31 @@ class Anonymizer:
 
     # -- the interpreter -------------------------------------------------------------------
 
+    def _action(self, tag: int) -> Action | None:
+        try:
+            return self._actions[tag]
+        except KeyError:
+            rule = self.profile.rule(tag)
+            action = self._actions[tag] = None if rule is None else rule.action(self.options)
+            return action
+
     def _walk(self, ds: Dataset, shift: int, counts: Counter) -> None:
-        for elem in list(ds):
-            rule = self.profile.rule(elem.tag)
-            if rule is None:  # not in the table: kept, but its items still follow the profile
-                if elem.VR == "SQ":
-                    for item in elem.value:
+        # Tags first: an element is decoded only when the profile acts on it or it is a
+        # sequence; the rest are written back as read.
+        for tag in list(ds.keys()):
+            action = self._action(tag)
+            if action is None or action is Action.KEEP:  # kept, but items still follow the profile
+                if _is_sequence(ds, tag):
+                    for item in ds[tag].value:
                         self._walk(item, shift, counts)
+                if action is Action.KEEP:
+                    counts["K"] += 1
                 continue
-            action = rule.action(self.options)
             counts[action.value] += 1
-            self._apply(ds, elem, action, shift, counts)
+            if action is Action.REMOVE:
+                del ds[tag]
+            else:
+                self._apply(ds, ds[tag], action, shift, counts)
 
     def _apply(self, ds: Dataset, elem: DataElement, action: Action, shift: int, counts: Counter) -> None:
         vr = elem.VR
@@ -179,6 +197,16 @@ class Anonymizer:
         for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
             if keyword not in ds:
                 setattr(ds, keyword, "")
+
+
+def _is_sequence(ds: Dataset, tag: int) -> bool:
+    vr = ds.get_item(tag).VR  # the raw element: not decoded
+    if vr is None:  # implicit VR: the dictionary says
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return False
+    return vr == "SQ"
 
 
 def _shift_dates(value, vr: str, days: int):

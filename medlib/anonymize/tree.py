@@ -127,10 +127,10 @@ def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: st
         if short:
             return FileOutcome(rel, "skipped", reason=short)
         counts: Counter = Counter()
-        out = anonymizer.anonymize(ds, counts)
+        reason = burned_in_reason(ds)
+        out = anonymizer.anonymize(ds, counts, in_place=True)
         name = Path(str(out.get("StudyInstanceUID", "no-study")), str(out.get("SeriesInstanceUID", "no-series")),
                     f"{out.SOPInstanceUID}.dcm")
-        reason = burned_in_reason(ds)
         target = (quarantine if reason else dst) / name
         if not _write_new(out, target):
             return FileOutcome(rel, "duplicate", str(name), "another file has the same SOP Instance UID; "

@@ -1,0 +1,150 @@
+"""DICOM de-identification throughput and residual identifiers: medlib against its peers.
+
+A corpus is built from pydicom's own test files (CT, MR, RT dose/plan, SR, multi-frame,
+compressed, waveform, secondary capture) with varied patients and fresh UIDs. In the same run
+each tool anonymizes the whole corpus as a separate process (interpreter start included):
+medlib with one worker and with every core, dicognito, deid (pydicom/deid) and
+dicom-anonymizer (KitwareMedical), and a plain copy as the floor. Every output is then
+scanned by ``medlib anonymize check``.
+
+Peers are installed in their own virtual environments (../shared/PEERS.md):
+
+    python3 -m venv PEERS/dicognito && PEERS/dicognito/bin/pip install dicognito
+    python3 -m venv PEERS/deid && PEERS/deid/bin/pip install deid
+    python3 -m venv PEERS/dicom-anonymizer && PEERS/dicom-anonymizer/bin/pip install dicom-anonymizer
+
+    python benchmarks/anonymize.py --peers PEERS            # 2,000 files
+    python benchmarks/anonymize.py --peers PEERS --quick    # 200 files
+    python benchmarks/anonymize.py --peers PEERS --record   # append the table to README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from medlib.anonymize import SiteKey
+from medlib.anonymize.check import check_tree
+
+README = Path(__file__).with_name("README.md")
+TEMPLATES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "rtplan.dcm", "test-SR.dcm", "JPEG2000.dcm",
+             "MR_small_RLE.dcm", "liver_1frame.dcm", "waveform_ecg.dcm", "SC_rgb_small_odd.dcm",
+             "examples_overlay.dcm", "rtdose_1frame.dcm")
+PATIENTS = 50
+
+DEID_SCRIPT = """
+import sys
+from pathlib import Path
+from deid.config import DeidRecipe
+from deid.dicom import replace_identifiers
+src, dst = Path(sys.argv[1]), sys.argv[2]
+files = [str(p) for p in src.rglob("*.dcm")]
+replace_identifiers(dicom_files=files, deid=DeidRecipe(), save=True, output_folder=dst, remove_private=True,
+                    overwrite=True)
+"""
+
+
+def build_corpus(root: Path, n: int) -> None:
+    templates = [pydicom.dcmread(get_testdata_file(name)) for name in TEMPLATES]
+    studies = {p: generate_uid() for p in range(PATIENTS)}
+    for i in range(n):
+        ds = templates[i % len(templates)].copy()
+        patient = i % PATIENTS
+        ds.PatientName, ds.PatientID = f"Case^Patient{patient:03d}", f"PID{patient:05d}"
+        ds.PatientBirthDate, ds.InstitutionName = f"19{50 + patient % 40:02d}0101", f"Hospital {patient % 7}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = studies[patient], generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        folder = root / f"patient{patient:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(folder / f"{i:05d}.dcm", enforce_file_format=True)
+
+
+@dataclass
+class Run:
+    tool: str
+    seconds: float
+    output: Path
+    residuals: int | None = None
+    files_out: int = 0
+
+
+def timed(argv: list[str], output: Path, tool: str) -> Run:
+    t0 = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if result.returncode != 0:
+        print(f"{tool} failed ({result.returncode}): {result.stderr[-500:]}", file=sys.stderr)
+    return Run(tool, seconds, output)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--files", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="200 files")
+    p.add_argument("--peers", type=Path, help="folder holding the peers' virtual environments")
+    p.add_argument("--record", action="store_true", help="append the result to benchmarks/README.md")
+    args = p.parse_args()
+    n = 200 if args.quick else args.files
+    cores = os.cpu_count() or 1
+    medlib = [sys.executable, "-m", "medlib.cli", "anonymize", "run"]
+
+    with tempfile.TemporaryDirectory(prefix="medlib-anon-bench-") as tmp:
+        tmp = Path(tmp)
+        corpus = tmp / "corpus"
+        build_corpus(corpus, n)
+        SiteKey.generate(tmp / "site.key")
+        runs = []
+
+        t0 = time.perf_counter()
+        shutil.copytree(corpus, tmp / "copy")
+        runs.append(Run("plain copy (floor)", time.perf_counter() - t0, tmp / "copy"))
+        runs.append(timed(medlib + [str(corpus), str(tmp / "medlib1"), "--key-file", str(tmp / "site.key"),
+                                    "--workers", "1", "--report", str(tmp / "r1.json")], tmp / "medlib1", "medlib, 1 worker"))
+        runs.append(timed(medlib + [str(corpus), str(tmp / "medlibN"), "--key-file", str(tmp / "site.key"),
+                                    "--workers", str(cores), "--report", str(tmp / "rN.json")], tmp / "medlibN",
+                          f"medlib, {cores} workers"))
+        if args.peers:
+            peers = args.peers.resolve()
+            shutil.copytree(corpus, tmp / "dicognito")  # it anonymizes in place
+            runs.append(timed([str(peers / "dicognito/bin/python"), "-m", "dicognito", str(tmp / "dicognito")],
+                              tmp / "dicognito", "dicognito"))
+            (tmp / "deid").mkdir()
+            runs.append(timed([str(peers / "deid/bin/python"), "-c", DEID_SCRIPT, str(corpus), str(tmp / "deid")],
+                              tmp / "deid", "deid"))
+            runs.append(timed([str(peers / "dicom-anonymizer/bin/dicom-anonymizer"), str(corpus),
+                               str(tmp / "dicom-anonymizer")], tmp / "dicom-anonymizer", "dicom-anonymizer"))
+        for run in runs:
+            run.files_out, findings = check_tree(run.output)
+            run.residuals = len(findings)
+
+    medlib1 = next(r for r in runs if r.tool == "medlib, 1 worker")
+    floor = runs[0]
+    rows = [f"| tool | files out | seconds | files/s | × medlib 1-worker time | × copy time | residual identifiers |",
+            "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        rows.append(f"| {r.tool} | {r.files_out}/{n} | {r.seconds:.2f} | {n / r.seconds:.0f} | "
+                    f"{r.seconds / medlib1.seconds:.2f} | {r.seconds / floor.seconds:.1f} | {r.residuals} |")
+    text = "\n".join(rows)
+    print(text)
+    if args.record:
+        command = "python benchmarks/anonymize.py --peers PEERS" + (" --quick" if args.quick else f" --files {n}")
+        with README.open("a") as f:
+            f.write(f"\n### DICOM anonymization, {n} files ({datetime.now(timezone.utc):%Y-%m-%d}, {cores} cores)\n\n"
+                    f"`{command}`\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
