@@ -47,8 +47,17 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
     from .anonymize import Anonymizer, SiteKey
     from .anonymize.tree import anonymize_tree
 
-    anonymizer = Anonymizer(SiteKey.load(args.key_file), args.option or ())
-    report = anonymize_tree(anonymizer, args.src, args.dst, quarantine=args.quarantine, workers=args.workers)
+    from .anonymize.mapping import MappingStore
+
+    key = SiteKey.load(args.key_file)
+    anonymizer = Anonymizer(key, args.option or ())
+    store = MappingStore(args.mapping_store, key) if args.mapping_store else None
+    try:
+        report = anonymize_tree(anonymizer, args.src, args.dst, quarantine=args.quarantine, workers=args.workers,
+                                mapping_store=store)
+    finally:
+        if store is not None:
+            store.close()
     report_file = Path(args.report or f"anonymize-report-{time.strftime('%Y%m%dT%H%M%S')}.json")
     tmp = report_file.with_suffix(report_file.suffix + ".tmp")
     tmp.write_text(report.to_json())
@@ -66,6 +75,21 @@ def cmd_anonymize_check(args: argparse.Namespace) -> int:
         print(f"{f.file}: {f.tag} {f.keyword}: {f.reason}")
     print(f"{files} files checked, {len(findings)} residual identifier(s)")
     return 1 if findings else 0
+
+
+def cmd_anonymize_reidentify(args: argparse.Namespace) -> int:
+    from .anonymize import SiteKey
+    from .anonymize.mapping import MappingStore
+
+    store = MappingStore(args.store, SiteKey.load(args.key_file))
+    unknown = 0
+    for pseudonym in args.pseudonym:
+        found = store.lookup(pseudonym)
+        unknown += not found
+        for kind, original in found or [("unknown", "(not in the store)")]:
+            print(f"{pseudonym}\t{kind}\t{original}")
+    store.close()
+    return 1 if unknown else 0
 
 
 def _anonymize_parser(sub) -> None:
@@ -92,7 +116,15 @@ def _anonymize_parser(sub) -> None:
     run.add_argument("--workers", type=int, default=1, help="processes to use (default 1)")
     run.add_argument("--quarantine", help="folder for files that may carry burned-in text (default DST.quarantine)")
     run.add_argument("--report", help="JSON report file (default anonymize-report-<time>.json here)")
+    run.add_argument("--mapping-store", metavar="FILE",
+                     help="record pseudonym -> original in this encrypted SQLite file, kept at the site, "
+                          "for `medlib anonymize reidentify`")
     run.set_defaults(func=cmd_anonymize_run)
+    reid = verbs.add_parser("reidentify", help="look pseudonyms (UIDs, ANON-… IDs, ANON^… names) up in a mapping store")
+    reid.add_argument("pseudonym", nargs="+")
+    reid.add_argument("--key-file", required=True, help="the site key the store was made with")
+    reid.add_argument("--store", required=True, help="the mapping store (from `run --mapping-store`)")
+    reid.set_defaults(func=cmd_anonymize_reidentify)
     check = verbs.add_parser("check", help="list residual identifiers and private tags in DST (exit 1 if any)")
     check.add_argument("dst")
     check.set_defaults(func=cmd_anonymize_check)

@@ -382,3 +382,47 @@ def test_dciodvfy_finds_no_new_error(tmp_path: Path):
     source_errors = set().union(*(errors(p) for p in paths))
     for path in (tmp_path / "out").rglob("*.dcm"):
         assert errors(path) <= source_errors, path
+
+
+# -- the site-local mapping store -------------------------------------------------------------
+
+def test_mapping_store_reidentifies_and_keeps_originals_encrypted(tmp_path: Path):
+    from medlib.anonymize.mapping import MappingStore, MappingStoreError
+
+    study(tmp_path / "src")
+    originals = read_tree(tmp_path / "src")
+    store = MappingStore(tmp_path / "site-mapping.sqlite", KEY)
+    anonymize_tree(Anonymizer(KEY), tmp_path / "src", tmp_path / "out", workers=2, progress=False, mapping_store=store)
+    out = read_tree(tmp_path / "out")
+    assert store.lookup(str(out[0].PatientID)) == [("patient-id", "PAT-0001")]
+    assert store.lookup(str(out[0].PatientName)) == [("patient-name", "Doe^Jane")]
+    assert store.lookup(str(out[0].StudyInstanceUID)) == [("uid", str(originals[0].StudyInstanceUID))]
+    assert {o for ds in out for _, o in store.lookup(str(ds.SOPInstanceUID))} == {
+        str(ds.SOPInstanceUID) for ds in originals}
+    store.close()
+
+    raw = (tmp_path / "site-mapping.sqlite").read_bytes()
+    assert b"PAT-0001" not in raw and b"Doe^Jane" not in raw
+    assert str(originals[0].StudyInstanceUID).encode() not in raw
+    assert os.stat(tmp_path / "site-mapping.sqlite").st_mode & 0o777 == 0o600
+    with pytest.raises(MappingStoreError, match="another site key"):
+        MappingStore(tmp_path / "site-mapping.sqlite", SiteKey(bytes(range(1, 33))))
+    (tmp_path / "out2").mkdir()
+    inside = MappingStore(tmp_path / "out2" / "m.sqlite", KEY)
+    with pytest.raises(ValueError, match="must stay at the site"):
+        anonymize_tree(Anonymizer(KEY), tmp_path / "src", tmp_path / "out2", progress=False, mapping_store=inside)
+    inside.close()
+
+
+def test_cli_reidentify(tmp_path: Path):
+    study(tmp_path / "src")
+    medlib("anonymize", "keygen", "site.key", cwd=tmp_path)
+    run = medlib("anonymize", "run", "src", "out", "--key-file", "site.key", "--mapping-store", "map.sqlite",
+                 "--report", "r.json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    pid = str(read_tree(tmp_path / "out")[0].PatientID)
+    found = medlib("anonymize", "reidentify", pid, "--key-file", "site.key", "--store", "map.sqlite", cwd=tmp_path)
+    assert found.returncode == 0 and found.stdout.split("\t")[1:] == ["patient-id", "PAT-0001\n"]
+    missing = medlib("anonymize", "reidentify", "ANON-NOPE", "--key-file", "site.key", "--store", "map.sqlite",
+                     cwd=tmp_path)
+    assert missing.returncode == 1 and "not in the store" in missing.stdout

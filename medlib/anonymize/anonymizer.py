@@ -66,6 +66,7 @@ class Anonymizer:
         self.profile = profile or load_profile()
         self.options = self.profile.check_options(frozenset(options))
         self._actions: dict[int, Action | None] = {}
+        self._mappings: set[tuple[str, str, str]] | None = None
         if "retain_safe_private" in self.options:
             raise OptionError(
                 "retain_safe_private: medlib ships no list of safe private attributes yet (PS3.15 "
@@ -77,18 +78,31 @@ class Anonymizer:
 
     # -- public ----------------------------------------------------------------------------
 
-    def anonymize(self, dataset: Dataset, counts: Counter | None = None, *, in_place: bool = False) -> Dataset:
+    def anonymize(
+        self,
+        dataset: Dataset,
+        counts: Counter | None = None,
+        *,
+        in_place: bool = False,
+        mappings: set[tuple[str, str, str]] | None = None,
+    ) -> Dataset:
         """Return an anonymized copy of ``dataset`` (the original is not touched).
 
         Args:
             counts: if given, incremented per action taken (``"X"``, ``"U"``, …).
             in_place: change ``dataset`` itself instead of a copy (for a dataset just read
                 from a file, as tree runs do: it saves the copy).
+            mappings: if given, receives (kind, pseudonym, original) for every UID and patient
+                pseudonym made, for a :class:`~medlib.anonymize.mapping.MappingStore`.
         """
         counts = Counter() if counts is None else counts
         shift = self.key.date_shift_days(str(dataset.get("PatientID", "")))
         ds = dataset if in_place else copy.deepcopy(dataset)
-        self._walk(ds, shift, counts)
+        self._mappings = mappings
+        try:
+            self._walk(ds, shift, counts)
+        finally:
+            self._mappings = None
         self._record(ds)
         if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -153,17 +167,26 @@ class Anonymizer:
         elif action is Action.CLEAN:
             elem.value = self._clean(elem, shift)
 
+    def _uid(self, original: str) -> str:
+        new = self.key.uid(original)
+        if self._mappings is not None:
+            self._mappings.add(("uid", new, original))
+        return new
+
     def _uids(self, value):
         if isinstance(value, (list, tuple, MultiValue)):
-            return [self.key.uid(str(v)) for v in value if str(v)]
-        return self.key.uid(str(value)) if value else value
+            return [self._uid(str(v)) for v in value if str(v)]
+        return self._uid(str(value)) if value else value
 
     def _pseudonym(self, elem: DataElement) -> str:
         """The patient's keyed pseudonym (empty stays empty: nothing to link)."""
         if not elem.value:
             return ""
         purpose, template = PSEUDONYMS[elem.keyword]
-        return template.format(self.key.pseudonym(purpose, str(elem.value)))
+        pseudonym = template.format(self.key.pseudonym(purpose, str(elem.value)))
+        if self._mappings is not None:
+            self._mappings.add((purpose, pseudonym, str(elem.value)))
+        return pseudonym
 
     def _dummy(self, elem: DataElement):
         if elem.VR == "UI":

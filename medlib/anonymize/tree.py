@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from tqdm.auto import tqdm
 
 from .anonymizer import Anonymizer
+from .mapping import MappingStore
 
 JOURNAL = ".medlib-anonymize-journal"
 #: Modalities and SOP classes where text is usually burned into the pixels.
@@ -117,7 +118,15 @@ def _write_new(ds: pydicom.Dataset, path: Path) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str) -> FileOutcome:
+def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
+         keep_mappings: bool) -> tuple[FileOutcome, list]:
+    mappings: set | None = set() if keep_mappings else None
+    outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, mappings)
+    return outcome, sorted(mappings or ())
+
+
+def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
+                    mappings: set | None) -> FileOutcome:
     try:
         ds = pydicom.dcmread(src / rel)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
@@ -128,7 +137,7 @@ def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: st
             return FileOutcome(rel, "skipped", reason=short)
         counts: Counter = Counter()
         reason = burned_in_reason(ds)
-        out = anonymizer.anonymize(ds, counts, in_place=True)
+        out = anonymizer.anonymize(ds, counts, in_place=True, mappings=mappings)
         name = Path(str(out.get("StudyInstanceUID", "no-study")), str(out.get("SeriesInstanceUID", "no-series")),
                     f"{out.SOPInstanceUID}.dcm")
         target = (quarantine if reason else dst) / name
@@ -142,7 +151,7 @@ def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: st
         return FileOutcome(rel, "failed", reason=f"{type(e).__name__}: {e}")
 
 
-def _work(args: tuple) -> FileOutcome:
+def _work(args: tuple) -> tuple[FileOutcome, list]:
     return _one(*args)
 
 
@@ -154,6 +163,7 @@ def anonymize_tree(
     quarantine: str | os.PathLike[str] | None = None,
     workers: int = 1,
     progress: bool = True,
+    mapping_store: MappingStore | None = None,
 ) -> Report:
     """Anonymize every file below ``src`` into ``dst``.
 
@@ -163,6 +173,8 @@ def anonymize_tree(
             beside ``dst``, never inside it).
         workers: processes to use (1: in this process).
         progress: show a progress bar (a widget in notebooks, a bar in terminals).
+        mapping_store: record pseudonym → original there, for re-identification at the site
+            (it must not lie inside ``dst``).
 
     Returns:
         the run's :class:`Report`.
@@ -171,6 +183,8 @@ def anonymize_tree(
     quarantine = Path(quarantine).resolve() if quarantine else dst.with_name(dst.name + ".quarantine")
     if dst == src or src in dst.parents:
         raise ValueError(f"the destination {dst} must not lie inside the source {src}")
+    if mapping_store is not None and dst in mapping_store.path.resolve().parents:
+        raise ValueError(f"the mapping store {mapping_store.path} must stay at the site, not inside {dst}")
     dst.mkdir(parents=True, exist_ok=True)
     report = Report(str(src), str(dst), str(quarantine), sorted(anonymizer.options), anonymizer.key.fingerprint)
 
@@ -184,21 +198,24 @@ def anonymize_tree(
         else:
             todo.append(rel)
 
-    jobs = [(anonymizer, src, dst, quarantine, rel) for rel in todo]
+    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None) for rel in todo]
     with open(journal_path, "a") as journal, tqdm(total=len(jobs), unit="file", disable=not progress,
                                                   desc="anonymizing") as bar:
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = pool.map(_work, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1)))
-                for outcome in results:
-                    _finish(outcome, report, journal, anonymizer, bar)
+                for outcome, mappings in results:
+                    _finish(outcome, mappings, report, journal, anonymizer, mapping_store, bar)
         else:
             for job in jobs:
-                _finish(_work(job), report, journal, anonymizer, bar)
+                _finish(*_work(job), report, journal, anonymizer, mapping_store, bar)
     return report
 
 
-def _finish(outcome: FileOutcome, report: Report, journal, anonymizer: Anonymizer, bar) -> None:
+def _finish(outcome: FileOutcome, mappings: list, report: Report, journal, anonymizer: Anonymizer,
+            mapping_store: MappingStore | None, bar) -> None:
+    if mapping_store is not None and mappings:
+        mapping_store.add(mappings)  # before the journal: a journaled file's mappings are stored
     report.files.append(outcome)
     if outcome.outcome in ("anonymized", "quarantined", "duplicate", "skipped"):
         journal.write(anonymizer.key.digest("journal", outcome.source).hex() + "\n")
