@@ -51,10 +51,13 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
 
     key = SiteKey.load(args.key_file)
     anonymizer = Anonymizer(key, args.option or ())
+    from .anonymize.pixels import load_rules
+
+    rules = load_rules(args.pixel_rules) if args.pixel_rules else ()
     store = MappingStore(args.mapping_store, key) if args.mapping_store else None
     try:
         report = anonymize_tree(anonymizer, args.src, args.dst, quarantine=args.quarantine, workers=args.workers,
-                                mapping_store=store)
+                                mapping_store=store, pixel_rules=rules)
     finally:
         if store is not None:
             store.close()
@@ -119,6 +122,10 @@ def _anonymize_parser(sub) -> None:
     run.add_argument("--mapping-store", metavar="FILE",
                      help="record pseudonym -> original in this encrypted SQLite file, kept at the site, "
                           "for `medlib anonymize reidentify`")
+    run.add_argument("--pixel-rules", metavar="FILE",
+                     help="Clean Pixel Data Option: TOML rules of rectangles to blank per device "
+                          "(see medlib/anonymize/pixels.py); matching burned-in candidates are cleaned, "
+                          "not quarantined")
     run.set_defaults(func=cmd_anonymize_run)
     reid = verbs.add_parser("reidentify", help="look pseudonyms (UIDs, ANON-… IDs, ANON^… names) up in a mapping store")
     reid.add_argument("pseudonym", nargs="+")

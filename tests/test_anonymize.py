@@ -426,3 +426,46 @@ def test_cli_reidentify(tmp_path: Path):
     missing = medlib("anonymize", "reidentify", "ANON-NOPE", "--key-file", "site.key", "--store", "map.sqlite",
                      cwd=tmp_path)
     assert missing.returncode == 1 and "not in the store" in missing.stdout
+
+
+# -- Clean Pixel Data -------------------------------------------------------------------------
+
+PIXEL_RULES = """
+[[rule]]
+name = "synthetic US banner"
+modality = "US"
+manufacturer = "MEDH*"
+rows = 16
+columns = 16
+rectangles = [[0, 0, 16, 3], [12, 12, 4, 4]]
+"""
+
+
+def test_pixel_rules_blank_burned_in_text_and_release_the_file(tmp_path: Path):
+    from medlib.anonymize.pixels import PixelRuleError, load_rules
+
+    src = tmp_path / "src"
+    paths = write_ct_series(src, shape=(3, 16, 16))
+    for path in paths[:2]:  # the synthetic series' manufacturer is "medhub"
+        ds = pydicom.dcmread(path)
+        ds.Modality, ds.BurnedInAnnotation = "US", "YES"
+        ds.save_as(path, enforce_file_format=True)
+    other = pydicom.dcmread(paths[2])
+    other.Modality, other.Manufacturer = "US", "OtherVendor"
+    other.save_as(paths[2], enforce_file_format=True)
+    (tmp_path / "rules.toml").write_text(PIXEL_RULES)
+    rules = load_rules(tmp_path / "rules.toml")
+
+    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "out", progress=False, pixel_rules=rules)
+    assert report.totals == {"anonymized": 2, "quarantined": 1}
+    assert "no pixel rule matches" in next(f for f in report.files if f.outcome == "quarantined").reason
+    for ds in read_tree(tmp_path / "out"):
+        original = pydicom.dcmread(next(p for p in paths[:2] if pydicom.dcmread(p).InstanceNumber == ds.InstanceNumber))
+        pixels, before = ds.pixel_array, original.pixel_array
+        assert (pixels[:3, :] == 0).all() and (pixels[12:, 12:] == 0).all()
+        assert (pixels[3:12, :12] == before[3:12, :12]).all()  # the rest untouched
+        assert ds.BurnedInAnnotation == "NO"
+        assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    (tmp_path / "bad.toml").write_text('[[rule]]\nname = "x"\nrectangles = [[0, 0, -1, 2]]\n')
+    with pytest.raises(PixelRuleError, match="rule\\[0\\] \\(x\\): rectangles"):
+        load_rules(tmp_path / "bad.toml")

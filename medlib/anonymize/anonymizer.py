@@ -113,6 +113,14 @@ class Anonymizer:
         """The CID 7050 (code, meaning) pairs this anonymizer records."""
         return [self.profile.basic_code] + sorted(self.profile.option_codes[o] for o in self.options)
 
+    def mark_pixels_cleaned(self, ds: Dataset) -> None:
+        """Record the Clean Pixel Data Option (CID 7050 113101) in an anonymized dataset."""
+        code, meaning = self.profile.clean_pixel_code
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", meaning
+        ds.DeidentificationMethodCodeSequence.append(item)
+        ds.DeidentificationMethod = [*ds.DeidentificationMethod, meaning]
+
     # -- the interpreter -------------------------------------------------------------------
 
     def _action(self, tag: int) -> Action | None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .anonymizer import Anonymizer
 from .mapping import MappingStore
+from .pixels import PixelRule, blank, matching_rule
 
 JOURNAL = ".medlib-anonymize-journal"
 #: Modalities and SOP classes where text is usually burned into the pixels.
@@ -119,14 +120,27 @@ def _write_new(ds: pydicom.Dataset, path: Path) -> bool:
 
 
 def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
-         keep_mappings: bool) -> tuple[FileOutcome, list]:
+         keep_mappings: bool, pixel_rules: tuple[PixelRule, ...]) -> tuple[FileOutcome, list]:
     mappings: set | None = set() if keep_mappings else None
-    outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, mappings)
+    outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, mappings, pixel_rules)
     return outcome, sorted(mappings or ())
 
 
+def _clean_pixels(anonymizer: Anonymizer, out: pydicom.Dataset, reason: str,
+                  rule: PixelRule | None) -> tuple[str | None, str]:
+    """Blank burned-in text by ``rule``. Returns (reason to quarantine or None, note for the report)."""
+    if rule is None:
+        return reason, reason + "; no pixel rule matches"
+    try:
+        blank(out, rule)
+    except Exception as e:  # no codec for this transfer syntax, odd bit depths: keep it for review
+        return reason, f"{reason}; pixel rule {rule.name!r} matched but the pixels could not be cleaned ({e})"
+    anonymizer.mark_pixels_cleaned(out)
+    return None, f"{reason}; pixels cleaned by rule {rule.name!r}"
+
+
 def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
-                    mappings: set | None) -> FileOutcome:
+                    mappings: set | None, pixel_rules: tuple[PixelRule, ...]) -> FileOutcome:
     try:
         ds = pydicom.dcmread(src / rel)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
@@ -137,14 +151,19 @@ def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Pa
             return FileOutcome(rel, "skipped", reason=short)
         counts: Counter = Counter()
         reason = burned_in_reason(ds)
+        # rules match on the device as the original names it (anonymization may blank it)
+        rule = matching_rule(pixel_rules, ds) if reason and pixel_rules else None
         out = anonymizer.anonymize(ds, counts, in_place=True, mappings=mappings)
+        note = reason
+        if reason and pixel_rules:
+            reason, note = _clean_pixels(anonymizer, out, reason, rule)
         name = Path(str(out.get("StudyInstanceUID", "no-study")), str(out.get("SeriesInstanceUID", "no-series")),
                     f"{out.SOPInstanceUID}.dcm")
         target = (quarantine if reason else dst) / name
         if not _write_new(out, target):
             return FileOutcome(rel, "duplicate", str(name), "another file has the same SOP Instance UID; "
                                "its output was kept and this one not written", dict(counts))
-        return FileOutcome(rel, "quarantined" if reason else "anonymized", str(name), reason, dict(counts))
+        return FileOutcome(rel, "quarantined" if reason else "anonymized", str(name), note, dict(counts))
     except InvalidDicomError as e:
         return FileOutcome(rel, "skipped", reason=f"not a DICOM file ({e})")
     except Exception as e:  # a batch reports what failed and goes on
@@ -164,6 +183,7 @@ def anonymize_tree(
     workers: int = 1,
     progress: bool = True,
     mapping_store: MappingStore | None = None,
+    pixel_rules: tuple[PixelRule, ...] = (),
 ) -> Report:
     """Anonymize every file below ``src`` into ``dst``.
 
@@ -175,6 +195,8 @@ def anonymize_tree(
         progress: show a progress bar (a widget in notebooks, a bar in terminals).
         mapping_store: record pseudonym → original there, for re-identification at the site
             (it must not lie inside ``dst``).
+        pixel_rules: Clean Pixel Data rules (:func:`~medlib.anonymize.pixels.load_rules`); a
+            burned-in candidate that a rule matches is cleaned and not quarantined.
 
     Returns:
         the run's :class:`Report`.
@@ -198,7 +220,7 @@ def anonymize_tree(
         else:
             todo.append(rel)
 
-    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None) for rel in todo]
+    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None, tuple(pixel_rules)) for rel in todo]
     with open(journal_path, "a") as journal, tqdm(total=len(jobs), unit="file", disable=not progress,
                                                   desc="anonymizing") as bar:
         if workers > 1:
