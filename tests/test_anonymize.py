@@ -173,6 +173,14 @@ def test_only_markers_the_options_keep_survive(options):
     assert check_dataset(pydicom.dcmread(io.BytesIO(output)), "marked") == []
 
 
+def test_shifted_dates_stay_valid_even_for_early_years():
+    from medlib.anonymize.anonymizer import _shift_one
+
+    assert _shift_one("10000115", "DA", -400) == "09981211"
+    assert _shift_one("00010105", "DA", -400) == ""  # before year 1: nothing to keep
+    assert _shift_one("20240314101010.5+0100", "DT", -1) == "20240313101010.5+0100"
+
+
 def test_a_dataset_is_not_modified_in_place():
     ds, _ = marked_dataset()
     before = as_bytes(ds)

@@ -253,6 +253,6 @@ def _shift_one(value: str, vr: str, days: int) -> str:
         return ""  # not a full date: nothing safe to keep
     try:
         date = dt.datetime.strptime(value[:8], "%Y%m%d").date() + dt.timedelta(days=days)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date, or shifted before year 1
         return ""
-    return date.strftime("%Y%m%d") + (value[8:] if vr == "DT" else "")
+    return f"{date.year:04d}{date.month:02d}{date.day:02d}" + (value[8:] if vr == "DT" else "")
