@@ -147,20 +147,17 @@ class Anonymizer:
             if action is Action.REMOVE:
                 del ds[tag]
             else:
-                self._apply(ds, ds[tag], action, shift, counts)
+                self._apply(ds[tag], action, shift, counts)
 
-    def _apply(self, ds: Dataset, elem: DataElement, action: Action, shift: int, counts: Counter) -> None:
+    def _apply(self, elem: DataElement, action: Action, shift: int, counts: Counter) -> None:
+        """Carry out Z, D, U, U* or C on one element (X and K are the walk's)."""
         vr = elem.VR
-        if action is Action.REMOVE:
-            del ds[elem.tag]
-        elif vr == "SQ":
+        if vr == "SQ":
             if action is Action.ZERO:
                 elem.value = Sequence()
-            else:  # K, C, D, U*: keep the structure, apply the profile inside
+            else:  # C, D, U*: keep the structure, apply the profile inside
                 for item in elem.value:
                     self._walk(item, shift, counts)
-        elif action is Action.KEEP:
-            pass
         elif elem.keyword in PSEUDONYMS and action in (Action.ZERO, Action.DUMMY):
             elem.value = self._pseudonym(elem)
         elif action is Action.ZERO:
