@@ -323,6 +323,10 @@ def test_pydicom_test_files_anonymize_and_read_back(tmp_path: Path):
     assert made >= 35 and made + report.totals.get("duplicate", 0) >= 60, report.totals
     for f in report.files:
         assert f.outcome in ("anonymized", "quarantined") or f.reason, f
+    # bare datasets without the Part 10 header are anonymized into proper DICOM files
+    for name in ("ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "rtstruct.dcm"):
+        assert next(f for f in report.files if f.source == name).outcome in ("anonymized", "quarantined", "duplicate")
+    assert next(f for f in report.files if f.source == "no_meta.dcm").outcome == "skipped"  # it has no SOP UIDs
     # cut inside its pixel data (rtplan_truncated.dcm ends on an element boundary: it reads as a
     # shorter, valid dataset, and is anonymized as such)
     assert next(f for f in report.files if f.source == "MR_truncated.dcm").outcome == "skipped"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm.auto import tqdm
 
 from .anonymizer import Anonymizer
@@ -98,6 +99,32 @@ def _short_pixel_data(ds: pydicom.Dataset) -> str | None:
     return f"truncated: pixel data has {actual} of {expected} bytes" if actual < expected else None
 
 
+def read_dicom(path: Path) -> pydicom.Dataset:
+    """Read a DICOM file, or a bare dataset without the Part 10 header (old PACS exports).
+
+    A bare dataset is accepted only if it holds a SOP Class and Instance UID; it gets the
+    file meta information it lacked, so that its output is a proper DICOM file.
+
+    Raises:
+        InvalidDicomError: neither.
+    """
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError as e:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception:
+            raise e from None
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise
+    implicit, little = ds.original_encoding
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
 def _write_new(ds: pydicom.Dataset, path: Path) -> bool:
     """Write ``ds`` to ``path`` atomically, never replacing an existing file.
 
@@ -142,7 +169,7 @@ def _clean_pixels(anonymizer: Anonymizer, out: pydicom.Dataset, reason: str,
 def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
                     mappings: set | None, pixel_rules: tuple[PixelRule, ...]) -> FileOutcome:
     try:
-        ds = pydicom.dcmread(src / rel)
+        ds = read_dicom(src / rel)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
         if missing:
             return FileOutcome(rel, "skipped", reason=f"incomplete DICOM object: no {' or '.join(missing)} (truncated?)")
