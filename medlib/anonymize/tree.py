@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -112,7 +113,9 @@ def read_dicom(path: Path) -> pydicom.Dataset:
         return pydicom.dcmread(path)
     except InvalidDicomError as e:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            with warnings.catch_warnings():  # probing: a stray text file must not fill the log
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, force=True)
         except Exception:
             raise e from None
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
