@@ -17,12 +17,10 @@ and the CPU seconds the hub process (and medhub's IdP) used during the run.
 from __future__ import annotations
 
 import argparse
-import html
 import os
 import re
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,24 +30,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 
 from medhub import demo
 from medhub.idp import Account, node_tool
-from medhub.idp.browser import scripted_login
-from medhub.processes import ManagedProcess, Stack, hub_process, idp_process, proxy_process
+from medhub.idp.browser import scripted_login, submit_spawn_form
+from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
 from medhub.state import StateDir
 
 README = Path(__file__).with_name("README.md")
 START_TIMEOUT = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -89,19 +80,12 @@ def wait_ready(client: httpx.Client, url: str, deadline: float) -> None:
     raise TimeoutError("server not ready in time")
 
 
-def spawn_from_form(client: httpx.Client, url: str, name: str, profile: str) -> None:
-    form = client.get(f"{url}/hub/spawn/{name}")
-    action = re.search(r'id="spawn_form"\s+action="([^"]+)"', form.text)
-    if action:  # an options form (medhub's profiles); stock JupyterHub spawns on GET
-        client.post(urljoin(str(form.url), html.unescape(action.group(1))), data={"profile": profile})
-
-
 def medhub_user(url: str, account: Account) -> float:
     with httpx.Client(follow_redirects=True, timeout=START_TIMEOUT) as client:
         t0 = time.monotonic()
         r = scripted_login(client, url, account.username, account.password)
         r.raise_for_status()
-        spawn_from_form(client, url, account.username, "cpu")
+        submit_spawn_form(client, url, account.username, "cpu")
         wait_ready(client, url, t0 + START_TIMEOUT)
         return time.monotonic() - t0
 
@@ -113,7 +97,7 @@ def stock_user(url: str, name: str) -> float:
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
         r = client.post(f"{url}/hub/login", data={"username": name, "password": "x", "_xsrf": xsrf})
         r.raise_for_status()
-        spawn_from_form(client, url, name, "")
+        submit_spawn_form(client, url, name, "")  # stock JupyterHub has no form: it spawns on the GET
         wait_ready(client, url, t0 + START_TIMEOUT)
         return time.monotonic() - t0
 
@@ -188,7 +172,7 @@ def bench_stock(root: Path, users: int) -> Result:
 
 def table(results: list[Result], users: int) -> str:
     rows = [
-        f"| hub | users ok | p50 s | p95 s | hub CPU s | IdP CPU s | wall s |",
+        "| hub | users ok | p50 s | p95 s | hub CPU s | IdP CPU s | wall s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:

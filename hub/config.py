@@ -25,10 +25,6 @@ def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
     return [asdict(p) for p in settings.profiles]
 
 
-def _dataset_dicts(settings: Settings) -> list[dict[str, Any]]:
-    return [{**asdict(d), "path": str(d.path), "groups": list(d.groups)} for d in settings.datasets]
-
-
 def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The idle-culler hub service and its role, from ``[culler]``."""
     cull = settings.culler
@@ -108,7 +104,7 @@ def configure(c: Config, settings: Settings) -> None:
         s.datasets_view_root = str(state.views_dir)
         s.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
     s.profiles = _profile_dicts(settings)
-    s.datasets = _dataset_dicts(settings)
+    s.datasets = [d.to_dict() for d in settings.datasets]
     s.default_url = "/lab"
     s.start_timeout = hub.start_timeout
     s.http_timeout = hub.start_timeout

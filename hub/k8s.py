@@ -69,7 +69,7 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str) -> C
     Each dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>`` (provisioned by
     the site's administrator), mounted at ``/datasets/<id>``.
     """
-    catalog = [Dataset(id=d["id"], title=d["title"], path=d["path"], groups=tuple(d["groups"])) for d in datasets]
+    catalog = [Dataset.from_dict(d) for d in datasets]
 
     def hook(spawner: Any) -> None:
         mine = grants.granted(catalog, (g.name for g in spawner.user.groups))
@@ -95,7 +95,7 @@ def values(settings: Settings) -> dict[str, Any]:
     """The Zero to JupyterHub values for ``settings``."""
     oidc = settings.oidc
     k8s = settings.kubernetes
-    datasets = [{"id": d.id, "title": d.title, "path": str(d.path), "groups": list(d.groups)} for d in settings.datasets]
+    datasets = [d.to_dict() for d in settings.datasets]
     grants_code = (
         "from medhub.k8s import dataset_volumes_hook\n"
         f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({json.dumps(datasets)}, "

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,13 @@ class ManagedProcess:
             return "(no log)"
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for tests, benchmarks and ad-hoc stacks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def url_answers(url: str, timeout: float = 2.0) -> bool:
     """True if an HTTP GET of ``url`` gets any HTTP response below 500."""
     try:
@@ -150,8 +159,6 @@ def hub_process(settings: Settings) -> ManagedProcess:
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    from urllib.parse import urlparse
-
     parsed = urlparse(url)
     return parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80)
 

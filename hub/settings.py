@@ -118,6 +118,15 @@ class Dataset:
     groups: tuple[str, ...]
     description: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, as spawner traits and generated configs carry it."""
+        return {"id": self.id, "title": self.title, "path": str(self.path), "groups": list(self.groups),
+                "description": self.description}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Dataset:
+        return cls(d["id"], d["title"], Path(d["path"]), tuple(d["groups"]), d.get("description", ""))
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -121,8 +121,7 @@ class ProfilesMixin(Configurable):
         return sorted(g.name for g in self.user.groups)
 
     def granted_datasets(self) -> list[Dataset]:
-        datasets = [Dataset(**{**d, "path": Path(d["path"]), "groups": tuple(d["groups"])}) for d in self.datasets]
-        return grants.granted(datasets, self.group_names())
+        return grants.granted([Dataset.from_dict(d) for d in self.datasets], self.group_names())
 
     def medhub_env(self, datasets_dir: str) -> dict[str, str]:
         return {

@@ -6,34 +6,24 @@ are started with the same functions ``medhub run`` and ``medhub demo`` use.
 
 from __future__ import annotations
 
-import html
-import re
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 import pytest
 import tomli_w
 
 from medhub.idp import Account, Client, DevIdentityProvider
-from medhub.idp.browser import scripted_login
-from medhub.processes import ManagedProcess, Stack, hub_process, idp_process, proxy_process
+from medhub.idp.browser import scripted_login, submit_spawn_form
+from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
 from medhub.settings import Settings, load
 from medlib.synthetic import write_ct_series
 
 #: id_tokens and access tokens live this long, so that refresh is exercised in the run.
 TOKEN_TTL = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_accounts() -> dict[str, Account]:
@@ -86,11 +76,7 @@ class Platform:
 
     def spawn(self, client: httpx.Client, username: str, profile: str = "cpu", timeout: float = 90) -> dict:
         """Start ``username``'s server through the spawn form; wait until it is ready."""
-        form = client.get(f"{self.url}/hub/spawn/{username}")
-        action = re.search(r'id="spawn_form"\s+action="([^"]+)"', form.text)
-        assert action, f"no spawn form: {form.status_code} {form.text[:300]}"
-        client.post(urljoin(str(form.url), html.unescape(action.group(1))), data={"profile": profile},
-                    follow_redirects=False)
+        assert submit_spawn_form(client, self.url, username, profile), f"no spawn form for {username}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             server = self.api("GET", f"/users/{username}").json()["servers"].get("")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port
+from medhub.processes import free_port
 from medhub.demo import DEMO_DATASET
 from medhub.idp import DEMO_ACCOUNTS
 from medhub.idp.browser import scripted_login

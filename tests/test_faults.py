@@ -13,7 +13,8 @@ import pytest
 import tomli_w
 import tomllib
 
-from conftest import Platform, free_port, start_platform, stop_platform
+from conftest import Platform, start_platform, stop_platform
+from medhub.processes import free_port
 
 
 def medhub(*args: str) -> subprocess.CompletedProcess:

@@ -1,8 +1,9 @@
-"""What a browser does on the development IdP's pages, scripted: for tests, benchmarks and
-smoke checks of a running demo."""
+"""What a browser does on the hub's and the development IdP's pages, scripted: for tests,
+benchmarks and smoke checks of a running demo."""
 
 from __future__ import annotations
 
+import html
 import re
 from urllib.parse import urljoin
 
@@ -10,6 +11,7 @@ import httpx
 
 LOGIN_FORM = re.compile(r'action="(/interaction/[\w-]+/login)"')
 CONSENT_FORM = re.compile(r'action="(/interaction/[\w-]+/confirm)"')
+SPAWN_FORM = re.compile(r'id="spawn_form"\s+action="([^"]+)"')
 
 
 def scripted_login(client: httpx.Client, hub_url: str, username: str, password: str) -> httpx.Response:
@@ -32,3 +34,17 @@ def scripted_login(client: httpx.Client, hub_url: str, username: str, password: 
     if consent:
         r = client.post(urljoin(str(r.url), consent.group(1)))
     return r
+
+
+def submit_spawn_form(client: httpx.Client, hub_url: str, username: str, profile: str) -> bool:
+    """Start ``username``'s server by posting the hub's spawn form with ``profile``.
+
+    Returns False if the hub showed no form (no options to choose: it spawns on the GET).
+    """
+    form = client.get(f"{hub_url}/hub/spawn/{username}")
+    action = SPAWN_FORM.search(form.text)
+    if not action:
+        return False
+    client.post(urljoin(str(form.url), html.unescape(action.group(1))), data={"profile": profile},
+                follow_redirects=False)
+    return True
