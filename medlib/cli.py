@@ -45,14 +45,14 @@ def cmd_anonymize_keygen(args: argparse.Namespace) -> int:
 
 def cmd_anonymize_run(args: argparse.Namespace) -> int:
     from .anonymize import Anonymizer, SiteKey
+    from .anonymize.mapping import MappingStore
+    from .anonymize.pixels import load_rules
+    from .anonymize.profile import load_safe_private
     from .anonymize.tree import anonymize_tree
 
-    from .anonymize.mapping import MappingStore
-
     key = SiteKey.load(args.key_file)
-    anonymizer = Anonymizer(key, args.option or ())
-    from .anonymize.pixels import load_rules
-
+    safe_private = load_safe_private(args.safe_private) if args.safe_private else None
+    anonymizer = Anonymizer(key, args.option or (), safe_private=safe_private)
     rules = load_rules(args.pixel_rules) if args.pixel_rules else ()
     store = MappingStore(args.mapping_store, key) if args.mapping_store else None
     try:
@@ -126,6 +126,9 @@ def _anonymize_parser(sub) -> None:
                      help="Clean Pixel Data Option: TOML rules of rectangles to blank per device "
                           "(see medlib/anonymize/pixels.py); matching burned-in candidates are cleaned, "
                           "not quarantined")
+    run.add_argument("--safe-private", metavar="FILE",
+                     help="with --option retain_safe_private: more private attributes the site has verified "
+                          "as safe, in the format of medlib/anonymize/safe_private.json (PS3.15 Table E.3.10-1 rows)")
     run.set_defaults(func=cmd_anonymize_run)
     reid = verbs.add_parser("reidentify", help="look pseudonyms (UIDs, ANON-… IDs, ANON^… names) up in a mapping store")
     reid.add_argument("pseudonym", nargs="+")

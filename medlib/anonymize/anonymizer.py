@@ -17,13 +17,13 @@ from collections.abc import Iterable
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from .. import __version__
 from .keys import SiteKey
-from .profile import Action, OptionError, Profile, load_profile
+from .profile import Action, OptionError, Profile, SafePrivate, creator_tag, load_profile, load_safe_private
 
 #: A dummy value for each VR (PS3.15: "a non-zero length value that may be a dummy value
 #: and consistent with the VR"). UI is handled by the key; SQ keeps its cleaned items.
@@ -36,6 +36,9 @@ DUMMY_BY_VR: dict[str, object] = {
 }
 #: Attributes whose dummy is a keyed pseudonym, so that one patient's files stay linked.
 PSEUDONYMS = {"PatientID": ("patient-id", "ANON-{}"), "PatientName": ("patient-name", "ANON^{}")}
+#: Identifies medlib as the writer in the file meta information (a ``2.25.`` UUID-derived UID).
+IMPLEMENTATION_CLASS_UID = "2.25.184782084898960086280484355460401478319"
+IMPLEMENTATION_VERSION_NAME = f"MEDLIB_{__version__}"[:16]
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
@@ -61,20 +64,21 @@ class Anonymizer:
         (True, False)
     """
 
-    def __init__(self, key: SiteKey, options: Iterable[str] = (), profile: Profile | None = None):
+    def __init__(self, key: SiteKey, options: Iterable[str] = (), profile: Profile | None = None,
+                 safe_private: SafePrivate | None = None):
         self.key = key
         self.profile = profile or load_profile()
         self.options = self.profile.check_options(frozenset(options))
+        if safe_private is not None and "retain_safe_private" not in self.options:
+            raise OptionError("a list of safe private attributes is only used with the option retain_safe_private")
+        self.safe_private = (load_safe_private() | (safe_private or SafePrivate(frozenset()))
+                             if "retain_safe_private" in self.options else SafePrivate(frozenset()))
         self._actions: dict[int, Action | None] = {}
         self._mappings: set[tuple[str, str, str]] | None = None
-        if "retain_safe_private" in self.options:
-            raise OptionError(
-                "retain_safe_private: medlib ships no list of safe private attributes yet (PS3.15 "
-                "Table E.3.10-1), so it could keep none; run without it (every private attribute is removed)"
-            )
+        self._extra_safe_private = safe_private
 
     def __reduce__(self):  # picklable for worker processes
-        return (Anonymizer, (self.key, sorted(self.options)))
+        return (Anonymizer, (self.key, sorted(self.options), None, self._extra_safe_private))
 
     # -- public ----------------------------------------------------------------------------
 
@@ -96,17 +100,38 @@ class Anonymizer:
                 pseudonym made, for a :class:`~medlib.anonymize.mapping.MappingStore`.
         """
         counts = Counter() if counts is None else counts
-        shift = self.key.date_shift_days(str(dataset.get("PatientID", "")))
+        shift = self.date_shift(dataset)
         ds = dataset if in_place else copy.deepcopy(dataset)
+        self.anonymize_elements(ds, shift, counts, mappings)
+        self._record(ds)
+        if getattr(ds, "file_meta", None) is not None:  # only what Part 10 requires: no AE titles
+            ds.file_meta = file_meta_for(ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID"),
+                                         ds.get("SOPInstanceUID"), ds.file_meta.get("TransferSyntaxUID"))
+        ds.preamble = None  # 128 bytes that another format (TIFF, a vendor's header) may fill
+        return ds
+
+    def date_shift(self, dataset: Dataset) -> int:
+        """Days this patient's dates move under Modified Dates (by the original Patient ID)."""
+        return self.key.date_shift_days(str(dataset.get("PatientID", "")))
+
+    def anonymize_elements(self, ds: Dataset, shift: int, counts: Counter,
+                           mappings: set[tuple[str, str, str]] | None = None) -> None:
+        """Apply the profile to the elements of ``ds`` in place, recording nothing: for
+        callers that anonymize a file piece by piece (:mod:`.rewrite`)."""
         self._mappings = mappings
         try:
             self._walk(ds, shift, counts)
         finally:
             self._mappings = None
-        self._record(ds)
-        if getattr(ds, "file_meta", None) is not None and "SOPInstanceUID" in ds:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        return ds
+
+    def replace_uids(self, text: str, mappings: set[tuple[str, str, str]] | None = None) -> str:
+        """Replace each UID of a UI value (``\\``-separated), as the U action does."""
+        self._mappings = mappings
+        try:
+            values = text.split("\\")
+            return "\\".join(self._uids(values)) if len(values) > 1 else self._uids(text)
+        finally:
+            self._mappings = None
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -123,7 +148,8 @@ class Anonymizer:
 
     # -- the interpreter -------------------------------------------------------------------
 
-    def _action(self, tag: int) -> Action | None:
+    def action(self, tag: int) -> Action | None:
+        """The action the profile and options give ``tag`` (None: no rule, it is kept)."""
         try:
             return self._actions[tag]
         except KeyError:
@@ -135,7 +161,16 @@ class Anonymizer:
         # Tags first: an element is decoded only when the profile acts on it or it is a
         # sequence; the rest are written back as read.
         for tag in list(ds.keys()):
-            action = self._action(tag)
+            action = self.action(tag)
+            if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
+                counts["C"] += 1
+                creator = creator_tag(tag)
+                if not self.safe_private.keeps(tag, str(ds[creator].value) if creator in ds else None):
+                    del ds[tag]
+                elif _is_sequence(ds, tag):
+                    for item in ds[tag].value:
+                        self._walk(item, shift, counts)
+                continue
             if action is None or action is Action.KEEP:  # kept, but items still follow the profile
                 if _is_sequence(ds, tag):
                     for item in ds[tag].value:
@@ -207,7 +242,9 @@ class Anonymizer:
             return elem.value  # times of day carry no date; intervals stay
         return _zero(elem.VR)
 
-    def _record(self, ds: Dataset) -> None:
+    def record_elements(self) -> Dataset:
+        """The attributes that record what was done (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
+        ds = Dataset()
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = [f"medlib {__version__}"] + [m for _, m in self.method_codes]
         items = []
@@ -222,9 +259,27 @@ class Anonymizer:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
             ds.LongitudinalTemporalInformationModified = "REMOVED"
+        return ds
+
+    def _record(self, ds: Dataset) -> None:
+        ds.update(self.record_elements())
         for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
             if keyword not in ds:
                 setattr(ds, keyword, "")
+
+
+def file_meta_for(sop_class: str | None, sop_instance: str | None, syntax: str | None) -> FileMetaDataset:
+    """File meta information with only what PS3.10 requires, written by medlib."""
+    meta = FileMetaDataset()
+    if sop_class:
+        meta.MediaStorageSOPClassUID = sop_class
+    if sop_instance:
+        meta.MediaStorageSOPInstanceUID = sop_instance
+    if syntax:
+        meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
 
 
 def _is_sequence(ds: Dataset, tag: int) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..errors import MedlibError
 
 DATA = Path(__file__).with_name("profile.json")
+SAFE_PRIVATE = Path(__file__).with_name("safe_private.json")
 
 
 class Action(str, Enum):
@@ -108,6 +109,66 @@ class Profile:
         if {"retain_full_dates", "retain_modified_dates"} <= options:
             raise OptionError("retain_full_dates and retain_modified_dates exclude each other; choose one")
         return options
+
+
+@dataclass(frozen=True)
+class SafePrivate:
+    """Private attributes known not to identify (PS3.15 E.3.10): what Retain Safe Private keeps.
+
+    A private tag names its block, not its creator: ``(0019,xx23)`` under creator
+    ``GEMS_ACQU_01`` is element 0x23 of whichever block (gggg,00xx) that creator holds.
+    """
+
+    elements: frozenset[tuple[str, int, int]]  # (creator, group, element within the block)
+
+    def keeps(self, tag: int, creator: str | None) -> bool:
+        """Whether private ``tag`` is safe, its block's creator being ``creator`` (for a
+        creator element (gggg,0010-00FF): its own value). Unknown creators are not."""
+        if creator is None:
+            return False
+        group, element = tag >> 16, tag & 0xFFFF
+        creator = creator.strip(" \0")
+        if 0x10 <= element <= 0xFF:
+            return any(c == creator and g == group for c, g, _ in self.elements)
+        return element > 0xFF and (creator, group, element & 0xFF) in self.elements
+
+    def __or__(self, other: SafePrivate) -> SafePrivate:
+        return SafePrivate(self.elements | other.elements)
+
+
+def creator_tag(tag: int) -> int | None:
+    """The tag of the Private Creator element that reserves private ``tag``'s block (itself
+    for a creator element), or None for (gggg,0000-000F)."""
+    element = tag & 0xFFFF
+    if 0x10 <= element <= 0xFF:
+        return tag
+    return (tag & 0xFFFF0000) | (element >> 8) if element > 0xFF else None
+
+
+def load_safe_private(path: str | Path = SAFE_PRIVATE) -> SafePrivate:
+    """Read a list of safe private attributes: ``{"rows": [{"creator": ..., "tag":
+    "(gggg,xxee)", "meaning": ...}]}`` (medlib's own, or a site's additions).
+
+    Raises:
+        MedlibError: unreadable, or a row that is not a private tag with a creator.
+    """
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MedlibError(f"cannot read the safe private attributes in {path}: {e}") from None
+    elements = set()
+    for n, row in enumerate(rows, 1):
+        tag, creator = str(row.get("tag", "")).upper(), str(row.get("creator", "")).strip()
+        try:
+            group, element = int(tag[1:5], 16), int(tag[8:10], 16)
+            valid = len(tag) == 11 and tag[0] + tag[5:8] + tag[10] == "(,XX)" and group % 2 and creator
+        except ValueError:
+            valid = False
+        if not valid:
+            raise MedlibError(f"{path} row {n}: expected a creator and a private tag like (0019,xx23), "
+                              f"got {row!r}")
+        elements.add((creator, group, element))
+    return SafePrivate(frozenset(elements))
 
 
 @cache

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -29,11 +30,13 @@ from tqdm.auto import tqdm
 from .anonymizer import Anonymizer
 from .mapping import MappingStore
 from .pixels import PixelRule, blank, matching_rule
+from .rewrite import NotRewritable, PartialFile
 
 JOURNAL = ".medlib-anonymize-journal"
 #: Modalities and SOP classes where text is usually burned into the pixels.
 BURNED_IN_MODALITIES = frozenset({"US", "SC", "XA", "OT", "DOC"})
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+STUDY_UID, SERIES_UID, SOP_INSTANCE_UID = 0x0020000D, 0x0020000E, 0x00080018
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Report:
     options: list[str]
     key_fingerprint: str
     files: list[FileOutcome] = field(default_factory=list)
+    written: set[str] = field(default_factory=set, repr=False)  # outputs made by this run
 
     @property
     def totals(self) -> dict[str, int]:
@@ -67,6 +71,7 @@ class Report:
 
     def to_json(self) -> str:
         data = asdict(self)
+        del data["written"]
         data["totals"], data["actions"] = self.totals, self.actions
         return json.dumps(data, indent=1)
 
@@ -82,12 +87,18 @@ def burned_in_reason(ds: pydicom.Dataset) -> str | None:
     return None
 
 
-def _short_pixel_data(ds: pydicom.Dataset) -> str | None:
+def _short_pixel_data(ds: pydicom.Dataset, actual: int | None = None) -> str | None:
     """Why native (uncompressed) pixel data is shorter than its attributes say, or None.
 
     pydicom reads a file cut inside its last element without complaint; this catches the
-    common case, a cut inside the pixel data."""
-    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None or ds.file_meta.TransferSyntaxUID.is_compressed:
+    common case, a cut inside the pixel data. ``actual``: the pixel data's length, when ``ds``
+    does not hold it (a :class:`PartialFile`'s dataset)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if actual is None:
+        if "PixelData" not in ds:
+            return None
+        actual = len(ds.PixelData)
+    if syntax is None or syntax.is_compressed:
         return None
     # YBR_FULL_422 stores two samples per pixel (chroma subsampled), not three
     samples = 2 if ds.get("PhotometricInterpretation") == "YBR_FULL_422" else ds.get("SamplesPerPixel", 1)
@@ -96,21 +107,27 @@ def _short_pixel_data(ds: pydicom.Dataset) -> str | None:
                     * int(ds.BitsAllocated) * int(ds.get("NumberOfFrames", 1) or 1) + 7) // 8
     except (AttributeError, TypeError, ValueError):
         return None
-    actual = len(ds.PixelData)
     return f"truncated: pixel data has {actual} of {expected} bytes" if actual < expected else None
 
 
-def read_dicom(path: Path) -> pydicom.Dataset:
+def read_dicom(path: Path | BinaryIO) -> pydicom.Dataset:
     """Read a DICOM file, or a bare dataset without the Part 10 header (old PACS exports).
 
     A bare dataset is accepted only if it holds a SOP Class and Instance UID; it gets the
-    file meta information it lacked, so that its output is a proper DICOM file.
+    file meta information it lacked, so that its output is a proper DICOM file. A dataset
+    encoded with implicit VR under an explicit-VR transfer syntax is decoded whole, so that it
+    can be written with the VRs its syntax needs.
 
     Raises:
         InvalidDicomError: neither.
     """
     try:
-        return pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is not None and not syntax.is_implicit_VR and any(ds.get_item(t).VR is None for t in ds.keys()):
+            for _ in ds.iterall():  # each element gets its VR from the dictionary
+                pass
+        return ds
     except InvalidDicomError as e:
         try:
             with warnings.catch_warnings():  # probing: a stray text file must not fill the log
@@ -128,25 +145,36 @@ def read_dicom(path: Path) -> pydicom.Dataset:
     return ds
 
 
-def _write_new(ds: pydicom.Dataset, path: Path) -> bool:
-    """Write ``ds`` to ``path`` atomically, never replacing an existing file.
+def _write_new(data: bytes, path: Path) -> bool:
+    """Write ``data`` to ``path`` atomically, never replacing an existing file.
 
-    The file is written under a temporary name, then hard-linked into place (which fails if
-    ``path`` exists, also against a parallel worker). An existing identical file (written by
-    an interrupted run before it could journal it) counts as written. Returns False if
-    ``path`` holds something else.
+    The file is written under a temporary name (this process's own), then hard-linked into
+    place (which fails if ``path`` exists, also against a parallel worker). An existing
+    identical file (written by an interrupted run before it could journal it) counts as
+    written. Returns False if ``path`` holds something else.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
+        try:
+            f = open(tmp, "wb")
+        except FileNotFoundError:  # the first file of its series
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            f.write(data)
         os.link(tmp, path)
         return True
     except FileExistsError:
-        return Path(tmp).read_bytes() == path.read_bytes()
+        return path.read_bytes() == data
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def encode(ds: pydicom.Dataset) -> bytes:
+    """``ds`` as the bytes of a Part 10 file."""
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
@@ -172,25 +200,34 @@ def _clean_pixels(anonymizer: Anonymizer, out: pydicom.Dataset, reason: str,
 def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
                     mappings: set | None, pixel_rules: tuple[PixelRule, ...]) -> FileOutcome:
     try:
-        ds = read_dicom(src / rel)
+        try:  # the fast path: elements the profile leaves alone are copied, not decoded
+            partial: PartialFile | None = PartialFile((src / rel).read_bytes(), anonymizer)
+            ds = partial.dataset
+        except NotRewritable:
+            partial, ds = None, read_dicom(src / rel)
         missing = [k for k in ("SOPClassUID", "SOPInstanceUID") if k not in ds]
         if missing:
             return FileOutcome(rel, "skipped", reason=f"incomplete DICOM object: no {' or '.join(missing)} (truncated?)")
-        short = _short_pixel_data(ds)
+        short = _short_pixel_data(ds, partial.pixel_length if partial else None)
         if short:
             return FileOutcome(rel, "skipped", reason=short)
         counts: Counter = Counter()
         reason = burned_in_reason(ds)
-        # rules match on the device as the original names it (anonymization may blank it)
-        rule = matching_rule(pixel_rules, ds) if reason and pixel_rules else None
-        out = anonymizer.anonymize(ds, counts, in_place=True, mappings=mappings)
-        note = reason
-        if reason and pixel_rules:
-            reason, note = _clean_pixels(anonymizer, out, reason, rule)
-        name = Path(str(out.get("StudyInstanceUID", "no-study")), str(out.get("SeriesInstanceUID", "no-series")),
-                    f"{out.SOPInstanceUID}.dcm")
+        if partial and reason and pixel_rules:  # cleaning pixels needs the whole dataset
+            partial, ds = None, read_dicom(src / rel)
+        if partial:
+            data, note, uid = partial.anonymize(counts, mappings), reason, partial.output_uid
+        else:
+            # rules match on the device as the original names it (anonymization may blank it)
+            rule = matching_rule(pixel_rules, ds) if reason and pixel_rules else None
+            out = anonymizer.anonymize(ds, counts, in_place=True, mappings=mappings)
+            note = reason
+            if reason and pixel_rules:
+                reason, note = _clean_pixels(anonymizer, out, reason, rule)
+            data, uid = encode(out), lambda tag: str(out[tag].value) if tag in out else ""
+        name = Path(uid(STUDY_UID) or "no-study", uid(SERIES_UID) or "no-series", f"{uid(SOP_INSTANCE_UID)}.dcm")
         target = (quarantine if reason else dst) / name
-        if not _write_new(out, target):
+        if not _write_new(data, target):
             return FileOutcome(rel, "duplicate", str(name), "another file has the same SOP Instance UID; "
                                "its output was kept and this one not written", dict(counts))
         return FileOutcome(rel, "quarantined" if reason else "anonymized", str(name), note, dict(counts))
@@ -268,6 +305,11 @@ def _finish(outcome: FileOutcome, mappings: list, report: Report, journal, anony
             mapping_store: MappingStore | None, bar) -> None:
     if mapping_store is not None and mappings:
         mapping_store.add(mappings)  # before the journal: a journaled file's mappings are stored
+    if outcome.outcome in ("anonymized", "quarantined"):
+        if outcome.output in report.written:
+            # another source file of this run made the same output (byte for byte): one file, one output
+            outcome.outcome, outcome.reason = "duplicate", "another file of this run has the same SOP Instance UID and gave the same output"
+        report.written.add(outcome.output)
     report.files.append(outcome)
     if outcome.outcome in ("anonymized", "quarantined", "duplicate", "skipped"):
         journal.write(anonymizer.key.digest("journal", outcome.source).hex() + "\n")
