@@ -72,8 +72,9 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
 
 def cmd_anonymize_check(args: argparse.Namespace) -> int:
     from .anonymize.check import check_tree
+    from .anonymize.profile import load_safe_private
 
-    files, findings = check_tree(args.dst)
+    files, findings = check_tree(args.dst, load_safe_private(args.safe_private) if args.safe_private else None)
     for f in findings:
         print(f"{f.file}: {f.tag} {f.keyword}: {f.reason}")
     print(f"{files} files checked, {len(findings)} residual identifier(s)")
@@ -137,6 +138,8 @@ def _anonymize_parser(sub) -> None:
     reid.set_defaults(func=cmd_anonymize_reidentify)
     check = verbs.add_parser("check", help="list residual identifiers and private tags in DST (exit 1 if any)")
     check.add_argument("dst")
+    check.add_argument("--safe-private", metavar="FILE",
+                       help="the site's safe private attributes that `run --safe-private` kept (not findings)")
     check.set_defaults(func=cmd_anonymize_check)
 
 

@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from medlib.anonymize import Action, Anonymizer, KeyFileError, OptionError, SiteKey, load_profile
 from medlib.anonymize.profile import SafePrivate, load_safe_private
 from medlib.errors import MedlibError
-from medlib.anonymize import generate_profile
+from medlib.anonymize import generate_profile, generate_requirements
 from medlib.anonymize.check import check_dataset, check_tree
 from medlib.anonymize.rewrite import NotRewritable, PartialFile
 from medlib.anonymize.tree import JOURNAL, anonymize_tree, read_dicom
@@ -42,6 +42,10 @@ def test_profile_data_is_what_the_generator_makes_of_the_reference():
     assert len(reference) == 621
 
 
+def test_requirements_data_is_what_the_generator_makes_of_the_module_tables():
+    assert json.loads(generate_requirements.OUTPUT.read_text()) == generate_requirements.generate()
+
+
 def test_every_action_code_resolves():
     profile = load_profile()
     basic = {r.basic for r in profile.by_tag.values()}
@@ -57,6 +61,25 @@ def test_every_action_code_resolves():
     assert study_date.action(frozenset({"retain_modified_dates"})) is Action.CLEAN
     assert profile.rule(0x50000010) is profile.curves and profile.rule(0x60003000).name == "Overlay Data"
     assert profile.rule(0x00091001) is profile.private
+
+
+def test_combined_codes_keep_the_least_the_iod_allows():
+    """X/Z, X/D, Z/D, X/Z/D and X/Z/U* resolve by the attribute's Type in the file's IOD."""
+    anonymizer, ct, xrf, ecg = Anonymizer(KEY), (CT_IMAGE, ()), ("1.2.840.10008.5.1.4.1.1.12.2", ()), \
+        ("1.2.840.10008.5.1.4.1.1.9.1.1", ())
+    action = lambda keyword, scope: anonymizer.action(keyword_dict[keyword], scope)  # noqa: E731
+    assert action("SourceImageSequence", ct) is Action.REMOVE  # X/Z/U*, Type 3 in CT
+    assert action("ReferencedImageSequence", xrf) is Action.UID_IN_SEQUENCE  # X/Z/U*, Type 1 in XRF
+    assert action("InstitutionName", ct) is Action.REMOVE  # X/Z/D, Type 3
+    assert action("ContentDate", ct) is Action.ZERO  # Z/D, Type 2 in CT
+    assert action("ContentDate", ecg) is Action.DUMMY  # Z/D, Type 1 in the 12-lead ECG
+    assert action("AcquisitionDateTime", ecg) is Action.DUMMY  # X/Z/D, Type 1
+    # nested: by the path of sequences; an unknown place or SOP class: a standard attribute counts as required
+    assert action("InstitutionName", (CT_IMAGE, ("OperatorIdentificationSequence",))) is Action.DUMMY
+    assert action("InstitutionName", ("1.2.3.4", ())) is Action.DUMMY
+    assert action("ContentDate", (CT_IMAGE, ("SomePrivateSequence",))) is Action.DUMMY
+    # an option's K or C is no combined code
+    assert Anonymizer(KEY, ["retain_institution_identity"]).action(keyword_dict["InstitutionName"], ct) is Action.KEEP
 
 
 def test_options_are_checked():
@@ -101,6 +124,9 @@ def test_retain_safe_private_keeps_only_listed_attributes_of_their_creator(engin
         assert gone not in output, gone
     ds = pydicom.dcmread(io.BytesIO(output))
     assert ds.private_block(0x0019, "GEMS_ACQU_01")[0x23].value == "39.375"
+    assert check_dataset(ds, "safe") == []  # what the list keeps is no finding
+    ds.private_block(0x0019, "GEMS_ACQU_01").add_new(0x99, "LO", "UNSAFE-GE-VALUE")
+    assert [f.reason for f in check_dataset(ds, "unsafe")] == ["private attribute not in the safe list"]
     assert ("113111", "Retain Safe Private Option") in [(i.CodeValue, i.CodeMeaning)
                                                        for i in ds.DeidentificationMethodCodeSequence]
 
@@ -152,6 +178,10 @@ def table_attributes():
     return out
 
 
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+NESTED_PATH = ("ReferencedSeriesSequence", "ModalityLUTSequence", "VOILUTSequence")
+
+
 def marked_dataset() -> tuple[Dataset, dict[bytes, tuple[int, int]]]:
     """Every table attribute with a marker at the top level and three sequences deep, plus
     private blocks at both levels. Returns the dataset and marker bytes → (tag, level)."""
@@ -180,7 +210,7 @@ def marked_dataset() -> tuple[Dataset, dict[bytes, tuple[int, int]]]:
     # three sequences deep, through sequences the profile keeps (not in the table)
     inner = Dataset()
     fill(inner, 1)
-    for keyword in ("VOILUTSequence", "ModalityLUTSequence", "ReferencedSeriesSequence"):
+    for keyword in reversed(NESTED_PATH):
         assert load_profile().rule(keyword_dict[keyword]) is None
         outer = Dataset()
         setattr(outer, keyword, Sequence([inner]))
@@ -189,7 +219,7 @@ def marked_dataset() -> tuple[Dataset, dict[bytes, tuple[int, int]]]:
         ds.add(elem)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
     ds.file_meta.MediaStorageSOPInstanceUID = str(ds.SOPInstanceUID)
     return ds, markers
 
@@ -226,12 +256,12 @@ def test_only_markers_the_options_keep_survive(options, engine):
     profile = load_profile()
     for m, (tag, level) in markers.items():
         rule = profile.rule(tag)
-        action = rule.action(anonymizer.options)
+        action = anonymizer.action(tag, (CT_IMAGE, () if level == 0 else NESTED_PATH))
         kept = action is Action.KEEP and not (tag >> 16) % 2
         # Modified Dates moves dates; times of day are kept (they carry no date)
         kept |= action is Action.CLEAN and dictionary_VR(tag) == "TM" and "retain_modified_dates" in options
         if m.startswith(b"MQ"):  # inside a sequence: kept unless the sequence is removed or emptied
-            kept = rule.action(anonymizer.options) not in (Action.REMOVE, Action.ZERO)
+            kept = action not in (Action.REMOVE, Action.ZERO)
         assert (m in output) == kept, f"{rule.name} ({tag:08X}) level {level}: kept={kept}"
     assert check_dataset(pydicom.dcmread(io.BytesIO(output)), "marked") == []
 
@@ -299,7 +329,9 @@ def study(folder: Path, patient: str = "PAT-0001", name: str = "Doe^Jane", date=
     derived.SeriesInstanceUID = generate_uid()
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = first.SOPClassUID, first.SOPInstanceUID
-    derived.SourceImageSequence = Sequence([ref])
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedInstanceSequence = first.SeriesInstanceUID, Sequence([ref])
+    derived.ReferencedSeriesSequence = Sequence([series])  # no rule: kept, its UIDs replaced
     (folder / "derived").mkdir()
     derived.save_as(folder / "derived" / "d1.dcm", enforce_file_format=True)
     return [*paths, folder / "derived" / "d1.dcm"]
@@ -320,10 +352,11 @@ def test_uid_references_stay_consistent_across_files(tmp_path: Path):
     for uid, ds in out.items():
         assert uid.startswith("2.25.") and uid == ds.file_meta.MediaStorageSOPInstanceUID
         assert uid not in originals
-    derived = next(ds for ds in out.values() if "SourceImageSequence" in ds)
-    referenced = derived.SourceImageSequence[0].ReferencedSOPInstanceUID
-    assert referenced in out  # points at the anonymized first slice
-    assert derived.SourceImageSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    derived = next(ds for ds in out.values() if "ReferencedSeriesSequence" in ds)
+    referenced = derived.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert referenced.ReferencedSOPInstanceUID in out  # points at the anonymized first slice
+    assert referenced.ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert derived.ReferencedSeriesSequence[0].SeriesInstanceUID == out[referenced.ReferencedSOPInstanceUID].SeriesInstanceUID
     assert {str(ds.PatientID) for ds in out.values()} == {"ANON-" + KEY.pseudonym("patient-id", "PAT-0001")}
     assert all(ds.PatientIdentityRemoved == "YES" for ds in out.values())
     assert all(ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100" for ds in out.values())

@@ -15,7 +15,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -34,6 +34,10 @@ DUMMY_BY_VR: dict[str, object] = {
     "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
     "OB": b"", "OD": b"", "OF": b"", "OL": b"", "OV": b"", "OW": b"", "UN": b"",
 }
+#: Where an element lies: its file's SOP Class UID and the keywords of the sequences around it.
+Scope = tuple[str | None, tuple[str, ...]]
+NO_SCOPE: Scope = (None, ())
+_BY_SCOPE = object()  # an action that depends on the scope (a combined code)
 #: Attributes whose dummy is a keyed pseudonym, so that one patient's files stay linked.
 PSEUDONYMS = {"PatientID": ("patient-id", "ANON-{}"), "PatientName": ("patient-name", "ANON^{}")}
 #: Identifies medlib as the writer in the file meta information (a ``2.25.`` UUID-derived UID).
@@ -73,7 +77,8 @@ class Anonymizer:
             raise OptionError("a list of safe private attributes is only used with the option retain_safe_private")
         self.safe_private = (load_safe_private() | (safe_private or SafePrivate(frozenset()))
                              if "retain_safe_private" in self.options else SafePrivate(frozenset()))
-        self._actions: dict[int, Action | None] = {}
+        self._actions: dict[int, Action | None | object] = {}
+        self._scoped: dict[tuple[int, Scope], Action] = {}
         self._mappings: set[tuple[str, str, str]] | None = None
         self._extra_safe_private = safe_private
 
@@ -102,7 +107,7 @@ class Anonymizer:
         counts = Counter() if counts is None else counts
         shift = self.date_shift(dataset)
         ds = dataset if in_place else copy.deepcopy(dataset)
-        self.anonymize_elements(ds, shift, counts, mappings)
+        self.anonymize_elements(ds, shift, counts, mappings, scope_of(ds))
         self._record(ds)
         if getattr(ds, "file_meta", None) is not None:  # only what Part 10 requires: no AE titles
             ds.file_meta = file_meta_for(ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID"),
@@ -115,12 +120,13 @@ class Anonymizer:
         return self.key.date_shift_days(str(dataset.get("PatientID", "")))
 
     def anonymize_elements(self, ds: Dataset, shift: int, counts: Counter,
-                           mappings: set[tuple[str, str, str]] | None = None) -> None:
+                           mappings: set[tuple[str, str, str]] | None = None, scope: Scope = NO_SCOPE) -> None:
         """Apply the profile to the elements of ``ds`` in place, recording nothing: for
-        callers that anonymize a file piece by piece (:mod:`.rewrite`)."""
+        callers that anonymize a file piece by piece (:mod:`.rewrite`). ``scope``: where
+        ``ds`` lies in its file (:func:`scope_of`, :func:`inside`)."""
         self._mappings = mappings
         try:
-            self._walk(ds, shift, counts)
+            self._walk(ds, shift, counts, scope)
         finally:
             self._mappings = None
 
@@ -148,20 +154,30 @@ class Anonymizer:
 
     # -- the interpreter -------------------------------------------------------------------
 
-    def action(self, tag: int) -> Action | None:
-        """The action the profile and options give ``tag`` (None: no rule, it is kept)."""
+    def action(self, tag: int, scope: Scope = NO_SCOPE) -> Action | None:
+        """The action the profile and options give ``tag`` where ``scope`` says it lies
+        (None: no rule, it is kept). A combined code depends on the IOD and the place."""
         try:
-            return self._actions[tag]
+            action = self._actions[tag]
         except KeyError:
             rule = self.profile.rule(tag)
-            action = self._actions[tag] = None if rule is None else rule.action(self.options)
+            action = self._actions[tag] = (None if rule is None else _BY_SCOPE if "/" in rule.code(self.options)
+                                           else rule.action(self.options))
+        if action is not _BY_SCOPE:
+            return action
+        try:
+            return self._scoped[tag, scope]
+        except KeyError:
+            rule = self.profile.rule(tag)
+            requirement = self.profile.requirement(scope[0], scope[1], rule.keyword)
+            action = self._scoped[tag, scope] = rule.action(self.options, requirement)
             return action
 
-    def _walk(self, ds: Dataset, shift: int, counts: Counter) -> None:
+    def _walk(self, ds: Dataset, shift: int, counts: Counter, scope: Scope) -> None:
         # Tags first: an element is decoded only when the profile acts on it or it is a
         # sequence; the rest are written back as read.
         for tag in list(ds.keys()):
-            action = self.action(tag)
+            action = self.action(tag, scope)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
                 counts["C"] += 1
                 creator = creator_tag(tag)
@@ -169,12 +185,12 @@ class Anonymizer:
                     del ds[tag]
                 elif _is_sequence(ds, tag):
                     for item in ds[tag].value:
-                        self._walk(item, shift, counts)
+                        self._walk(item, shift, counts, inside(scope, tag))
                 continue
             if action is None or action is Action.KEEP:  # kept, but items still follow the profile
                 if _is_sequence(ds, tag):
                     for item in ds[tag].value:
-                        self._walk(item, shift, counts)
+                        self._walk(item, shift, counts, inside(scope, tag))
                 if action is Action.KEEP:
                     counts["K"] += 1
                 continue
@@ -182,9 +198,9 @@ class Anonymizer:
             if action is Action.REMOVE:
                 del ds[tag]
             else:
-                self._apply(ds[tag], action, shift, counts)
+                self._apply(ds[tag], action, shift, counts, scope)
 
-    def _apply(self, elem: DataElement, action: Action, shift: int, counts: Counter) -> None:
+    def _apply(self, elem: DataElement, action: Action, shift: int, counts: Counter, scope: Scope) -> None:
         """Carry out Z, D, U, U* or C on one element (X and K are the walk's)."""
         vr = elem.VR
         if vr == "SQ":
@@ -192,7 +208,7 @@ class Anonymizer:
                 elem.value = Sequence()
             else:  # C, D, U*: keep the structure, apply the profile inside
                 for item in elem.value:
-                    self._walk(item, shift, counts)
+                    self._walk(item, shift, counts, inside(scope, elem.tag))
         elif elem.keyword in PSEUDONYMS and action in (Action.ZERO, Action.DUMMY):
             elem.value = self._pseudonym(elem)
         elif action is Action.ZERO:
@@ -266,6 +282,18 @@ class Anonymizer:
         for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
             if keyword not in ds:
                 setattr(ds, keyword, "")
+
+
+def scope_of(ds: Dataset) -> Scope:
+    """The scope of a file's top level: its SOP Class, no enclosing sequence."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    return (str(sop_class) if sop_class else None, ())
+
+
+def inside(scope: Scope, tag: int) -> Scope:
+    """The scope of the items of sequence ``tag`` found in ``scope``."""
+    return scope[0], (*scope[1], keyword_for_tag(tag) or f"{tag:08X}")
 
 
 def file_meta_for(sop_class: str | None, sop_instance: str | None, syntax: str | None) -> FileMetaDataset:

@@ -4,7 +4,7 @@ The options a file was made with are read from its own DeidentificationMethodCod
 (CID 7050 codes); a file without it (another tool's output) is held to the Basic Profile.
 A finding is an attribute the profile removes that is present, one it empties or replaces
 with a dummy that holds something else, a UID it replaces that is not a ``2.25.`` UID, or
-any private attribute.
+a private attribute (under Retain Safe Private: one not in the safe list).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from .anonymizer import DUMMY_BY_VR, PSEUDONYMS
-from .profile import Action, Profile, load_profile
+from .anonymizer import DUMMY_BY_VR, PSEUDONYMS, Scope, inside, scope_of
+from .profile import Action, Profile, SafePrivate, creator_tag, load_profile, load_safe_private
 
 PSEUDONYM_PREFIXES = tuple(template.split("{")[0] for _, template in PSEUDONYMS.values())
 
@@ -47,29 +47,40 @@ def options_of(ds: Dataset, profile: Profile) -> frozenset[str]:
                      if i.get("CodeValue") in by_code)
 
 
-def check_dataset(ds: Dataset, name: str, profile: Profile | None = None) -> list[Finding]:
-    """Findings in one dataset (recursing into sequences)."""
+def check_dataset(ds: Dataset, name: str, profile: Profile | None = None,
+                  safe_private: SafePrivate | None = None) -> list[Finding]:
+    """Findings in one dataset (recursing into sequences). ``safe_private``: the site's
+    additions to medlib's safe private attributes, for files made with Retain Safe Private."""
     profile = profile or load_profile()
     options = options_of(ds, profile)
-    return list(_scan(ds, name, profile, options))
+    safe = (load_safe_private() | (safe_private or SafePrivate(frozenset()))
+            if "retain_safe_private" in options else SafePrivate(frozenset()))
+    return list(_scan(ds, name, profile, options, safe, scope_of(ds)))
 
 
-def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str]) -> Iterator[Finding]:
+def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str], safe: SafePrivate,
+          scope: Scope) -> Iterator[Finding]:
     for elem in ds:
         tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
         keyword = elem.keyword or "private" if elem.tag.is_private else elem.keyword or tag
         if elem.tag.is_private:
-            yield Finding(name, tag, keyword, "private attribute")
+            creator = creator_tag(elem.tag)
+            if safe.keeps(elem.tag, str(ds[creator].value) if creator in ds else None):
+                if elem.VR == "SQ":
+                    for item in elem.value:
+                        yield from _scan(item, name, profile, options, safe, inside(scope, elem.tag))
+            else:
+                yield Finding(name, tag, keyword, "private attribute" + (" not in the safe list" * bool(safe.elements)))
             continue
         rule = profile.rule(elem.tag)
-        action = None if rule is None else rule.action(options)
+        action = None if rule is None else rule.action(options, profile.requirement(*scope, rule.keyword))
         if elem.VR == "SQ":
             if action is Action.REMOVE:
                 yield Finding(name, tag, keyword, "must be removed")
             elif action is Action.ZERO and len(elem.value):
                 yield Finding(name, tag, keyword, "must be empty")
             for item in elem.value:
-                yield from _scan(item, name, profile, options)
+                yield from _scan(item, name, profile, options, safe, inside(scope, elem.tag))
             continue
         values = _values(elem.value)
         if action is Action.REMOVE:
@@ -89,7 +100,7 @@ def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str]) -> 
             yield Finding(name, tag, keyword, "must be cleaned")
 
 
-def check_tree(root: str | os.PathLike[str]) -> tuple[int, list[Finding]]:
+def check_tree(root: str | os.PathLike[str], safe_private: SafePrivate | None = None) -> tuple[int, list[Finding]]:
     """Check every DICOM file below ``root``; return (files checked, findings)."""
     root = Path(root)
     profile = load_profile()
@@ -100,5 +111,5 @@ def check_tree(root: str | os.PathLike[str]) -> tuple[int, list[Finding]]:
         except (InvalidDicomError, OSError):
             continue
         files += 1
-        findings.extend(check_dataset(ds, path.relative_to(root).as_posix(), profile))
+        findings.extend(check_dataset(ds, path.relative_to(root).as_posix(), profile, safe_private))
     return files, findings

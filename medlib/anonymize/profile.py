@@ -17,6 +17,7 @@ from ..errors import MedlibError
 
 DATA = Path(__file__).with_name("profile.json")
 SAFE_PRIVATE = Path(__file__).with_name("safe_private.json")
+REQUIREMENTS = Path(__file__).with_name("requirements.json")
 
 
 class Action(str, Enum):
@@ -54,26 +55,34 @@ class Rule:
             return "C"
         return self.basic
 
-    def action(self, options: frozenset[str]) -> Action:
+    @property
+    def combined(self) -> bool:
+        """Whether the Basic Profile gives a combined code (its action depends on the IOD)."""
+        return "/" in self.basic
+
+    def action(self, options: frozenset[str], requirement: str | None = None) -> Action:
         """The single action under ``options``.
 
-        A combined code keeps the least information while the file stays valid. Without the
-        IOD module tables, an attribute of a standard composite IOD is taken as required (it
-        may be Type 1): then a dummy where D is allowed (valid for Type 1 and 2), else the
-        sequence with its UIDs replaced (X/Z/U*), else zero length. Other attributes are
-        removed (X), or zero-length (Z/D).
+        A combined code keeps the least information the file's IOD allows. ``requirement``
+        is the attribute's Type there (:meth:`Profile.requirement`): "3" (optional): removed
+        where X is allowed, else zero length; "2" (required, may be empty): zero length where
+        Z is allowed, else a dummy; "1" (required with a value): the sequence with its UIDs
+        replaced (X/Z/U*), else a dummy, else zero length. Unknown (None): an attribute of a
+        standard composite IOD counts as Type 1, others as Type 3.
         """
         code = self.code(options)
         if "/" not in code:
             return Action(code)
         choices = code.split("/")
-        if not self.std_comp_iod:
+        if requirement is None:
+            requirement = "1" if self.std_comp_iod else "3"
+        if requirement == "3":
             return Action.REMOVE if "X" in choices else Action.ZERO
+        if requirement == "2" and "Z" in choices:
+            return Action.ZERO
         if "U*" in choices:
             return Action.UID_IN_SEQUENCE
-        if "D" in choices:
-            return Action.DUMMY
-        return Action.ZERO
+        return Action.DUMMY if "D" in choices else Action.ZERO
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,20 @@ class Profile:
     option_codes: dict[str, tuple[str, str]]  # option → (code, meaning)
     basic_code: tuple[str, str]
     clean_pixel_code: tuple[str, str]
+    requirements: dict  # {"sop_classes": {uid: iod}, "iods": {iod: {path: type}}}
+
+    def requirement(self, sop_class: str | None, path: tuple[str, ...], keyword: str | None) -> str | None:
+        """The Type ("1", "2" or "3") the IOD of ``sop_class`` gives the attribute ``keyword``
+        inside the sequences named by ``path`` (``()``: the top level), from
+        ``requirements.json`` (made by :mod:`generate_requirements`). An attribute the IOD
+        does not have is "3" at the top level; unknown (None) for an unknown SOP class, and
+        for a nested attribute the tables do not place (its item may come from a macro they
+        lack)."""
+        iod = self.requirements["sop_classes"].get(sop_class or "")
+        if iod is None or keyword is None:
+            return None
+        found = self.requirements["iods"][iod].get("/".join((*path, keyword)))
+        return found or (None if path else "3")
 
     def rule(self, tag: int) -> Rule | None:
         """The rule for an attribute tag, or None (the profile keeps it)."""
@@ -198,4 +221,5 @@ def load_profile(path: Path = DATA) -> Profile:
         option_codes={k: (v["code"], v["meaning"]) for k, v in data["options"].items()},
         basic_code=(data["basic_profile"]["code"], data["basic_profile"]["meaning"]),
         clean_pixel_code=(data["clean_pixel_data"]["code"], data["clean_pixel_data"]["meaning"]),
+        requirements=json.loads(REQUIREMENTS.read_text()),
     )

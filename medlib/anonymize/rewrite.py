@@ -35,7 +35,8 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_data_element
 from pydicom.uid import UID
 
-from .anonymizer import DUMMY_BY_VR, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer
+from .anonymizer import (DUMMY_BY_VR, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer,
+                         Scope, inside, scope_of)
 from .profile import Action, creator_tag
 
 #: Also decoded (into :attr:`PartialFile.dataset`, as read): what a tree run reads from every
@@ -77,16 +78,26 @@ class NotRewritable(Exception):
 
 
 def _vr_of(tag: int, vr: bytes | None, undefined: bool) -> bytes:
-    """The VR of a top-level element: explicit, else (implicit VR, or UN as pydicom reads it)
-    the dictionary's."""
+    """The VR of an element: explicit, else (implicit VR, or UN as pydicom reads it) the
+    dictionary's."""
     if vr is not None and vr != b"UN":
         return vr
     if undefined:
         return b"SQ"
     try:
-        return dictionary_VR(tag).encode()[:2]  # "US or SS" and the like: only SQ and UI matter here
+        return _DICTIONARY_VRS[tag]
     except KeyError:
-        return b"UN"
+        try:
+            vr = dictionary_VR(tag).encode()[:2]  # "US or SS" and the like: only SQ and UI matter here
+        except KeyError:
+            vr = b"UN"
+        _DICTIONARY_VRS[tag] = vr
+        return vr
+
+
+_DICTIONARY_VRS: dict[int, bytes] = {}
+#: Explicit VRs that need a look at the dictionary or the items.
+_NOT_PLAIN = frozenset((b"SQ", b"UN"))
 
 
 def _text(raw: bytes | None) -> str:
@@ -122,10 +133,19 @@ class _Scanner:
     def elements(self, pos: int, end: int, stop_group: int | None = None) -> list[Element]:
         """The elements from ``pos`` to ``end`` (or up to the first of another group than
         ``stop_group``): (tag, VR or None, start, value start, value end, next element)."""
-        out = []
+        out, buf, implicit = [], self.buf, self.implicit
         while pos < end:
-            if stop_group is not None and (pos + 2 > end or _GROUP(self.buf, pos)[0] != stop_group):
+            if stop_group is not None and (pos + 2 > end or _GROUP(buf, pos)[0] != stop_group):
                 break
+            if not implicit and pos + 12 <= end:  # the common case, inline: explicit VR, short form
+                group, element, vr, length = _EXPLICIT(buf, pos)
+                if vr in SHORT_VRS and group != 0xFFFE:
+                    following = pos + 8 + length
+                    if following > end:
+                        raise NotRewritable(f"({group:04X},{element:04X}) is cut off")
+                    out.append((group << 16 | element, vr, pos, pos + 8, following, following))
+                    pos = following
+                    continue
             tag, vr, length, start = self.header(pos)
             if tag >> 16 == 0xFFFE:
                 raise NotRewritable("an item tag outside a sequence")
@@ -201,7 +221,7 @@ class PartialFile:
 
     Attributes:
         dataset: the :data:`CONTEXT` attributes as read (original values), with ``file_meta``
-            holding the transfer syntax.
+            holding the transfer syntax and SOP class.
         pixel_length: the length of native (defined-length) Pixel Data, or None.
 
     Raises:
@@ -233,6 +253,8 @@ class PartialFile:
         self.sop_class = _text(meta.get(0x00020002)) or str(self.dataset.get("SOPClassUID", ""))
         self.dataset.file_meta = FileMetaDataset()
         self.dataset.file_meta.TransferSyntaxUID = self.syntax
+        if self.sop_class:
+            self.dataset.file_meta.MediaStorageSOPClassUID = self.sop_class
         self._encodings = convert_encodings(self.dataset.get("SpecificCharacterSet", "ISO_IR 6"))
         self._replaced: dict[int, str] = {}
 
@@ -240,7 +262,8 @@ class PartialFile:
         """The anonymized file; ``counts`` and ``mappings`` as for :meth:`Anonymizer.anonymize`."""
         shift = self.anonymizer.date_shift(self.dataset)
         record = self._record()
-        parts = [p for p in self._rewrite(self._elements, shift, counts, mappings, top=True) if p[0] not in record]
+        scope = scope_of(self.dataset)
+        parts = [p for p in self._rewrite(self._elements, shift, counts, mappings, scope, top=True) if p[0] not in record]
         present = {tag for tag, _ in parts}
         parts += record.items()
         for tag, vr in ((0x00100010, b"PN"), (0x00100020, b"LO")):  # Type 2 everywhere: present, empty
@@ -263,14 +286,18 @@ class PartialFile:
             _RECORDS[key] = dict(self._encode(self.anonymizer.record_elements()))
         return _RECORDS[key]
 
-    def _rewrite(self, elements: list[Element], shift: int, counts: Counter,
-                 mappings: set | None, top: bool = False) -> list[tuple[int, bytes]]:
+    def _rewrite(self, elements: list[Element], shift: int, counts: Counter, mappings: set | None,
+                 scope: Scope, top: bool = False) -> list[tuple[int, bytes]]:
         """The anonymized elements, as (tag, bytes): the walk of :class:`Anonymizer`, with
         decoding only where a value must be made."""
         data, anonymizer, out = self.data, self.anonymizer, []
+        action_of = anonymizer.action
         creators: dict[int, str] | None = None
         for tag, raw_vr, start, value_start, value_end, following in elements:
-            action = anonymizer.action(tag)
+            action = action_of(tag, scope)
+            if action is None and raw_vr is not None and raw_vr not in _NOT_PLAIN and tag & 0xFFFF:
+                out.append((tag, data[start:following]))  # the common case: kept as read
+                continue
             vr = _vr_of(tag, raw_vr, value_end != following)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
                 counts["C"] += 1
@@ -278,11 +305,11 @@ class PartialFile:
                     creators = {e[0]: data[e[3]:e[4]].decode("latin-1") for e in elements
                                 if e[0] >> 16 & 1 and 0x10 <= e[0] & 0xFFFF <= 0xFF}
                 if anonymizer.safe_private.keeps(tag, creators.get(creator_tag(tag))):
-                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings)
+                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings, scope)
                                 if vr == b"SQ" else data[start:following]))
                 continue
             if vr == b"SQ" and raw_vr == b"UN":  # an implicit-VR sequence inside: pydicom reads it
-                out.extend(self._decode(data[start:following], shift, counts, mappings))
+                out.extend(self._decode(data[start:following], shift, counts, mappings, scope))
                 continue
             if tag & 0xFFFF == 0 or action is Action.REMOVE:  # group lengths: as pydicom's writer
                 if action is not None:
@@ -294,7 +321,7 @@ class PartialFile:
                 if action is Action.ZERO:
                     out.append((tag, self._header(tag, vr, 0)))
                 else:  # its items follow the profile
-                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings)))
+                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings, scope)))
             elif action is None or action is Action.KEEP:
                 if action is Action.KEEP:
                     counts["K"] += 1
@@ -314,24 +341,27 @@ class PartialFile:
                 counts["D"] += 1
                 out.append((tag, self._dummy(tag, vr)))
             else:  # a cleaned value or a pseudonym: pydicom decodes, the anonymizer makes it
-                out.extend(self._decode(data[start:following], shift, counts, mappings))
+                out.extend(self._decode(data[start:following], shift, counts, mappings, scope))
         return out
 
-    def _sequence(self, tag: int, start: int, end: int, shift: int, counts: Counter, mappings: set | None) -> bytes:
+    def _sequence(self, tag: int, start: int, end: int, shift: int, counts: Counter, mappings: set | None,
+                  scope: Scope) -> bytes:
         """A sequence whose items follow the profile."""
-        items = b"".join(self._item(item_start, item_end, shift, counts, mappings)
+        scope = inside(scope, tag)
+        items = b"".join(self._item(item_start, item_end, shift, counts, mappings, scope)
                          for item_start, item_end in self._scanner.items(start, end))
         return self._header(tag, b"SQ", len(items)) + items
 
-    def _item(self, start: int, end: int, shift: int, counts: Counter, mappings: set | None) -> bytes:
-        parts = self._rewrite(self._scanner.elements(start, end), shift, counts, mappings)
+    def _item(self, start: int, end: int, shift: int, counts: Counter, mappings: set | None, scope: Scope) -> bytes:
+        parts = self._rewrite(self._scanner.elements(start, end), shift, counts, mappings, scope)
         body = b"".join(p for _, p in sorted(parts, key=_first))
         return _PACK_IMPLICIT(0xFFFE, 0xE000, len(body)) + body
 
-    def _decode(self, raw: bytes, shift: int, counts: Counter, mappings: set | None) -> list[tuple[int, bytes]]:
+    def _decode(self, raw: bytes, shift: int, counts: Counter, mappings: set | None,
+                scope: Scope) -> list[tuple[int, bytes]]:
         """Elements through pydicom and the anonymizer's walk."""
         ds = read_dataset(BytesIO(raw), self.implicit, True, parent_encoding=self._encodings)
-        self.anonymizer.anonymize_elements(ds, shift, counts, mappings)
+        self.anonymizer.anonymize_elements(ds, shift, counts, mappings, scope)
         return self._encode(ds)
 
     def _encode(self, ds: Dataset) -> list[tuple[int, bytes]]:
