@@ -165,15 +165,8 @@ class _Scanner:
             return self._undefined[pos][2]
         out = []
         while pos < end:
-            tag, _, length, start = self.header(pos)
-            if tag != ITEM:
-                raise NotRewritable("a sequence holds something other than items")
-            if length == UNDEFINED:
-                pos = self._item_end(start)
-                out.append((start, pos - 8))
-            else:
-                pos = start + length
-                out.append((start, pos))
+            start, content_end, pos = self._item_at(pos)
+            out.append((start, content_end))
         if pos != end:
             raise NotRewritable("a sequence item overruns its sequence")
         return out
@@ -186,20 +179,23 @@ class _Scanner:
             raise NotRewritable("an undefined-length UN element")
         value_start, items = pos, []
         while True:
-            tag, _, length, start = self.header(pos)
-            if tag == SEQUENCE_END:
-                self._undefined[value_start] = (pos, start, items)
-                return pos, start
-            if tag != ITEM:
-                raise NotRewritable("a sequence holds something other than items")
-            if length == UNDEFINED:
-                pos = self._item_end(start)
-                items.append((start, pos - 8))
-            else:
-                pos = start + length
-                items.append((start, pos))
-            if pos > self.end:
-                raise NotRewritable("a sequence item is cut off")
+            if self.header(pos)[0] == SEQUENCE_END:
+                self._undefined[value_start] = (pos, pos + 8, items)
+                return pos, pos + 8
+            start, content_end, pos = self._item_at(pos)
+            items.append((start, content_end))
+
+    def _item_at(self, pos: int) -> tuple[int, int, int]:
+        """(contents start, contents end, next) of the sequence item at ``pos``."""
+        tag, _, length, start = self.header(pos)
+        if tag != ITEM:
+            raise NotRewritable("a sequence holds something other than items")
+        if length == UNDEFINED:
+            following = self._item_end(start)
+            return start, following - 8, following
+        if start + length > self.end:
+            raise NotRewritable("a sequence item is cut off")
+        return start, start + length, start + length
 
     def _item_end(self, pos: int) -> int:
         """The position after the delimiter of the undefined-length item starting at ``pos``."""
