@@ -105,6 +105,7 @@ def configure(c: Config, settings: Settings) -> None:
         s.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
     s.profiles = _profile_dicts(settings)
     s.datasets = [d.to_dict() for d in settings.datasets]
+    s.grants_key_file = str(state.grants_key)
     s.default_url = "/lab"
     s.start_timeout = hub.start_timeout
     s.http_timeout = hub.start_timeout

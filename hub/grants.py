@@ -1,35 +1,40 @@
-"""Dataset grants: which datasets a user's groups may read, and how a server gets to see them.
+"""Dataset grants: how a server gets to see the datasets its user's groups may read.
 
-Pure functions over the ``[[datasets]]`` settings: the spawners call them at spawn. The
-Docker spawner turns grants into read-only bind mounts at ``/datasets/<id>``; the local
-spawner (demo) into a per-user folder of links, a weaker isolation documented in README.md.
+The spawners call these at spawn. The Docker spawner turns grants into read-only bind mounts
+at ``/datasets/<id>``; the local spawner (demo) into a per-user folder of links, a weaker
+isolation documented in README.md. Every server also receives a grants manifest signed by the
+hub (Ed25519): its user, its grants with where they are mounted, and which groups may read
+the other datasets of the catalog (so that a refusal can say whom to ask). ``medlib.datasets``
+reads it and checks the signature.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .settings import Dataset
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .catalog import Dataset, granted
 
 CONTAINER_ROOT = "/datasets"
-
-
-def granted(datasets: Iterable[Dataset], groups: Iterable[str]) -> list[Dataset]:
-    """The datasets readable by a member of ``groups``, in catalog order."""
-    member = set(groups)
-    return [d for d in datasets if member.intersection(d.groups)]
+#: The environment variables a server receives: the signed manifest and the hub's public key.
+GRANTS_ENV, GRANTS_KEY_ENV = "MEDHUB_GRANTS", "MEDHUB_GRANTS_KEY"
 
 
 def docker_volumes(datasets: Iterable[Dataset]) -> dict[str, dict[str, str]]:
-    """DockerSpawner ``volumes`` entries: each dataset read-only at ``/datasets/<id>``."""
-    return {str(d.path): {"bind": f"{CONTAINER_ROOT}/{d.id}", "mode": "ro"} for d in datasets}
+    """DockerSpawner ``volumes`` entries: each local dataset read-only at ``/datasets/<id>``."""
+    return {str(d.path): {"bind": f"{CONTAINER_ROOT}/{d.id}", "mode": "ro"} for d in datasets if d.is_local}
 
 
 def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
-    """Make ``view_dir`` hold exactly one link per granted dataset, ``<id> -> path``.
+    """Make ``view_dir`` hold exactly one link per granted local dataset, ``<id> -> path``.
 
     The folder is rebuilt beside the old one and swapped in, so a server never sees a
     half-made view and a revoked grant disappears at the next spawn.
@@ -40,7 +45,8 @@ def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o755)
     for d in datasets:
-        (fresh / d.id).symlink_to(d.path, target_is_directory=True)
+        if d.is_local:
+            (fresh / d.id).symlink_to(d.path, target_is_directory=True)
     old = view_dir.with_name(view_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if view_dir.exists():
@@ -48,3 +54,50 @@ def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
     os.replace(fresh, view_dir)
     shutil.rmtree(old, ignore_errors=True)
     return view_dir
+
+
+class GrantSigner:
+    """The hub's Ed25519 key for grants manifests, kept in the state folder (mode 0600)."""
+
+    def __init__(self, key_file: str | os.PathLike[str]):
+        path = Path(key_file)
+        if not path.exists():
+            pem = Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
+            except FileExistsError:  # another process made it first: use that one
+                pass
+        self._key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+    @property
+    def public_key(self) -> str:
+        """The public key, base64 of its 32 raw bytes, for :data:`GRANTS_KEY_ENV`."""
+        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return base64.b64encode(raw).decode()
+
+    def manifest(self, user: str, groups: Iterable[str], catalog: Iterable[Dataset], root: str) -> str:
+        """The signed grants manifest of ``user`` (member of ``groups``), with granted local
+        datasets under ``root`` and others at their URL: base64 of ``{"payload", "signature"}``."""
+        catalog = list(catalog)
+        mine = granted(catalog, groups)
+        payload = {
+            "version": 1,
+            "user": user,
+            "groups": sorted(groups),
+            "issued_at": int(time.time()),
+            "granted": [{**_public(d), "path": f"{root}/{d.id}" if d.is_local else d.location} for d in mine],
+            "others": [{"id": d.id, "title": d.title, "groups": list(d.readers())} for d in catalog if d not in mine],
+        }
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        document = json.dumps({"payload": base64.b64encode(body).decode(),
+                               "signature": base64.b64encode(self._key.sign(body)).decode()})
+        return base64.b64encode(document.encode()).decode()  # no braces: KubeSpawner formats env values
+
+
+def _public(d: Dataset) -> dict[str, object]:
+    """What a server may know of a granted dataset: everything but the host location."""
+    return {k: v for k, v in d.to_dict().items() if k not in ("location", "groups", "identifiable_groups")} | {
+        "jsonld": d.jsonld()}

@@ -16,7 +16,8 @@ from typing import Any
 
 from . import grants
 from .errors import HubConfigError
-from .settings import Dataset, Settings
+from .catalog import Dataset, granted
+from .settings import Settings
 
 SECRET_NAME = "medhub-secrets"
 
@@ -63,17 +64,22 @@ def profile_list(settings: Settings) -> list[dict[str, Any]]:
     return profiles
 
 
-def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str) -> Callable[[Any], None]:
+def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
+                         grants_key_file: str) -> Callable[[Any], None]:
     """A KubeSpawner ``pre_spawn_hook`` mounting the user's granted datasets read-only.
 
-    Each dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>`` (provisioned by
-    the site's administrator), mounted at ``/datasets/<id>``.
+    Each local dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>``
+    (provisioned by the site's administrator), mounted at ``/datasets/<id>``; datasets at a
+    URL are read there. The server gets its signed grants manifest (key in the hub's
+    persistent volume, made on first use).
     """
     catalog = [Dataset.from_dict(d) for d in datasets]
 
     def hook(spawner: Any) -> None:
-        mine = grants.granted(catalog, (g.name for g in spawner.user.groups))
-        for d in mine:
+        groups = sorted(g.name for g in spawner.user.groups)
+        for d in granted(catalog, groups):
+            if not d.is_local:
+                continue
             volume = f"dataset-{d.id}"
             spawner.volumes = [*spawner.volumes, {
                 "name": volume,
@@ -82,10 +88,13 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str) -> C
             spawner.volume_mounts = [*spawner.volume_mounts, {
                 "name": volume, "mountPath": f"{grants.CONTAINER_ROOT}/{d.id}", "readOnly": True,
             }]
+        signer = grants.GrantSigner(grants_key_file)
         spawner.environment = {
             **spawner.environment,
-            "MEDHUB_GROUPS": ",".join(sorted(g.name for g in spawner.user.groups)),
+            "MEDHUB_GROUPS": ",".join(groups),
             "MEDHUB_DATASETS_DIR": grants.CONTAINER_ROOT,
+            grants.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, grants.CONTAINER_ROOT),
+            grants.GRANTS_KEY_ENV: signer.public_key,
         }
 
     return hook
@@ -99,7 +108,7 @@ def values(settings: Settings) -> dict[str, Any]:
     grants_code = (
         "from medhub.k8s import dataset_volumes_hook\n"
         f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({json.dumps(datasets)}, "
-        f"{json.dumps(k8s.datasets_claim_prefix)})\n"
+        f"{json.dumps(k8s.datasets_claim_prefix)}, {json.dumps(k8s.grants_key_file)})\n"
     )
     return {
         "hub": {

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .catalog import Dataset, load_catalog
 from .errors import HubConfigError
+from .tomlfile import Section, read_toml
 
 SETTINGS_ENV = "MEDHUB_SETTINGS"
 CLIENT_SECRET_ENV = "MEDHUB_OIDC_CLIENT_SECRET"
@@ -61,6 +62,7 @@ class HubSettings:
     cleanup_servers: bool = False
     start_timeout: int = 120
     extra_config: Path | None = None
+    catalog: Path | None = None  # the dataset catalog (datasets.toml); none: no datasets
 
 
 @dataclass(frozen=True)
@@ -106,26 +108,7 @@ class KubernetesSettings:
     gpus_per_node: int = 0
     storage_capacity: str = "10Gi"
     datasets_claim_prefix: str = "medhub-dataset-"
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A dataset the hub can grant: who may read it and where it lies."""
-
-    id: str
-    title: str
-    path: Path
-    groups: tuple[str, ...]
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form, as spawner traits and generated configs carry it."""
-        return {"id": self.id, "title": self.title, "path": str(self.path), "groups": list(self.groups),
-                "description": self.description}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Dataset:
-        return cls(d["id"], d["title"], Path(d["path"]), tuple(d["groups"]), d.get("description", ""))
+    grants_key_file: str = "/srv/jupyterhub/grants_signing_key.pem"  # in the hub pod's persistent volume
 
 
 @dataclass(frozen=True)
@@ -156,52 +139,7 @@ DEFAULT_PROFILES = (
 )
 
 
-class _Section:
-    """Reads one TOML table, remembering which keys were used, to report unknown ones."""
-
-    def __init__(self, data: dict[str, Any], name: str, source: Path):
-        if not isinstance(data, dict):
-            raise HubConfigError(f"{source}: [{name}] must be a table")
-        self.data, self.name, self.source = data, name, source
-        self.used: set[str] = set()
-
-    def error(self, key: str, message: str) -> HubConfigError:
-        return HubConfigError(f"{self.source}: {self.name}.{key}: {message}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise self.error(key, "is required")
-            return default
-        value = self.data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(key, f"must be {names}, not {value!r}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.get(key, list, list(default))
-        if not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, "must be a list of non-empty strings")
-        return tuple(value)
-
-    def path(self, key: str, default: Path) -> Path:
-        value = Path(self.get(key, str, str(default))).expanduser()
-        return value if value.is_absolute() else (self.source.parent / value).resolve()
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise HubConfigError(
-                f"{self.source}: [{self.name}] has unknown setting(s) {', '.join(unknown)}; "
-                "see the configuration reference in README.md"
-            )
-
-
-def _url(section: _Section, key: str, value: str) -> str:
+def _url(section: Section, key: str, value: str) -> str:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise section.error(key, f"must be an http(s) URL, not {value!r}")
@@ -210,7 +148,7 @@ def _url(section: _Section, key: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _hub(s: _Section) -> HubSettings:
+def _hub(s: Section) -> HubSettings:
     d = HubSettings()
     hub = HubSettings(
         public_url=_url(s, "public_url", s.get("public_url", str, d.public_url)),
@@ -221,11 +159,14 @@ def _hub(s: _Section) -> HubSettings:
         cleanup_servers=s.get("cleanup_servers", bool, d.cleanup_servers),
         start_timeout=s.get("start_timeout", int, d.start_timeout),
         extra_config=s.path("extra_config", Path(".")) if "extra_config" in s.data else None,
+        catalog=s.path("catalog", Path(".")) if "catalog" in s.data else None,
     )
     if hub.spawner not in ("local", "docker"):
         raise s.error("spawner", f"must be 'local' or 'docker', not {hub.spawner!r}")
     if hub.extra_config is not None and not hub.extra_config.is_file():
         raise s.error("extra_config", f"{hub.extra_config} is not a file")
+    if hub.catalog is not None and not hub.catalog.is_file():
+        raise s.error("catalog", f"{hub.catalog} is not a file; see 'Dataset catalog' in README.md")
     for key in ("hub_port", "proxy_api_port"):
         if not 0 < getattr(hub, key) < 65536:
             raise s.error(key, "must be a TCP port number (1-65535)")
@@ -233,7 +174,7 @@ def _hub(s: _Section) -> HubSettings:
     return hub
 
 
-def _client_secret(s: _Section) -> str:
+def _client_secret(s: Section) -> str:
     inline = s.get("client_secret", str, "")
     path = s.get("client_secret_file", str, "")
     if inline and path:
@@ -255,7 +196,7 @@ def _client_secret(s: _Section) -> str:
     return secret
 
 
-def _oidc(s: _Section) -> OIDCSettings:
+def _oidc(s: Section) -> OIDCSettings:
     d = OIDCSettings("", "", "")
     oidc = OIDCSettings(
         issuer=_url(s, "issuer", s.get("issuer", str)),
@@ -286,7 +227,7 @@ def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
         raise HubConfigError(f"{source}: [[profiles]] must be a non-empty array of tables")
     profiles = []
     for i, item in enumerate(raw):
-        s = _Section(item, f"profiles[{i}]", source)
+        s = Section(item, f"profiles[{i}]", source)
         gpus = s.get("gpus", (int, str), 0)
         if gpus == "all":
             gpus = -1
@@ -315,36 +256,7 @@ def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
     return tuple(profiles)
 
 
-def _datasets(raw: Any, source: Path) -> tuple[Dataset, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise HubConfigError(f"{source}: [[datasets]] must be an array of tables")
-    datasets = []
-    for i, item in enumerate(raw):
-        s = _Section(item, f"datasets[{i}]", source)
-        ds = Dataset(
-            id=s.get("id", str),
-            title=s.get("title", str),
-            path=s.path("path", Path(".")),
-            groups=s.strings("groups"),
-            description=s.get("description", str, ""),
-        )
-        if not SLUG.match(ds.id):
-            raise s.error("id", f"{ds.id!r} is not a slug (lower-case letters, digits, '-')")
-        if not ds.path.is_dir():
-            raise s.error("path", f"{ds.path} is not a directory")
-        if not ds.groups:
-            raise s.error("groups", "name the groups that may read this dataset")
-        s.done()
-        datasets.append(ds)
-    ids = [d.id for d in datasets]
-    if len(set(ids)) != len(ids):
-        raise HubConfigError(f"{source}: [[datasets]] ids must be unique, got {ids}")
-    return tuple(datasets)
-
-
-def _plain(s: _Section, defaults: Any) -> Any:
+def _plain(s: Section, defaults: Any) -> Any:
     """A section whose keys are the fields of a dataclass of str, int and bool values, all
     optional; ``defaults`` is an instance holding each field's default."""
     values = {f.name: s.get(f.name, type(getattr(defaults, f.name)), getattr(defaults, f.name))
@@ -367,22 +279,17 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         if not path:
             raise HubConfigError(f"no settings file: pass --settings FILE or set {SETTINGS_ENV}")
     source = Path(path).expanduser().resolve()
-    try:
-        data = tomllib.loads(source.read_text())
-    except OSError as e:
-        raise HubConfigError(f"cannot read settings file {source}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise HubConfigError(f"{source} is not valid TOML: {e}") from None
+    data = read_toml(source, "settings file")
 
-    known = {"hub", "oidc", "local", "docker", "culler", "kubernetes", "profiles", "datasets"}
+    known = {"hub", "oidc", "local", "docker", "culler", "kubernetes", "profiles"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     if "oidc" not in data:
         raise HubConfigError(f"{source}: the [oidc] section is required (issuer, client_id, client secret)")
 
-    def section(name: str) -> _Section:
-        return _Section(data.get(name, {}), name, source)
+    def section(name: str) -> Section:
+        return Section(data.get(name, {}), name, source)
 
     hub = _hub(section("hub"))
     local = section("local")
@@ -391,14 +298,15 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     docker_settings = _plain(section("docker"), DockerSettings())
     culler_settings = _plain(section("culler"), CullerSettings())
     k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
+    oidc = _oidc(section("oidc"))
     return Settings(
         source=source,
         hub=hub,
-        oidc=_oidc(section("oidc")),
+        oidc=oidc,
         local=local_settings,
         docker=docker_settings,
         culler=culler_settings,
         kubernetes=k8s_settings,
         profiles=_profiles(data.get("profiles"), source),
-        datasets=_datasets(data.get("datasets"), source),
+        datasets=load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups) if hub.catalog else (),
     )

@@ -31,7 +31,8 @@ from traitlets import Dict, List, Unicode, default
 from traitlets.config import Configurable
 
 from . import grants
-from .settings import Dataset, Profile
+from .catalog import Dataset, granted
+from .settings import Profile
 
 
 def docker_device_requests(gpus: int) -> list[DeviceRequest]:
@@ -62,7 +63,13 @@ class ProfilesMixin(Configurable):
     datasets = List(
         Dict(),
         config=True,
-        help="Datasets the hub can grant: dicts with id, title, path and groups (from [[datasets]]).",
+        help="The dataset catalog: dicts as :meth:`medhub.catalog.Dataset.to_dict` makes them.",
+    )
+    grants_key_file = Unicode(
+        "",
+        config=True,
+        help="""The hub's Ed25519 key (PEM, created if missing) that signs each server's grants
+        manifest. Empty: no manifest is given (medlib.datasets then finds no grants).""",
     )
 
     @default("apply_user_options")
@@ -120,16 +127,24 @@ class ProfilesMixin(Configurable):
     def group_names(self) -> list[str]:
         return sorted(g.name for g in self.user.groups)
 
+    def catalog(self) -> list[Dataset]:
+        return [Dataset.from_dict(d) for d in self.datasets]
+
     def granted_datasets(self) -> list[Dataset]:
-        return grants.granted([Dataset.from_dict(d) for d in self.datasets], self.group_names())
+        return granted(self.catalog(), self.group_names())
 
     def medhub_env(self, datasets_dir: str) -> dict[str, str]:
-        return {
+        env = {
             "MEDHUB_USER": self.user.name,
             "MEDHUB_GROUPS": ",".join(self.group_names()),
             "MEDHUB_PROFILE": self.profile.slug,
             "MEDHUB_DATASETS_DIR": datasets_dir,
         }
+        if self.grants_key_file:
+            signer = grants.GrantSigner(self.grants_key_file)
+            env[grants.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(), datasets_dir)
+            env[grants.GRANTS_KEY_ENV] = signer.public_key
+        return env
 
 
 class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):

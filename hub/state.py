@@ -38,6 +38,11 @@ class StateDir:
         return self.path / "logs"
 
     @property
+    def grants_key(self) -> Path:
+        """The Ed25519 key that signs grants manifests (made by :class:`medhub.grants.GrantSigner`)."""
+        return self.path / "grants_signing_key.pem"
+
+    @property
     def idp_dir(self) -> Path:
         return self.path / "idp"
 

@@ -20,6 +20,7 @@ from medhub.idp import Account, Client, DevIdentityProvider
 from medhub.idp.browser import scripted_login, submit_spawn_form
 from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
 from medhub.settings import Settings, load
+from medlib.manifest import MANIFEST, write_manifest
 from medlib.synthetic import write_ct_series
 
 #: id_tokens and access tokens live this long, so that refresh is exercised in the run.
@@ -98,11 +99,26 @@ class Platform:
         self.hub = self.stack.start(hub_process(self.settings), timeout=120)
 
 
-def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, **hub: object) -> Path:
+def write_catalog(root: Path) -> Path:
+    """Two small CT datasets with their manifests, and the catalog that grants them."""
     datasets = root / "datasets"
-    if not (datasets / "research-ct").is_dir():
-        write_ct_series(datasets / "research-ct" / "series-001", shape=(4, 16, 16))
-        write_ct_series(datasets / "teaching-ct" / "series-001", shape=(4, 16, 16), patient_id="PAT-0002")
+    for name, patient in (("research-ct", "PAT-0001"), ("teaching-ct", "PAT-0002")):
+        if not (datasets / name / MANIFEST).is_file():
+            write_ct_series(datasets / name / "series-001", shape=(4, 16, 16), patient_id=patient)
+            write_manifest(datasets / name)
+    entry = {"modality": "CT", "licence": "CC0-1.0", "sensitivity": "anonymized", "contact": "steward@example.org"}
+    catalog = root / "datasets.toml"
+    catalog.write_text(tomli_w.dumps({"dataset": [
+        {"id": "research-ct", "title": "Research CT", "location": str(datasets / "research-ct"),
+         "groups": ["radiology-research"], **entry},
+        {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
+         "groups": ["course-students", "course-instructors"], **entry},
+    ]}))
+    return catalog
+
+
+def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, **hub: object) -> Path:
+    catalog = write_catalog(root)
     observer = root / "observer_config.py"
     settings = {
         "hub": {
@@ -113,6 +129,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
             "spawner": "local",
             "cleanup_servers": False,
             "extra_config": str(observer),
+            "catalog": str(catalog),
             **hub,
         },
         "oidc": {
@@ -125,12 +142,6 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
         },
         "local": {"home_root": str(root / "home")},
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
-        "datasets": [
-            {"id": "research-ct", "title": "Research CT", "path": str(datasets / "research-ct"),
-             "groups": ["radiology-research"]},
-            {"id": "teaching-ct", "title": "Teaching CT", "path": str(datasets / "teaching-ct"),
-             "groups": ["course-students", "course-instructors"]},
-        ],
     }
     path = root / "medhub.toml"
     path.write_text(tomli_w.dumps(settings))

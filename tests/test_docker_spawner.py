@@ -36,9 +36,11 @@ def spawner(tmp_path: Path) -> MedhubDockerSpawner:
     db.commit()
     (tmp_path / "research").mkdir()
     (tmp_path / "secret").mkdir()
+    entry = {"sensitivity": "anonymized", "licence": "CC0-1.0"}
     datasets = [
-        {"id": "research-ct", "title": "R", "path": str(tmp_path / "research"), "groups": ["radiology-research"]},
-        {"id": "secret-ct", "title": "S", "path": str(tmp_path / "secret"), "groups": ["oncology"]},
+        {"id": "research-ct", "title": "R", "location": str(tmp_path / "research"), "groups": ["radiology-research"],
+         **entry},
+        {"id": "secret-ct", "title": "S", "location": str(tmp_path / "secret"), "groups": ["oncology"], **entry},
     ]
     return MedhubDockerSpawner(
         user=User(user, {}), hub=Hub(ip="127.0.0.1", port=8081, base_url="/hub/"),

@@ -23,6 +23,8 @@ from medhub.cli import main as medhub_main
 from medhub.errors import HubConfigError
 from medhub.k8s import values
 from medhub.settings import load
+from medlib.datasets.grants import read_grants
+from medlib.manifest import write_manifest
 
 
 KUBECONFIG = """
@@ -47,15 +49,21 @@ def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def settings_file(tmp_path: Path) -> Path:
     for name in ("research", "teaching"):
         (tmp_path / name).mkdir()
+        write_manifest(tmp_path / name)
     data = {
         "oidc": {"issuer": "https://login.example.org", "client_id": "medhub", "client_secret": "s",
                  "allowed_groups": ["radiology-research", "course-students"], "admin_groups": ["admins"]},
-        "kubernetes": {"gpus_per_node": 4, "image": "registry.example.org/medhub/notebook:1.2"},
-        "datasets": [
-            {"id": "research-ct", "title": "R", "path": str(tmp_path / "research"), "groups": ["radiology-research"]},
-            {"id": "teaching-ct", "title": "T", "path": str(tmp_path / "teaching"), "groups": ["course-students"]},
-        ],
+        "kubernetes": {"gpus_per_node": 4, "image": "registry.example.org/medhub/notebook:1.2",
+                       "grants_key_file": str(tmp_path / "grants.pem")},
     }
+    entry = {"sensitivity": "anonymized", "licence": "CC0-1.0"}
+    (tmp_path / "datasets.toml").write_text(tomli_w.dumps({"dataset": [
+        {"id": "research-ct", "title": "R", "location": str(tmp_path / "research"), "groups": ["radiology-research"],
+         **entry},
+        {"id": "teaching-ct", "title": "T", "location": str(tmp_path / "teaching"), "groups": ["course-students"],
+         **entry},
+    ]}))
+    data["hub"] = {"catalog": str(tmp_path / "datasets.toml")}
     path = tmp_path / "medhub.toml"
     path.write_text(tomli_w.dumps(data))
     return path
@@ -121,6 +129,9 @@ def test_dataset_hook_mounts_only_granted_claims_read_only(settings_file: Path):
                                              "readOnly": True}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MEDHUB_GROUPS"] == "course-students"
+    grants = read_grants(env["MEDHUB_GRANTS"], env["MEDHUB_GRANTS_KEY"])  # signed by the hub's key
+    assert [d["id"] for d in grants["granted"]] == ["teaching-ct"]
+    assert grants["granted"][0]["path"] == "/datasets/teaching-ct"
 
 
 def test_all_gpus_needs_the_node_size(settings_file: Path):

@@ -80,10 +80,8 @@ def test_client_secret_from_file_and_environment(tmp_path: Path, monkeypatch):
         ({**MINIMAL, "profiles": [{"slug": "a", "display_name": "x", "mem_limit": "lots"}]}, r"profiles\[0\].mem_limit"),
         ({**MINIMAL, "profiles": [{"slug": "a", "display_name": "x"}, {"slug": "a", "display_name": "y"}]},
          "slugs must be unique"),
-        ({**MINIMAL, "datasets": [{"id": "ct", "title": "CT", "path": "/nonexistent", "groups": ["g"]}]},
-         r"datasets\[0\].path: /nonexistent is not a directory"),
-        ({**MINIMAL, "datasets": [{"id": "../ct", "title": "CT", "path": "/", "groups": ["g"]}]},
-         r"datasets\[0\].id: '../ct' is not a slug"),
+        ({**MINIMAL, "datasets": [{"id": "ct"}]}, "unknown section"),  # the catalog is a file of its own
+        (with_("hub", catalog="/nonexistent/datasets.toml"), "hub.catalog: /nonexistent/datasets.toml is not a file"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, data: dict, message: str):

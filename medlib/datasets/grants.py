@@ -1,0 +1,59 @@
+"""The grants manifest the hub gives each server: which datasets its user may read, and where.
+
+The hub signs it with its Ed25519 key (``medhub.grants.GrantSigner``) and passes it with the
+public key in the environment (``MEDHUB_GRANTS``, ``MEDHUB_GRANTS_KEY``). A manifest that does
+not verify is refused: nothing is granted on the strength of an edited environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import MedlibError
+
+GRANTS_ENV, GRANTS_KEY_ENV = "MEDHUB_GRANTS", "MEDHUB_GRANTS_KEY"
+
+
+class GrantsError(MedlibError):
+    """No grants manifest, or one that does not verify."""
+
+
+def read_grants(document: str, public_key: str) -> dict[str, Any]:
+    """The payload of a signed grants manifest, after checking its signature.
+
+    Raises:
+        GrantsError: malformed, or not signed by ``public_key``.
+    """
+    try:
+        outer = json.loads(base64.b64decode(document, validate=True))
+        body = base64.b64decode(outer["payload"], validate=True)
+        signature = base64.b64decode(outer["signature"], validate=True)
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise GrantsError(f"the grants manifest is malformed ({e}); restart your server from the hub") from None
+    try:
+        key.verify(signature, body)
+    except InvalidSignature:
+        raise GrantsError("the grants manifest does not carry the hub's signature; restart your server "
+                          "from the hub (an edited manifest grants nothing)") from None
+    return json.loads(body)
+
+
+def current_grants() -> dict[str, Any]:
+    """This server's grants, from the environment the hub started it with.
+
+    Raises:
+        GrantsError: not started by a medhub hub, or a manifest that does not verify.
+    """
+    document, key = os.environ.get(GRANTS_ENV), os.environ.get(GRANTS_KEY_ENV)
+    if not document or not key:
+        raise GrantsError(f"no dataset grants: {GRANTS_ENV} is not set (this server was not started by "
+                          "a medhub hub, or the hub has no dataset catalog)")
+    return read_grants(document, key)

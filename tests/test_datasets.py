@@ -1,0 +1,177 @@
+"""medlib.datasets: only granted datasets open, as the same volume pydicom and MONAI give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tomli_w
+
+import medlib.datasets as mds
+from medhub.catalog import load_catalog
+from medhub.grants import GrantSigner
+from medlib import audit
+from medlib.manifest import write_manifest
+from medlib.synthetic import write_ct_series
+
+GROUPS = ("radiology-research", "course-students")
+
+
+@pytest.fixture
+def catalog(tmp_path: Path):
+    """research-ct (two series) for radiology-research, teaching-ct for course-students, and a
+    copy of teaching-ct read through an fsspec URL."""
+    root = tmp_path / "data"
+    write_ct_series(root / "research-ct" / "a", shape=(6, 20, 16), patient_id="P1")
+    write_ct_series(root / "research-ct" / "b", shape=(3, 8, 8), spacing=(1.25, 0.5, 0.5), patient_id="P1")
+    write_ct_series(root / "teaching-ct" / "s1", shape=(4, 12, 12), patient_id="P2")
+    for name in ("research-ct", "teaching-ct"):
+        write_manifest(root / name)
+    common = {"sensitivity": "anonymized", "licence": "CC0-1.0", "modality": "CT"}
+    path = tmp_path / "datasets.toml"
+    path.write_text(tomli_w.dumps({"dataset": [
+        {"id": "research-ct", "title": "Research CT", "location": str(root / "research-ct"),
+         "groups": ["radiology-research"], **common},
+        {"id": "teaching-ct", "title": "Teaching CT", "location": str(root / "teaching-ct"),
+         "groups": ["course-students"], **common},
+        {"id": "teaching-url", "title": "Teaching CT, by URL", "location": f"file://{root / 'teaching-ct'}",
+         "groups": ["course-students"], **common},
+    ]}))
+    return load_catalog(path, GROUPS)
+
+
+@pytest.fixture
+def as_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog):
+    """Become a server the hub started for a user in the given groups (a local spawner's view)."""
+    signer = GrantSigner(tmp_path / "grants.pem")
+    monkeypatch.setenv("MEDHUB_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setenv("MEDLIB_CACHE_DIR", str(tmp_path / "cache"))
+
+    def become(user: str, groups: list[str]) -> None:
+        view = tmp_path / "views" / user
+        view.mkdir(parents=True, exist_ok=True)
+        for d in catalog:
+            if d.is_local and set(groups) & set(d.readers()) and not (view / d.id).exists():
+                (view / d.id).symlink_to(d.path)
+        monkeypatch.setenv("JUPYTERHUB_USER", user)
+        monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest(user, groups, catalog, str(view)))
+        monkeypatch.setenv("MEDHUB_GRANTS_KEY", signer.public_key)
+
+    return become
+
+
+def events(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def test_a_user_lists_and_opens_only_their_groups_datasets(as_user, tmp_path: Path):
+    as_user("alice", ["radiology-research"])
+    assert [d["id"] for d in mds.list()] == ["research-ct"]
+    assert mds.info("research-ct")["jsonld"]["@type"] == "Dataset"
+    tree = mds.open("research-ct")
+    assert len(tree.children) == 2
+    shapes = sorted(node["image"].shape for node in tree.children.values())
+    assert shapes == [(3, 8, 8), (6, 20, 16)]
+    with pytest.raises(PermissionError, match=r"dataset 'teaching-ct' \(Teaching CT\) is not granted to alice: "
+                                              r"it is readable by members of course-students"):
+        mds.open("teaching-ct")
+    with pytest.raises(mds.DatasetNotFound, match="no dataset 'nope'"):
+        mds.info("nope")
+    for bad in ("../teaching-ct", "research-ct/a", "..", "/etc"):
+        with pytest.raises(ValueError, match="is not a dataset id"):
+            mds.open(bad)
+    log = events(tmp_path)
+    assert [(e["user"], e["action"], e["dataset"]) for e in log] == [
+        ("alice", "open", "research-ct"), ("alice", "refused", "teaching-ct")]
+
+
+def test_without_a_valid_manifest_nothing_is_granted(as_user, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    as_user("bob", ["course-students"])
+    monkeypatch.setenv("MEDHUB_GRANTS_KEY", GrantSigner(tmp_path / "another-hub.pem").public_key)
+    with pytest.raises(mds.GrantsError, match="does not carry the hub's signature"):
+        mds.list()
+    monkeypatch.delenv("MEDHUB_GRANTS")
+    with pytest.raises(mds.GrantsError, match="MEDHUB_GRANTS is not set"):
+        mds.list()
+
+
+def by_hand(folder: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read with pydicom, sort by position along the normal, rescale: the reference volume."""
+    slices = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    normal = np.cross(*np.array(slices[0].ImageOrientationPatient, float).reshape(2, 3))
+    slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, float))))
+    volume = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
+    z = [float(np.dot(normal, np.array(ds.ImagePositionPatient, float))) for ds in slices]
+    return volume, (z[1] - z[0], *map(float, slices[0].PixelSpacing))
+
+
+def test_open_gives_the_volume_pydicom_and_monai_give(as_user, catalog):
+    from monai.transforms import LoadImage
+
+    as_user("alice", ["radiology-research"])
+    folder = catalog[0].path / "a"
+    expected, spacing = by_hand(folder)
+    node = next(n for n in mds.open("research-ct").children.values() if n["image"].shape[0] == 6)
+    image = node["image"]
+    assert image.chunks is not None  # lazy: dask-backed until loaded
+    np.testing.assert_array_equal(image.values, expected)
+    assert image.dtype == np.int16  # slope 1, integer intercept: exact in 16 bits
+    assert tuple(node.attrs["spacing"]) == pytest.approx(spacing)
+    assert float(image.z[1] - image.z[0]) == pytest.approx(spacing[0])
+    assert float(image.x[1]) == pytest.approx(spacing[2]) and image.z.attrs["units"] == "mm"
+    assert node.attrs["Modality"] == "CT" and node.attrs["SeriesInstanceUID"] == node.name
+    monai_image = LoadImage(reader="PydicomReader", image_only=True)(str(folder))
+    np.testing.assert_array_equal(np.asarray(monai_image), expected.transpose(2, 1, 0))
+    (item,) = [i for i in mds.as_monai("research-ct") if i["image"].shape[-1] == 6]
+    np.testing.assert_array_equal(np.asarray(item["image"]), np.asarray(monai_image))
+    np.testing.assert_allclose(np.asarray(item["image"].affine), np.asarray(monai_image.affine), atol=1e-4)
+
+
+def test_monai_transforms_and_cache_apply(as_user):
+    from monai.transforms import EnsureChannelFirstd, ScaleIntensityRanged
+
+    as_user("bob", ["course-students"])
+    data = mds.as_monai("teaching-ct", transforms=[EnsureChannelFirstd("image", channel_dim="no_channel"),
+                                                   ScaleIntensityRanged("image", -1000, 1000, 0, 1, clip=True)],
+                        cache=True)
+    (item,) = list(data)
+    assert tuple(item["image"].shape) == (1, 12, 12, 4)
+    assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
+
+
+def test_verify_names_every_tampered_or_missing_file(as_user, catalog, tmp_path: Path):
+    as_user("bob", ["course-students"])
+    assert mds.verify("teaching-ct").ok
+    root = catalog[1].path
+    victim, gone = sorted((root / "s1").glob("*.dcm"))[:2]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    gone.unlink()
+    (root / "s1" / "extra.dcm").write_bytes(b"new")
+    result = mds.verify("teaching-ct")
+    assert not result.ok
+    assert result.changed == [f"s1/{victim.name}"] and result.missing == [f"s1/{gone.name}"]
+    assert result.unlisted == ["s1/extra.dcm"]
+    assert f"s1/{victim.name}" in str(result)
+    verified = [e for e in events(tmp_path) if e["action"] == "verify"]
+    assert [e["ok"] for e in verified] == [True, False] and verified[1]["changed"] == [f"s1/{victim.name}"]
+
+
+def test_a_dataset_at_a_url_is_copied_once_and_read_there(as_user, tmp_path: Path):
+    as_user("bob", ["course-students"])
+    assert mds.info("teaching-url")["path"].startswith("file://")
+    (node,) = mds.open("teaching-url").children.values()
+    assert node["image"].shape == (4, 12, 12)
+    assert mds.local_root("teaching-url") == tmp_path / "cache" / "teaching-url"
+    assert mds.verify("teaching-url").ok
+
+
+def test_audit_record_is_one_json_line_per_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MEDHUB_AUDIT_LOG", str(tmp_path / "a" / "audit.jsonl"))
+    monkeypatch.setenv("JUPYTERHUB_USER", "carol")
+    audit.record("export", dataset="x", to="y.nc")
+    (event,) = events(tmp_path / "a")
+    assert event["user"] == "carol" and event["action"] == "export" and event["to"] == "y.nc"
+    assert (tmp_path / "a" / "audit.jsonl").stat().st_mode & 0o777 == 0o600
