@@ -20,7 +20,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"  # the CPU wheel on disk, before anything asks for torch
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# an editable install skips pyproject's data-files: the kernelspec and the server extension's switch
+	$(BIN)/jupyter kernelspec install --sys-prefix --name medlib kernels/medlib >/dev/null
+	install -D -m 644 extensions/jupyter-config/medhub_jupyter.json $(VENV)/etc/jupyter/jupyter_server_config.d/medhub_jupyter.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pydicom
@@ -38,8 +37,8 @@ from pydicom.uid import generate_uid
 
 from medlib.anonymize import SiteKey
 from medlib.anonymize.check import check_tree
+from results import append as record
 
-README = Path(__file__).with_name("README.md")
 TEMPLATES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "rtplan.dcm", "test-SR.dcm", "JPEG2000.dcm",
              "MR_small_RLE.dcm", "liver_1frame.dcm", "waveform_ecg.dcm", "SC_rgb_small_odd.dcm",
              "examples_overlay.dcm", "rtdose_1frame.dcm")
@@ -163,9 +162,7 @@ def main() -> int:
     print(text)
     if args.record:
         command = "python benchmarks/anonymize.py --peers PEERS" + (" --quick" if args.quick else f" --files {n}")
-        with README.open("a") as f:
-            f.write(f"\n### DICOM anonymization, {n} files ({datetime.now(timezone.utc):%Y-%m-%d}, {cores} cores)\n\n"
-                    f"`{command}`\n\n{text}\n")
+        record(f"DICOM anonymization, {n} files", command, text)
     return 0
 
 

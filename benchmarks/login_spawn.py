@@ -28,7 +28,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -38,8 +37,8 @@ from medhub.idp import Account, node_tool
 from medhub.idp.browser import scripted_login, submit_spawn_form
 from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
 from medhub.state import StateDir
+from results import append as record
 
-README = Path(__file__).with_name("README.md")
 START_TIMEOUT = 600
 
 
@@ -205,10 +204,7 @@ def main() -> int:
         cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                              capture_output=True, text=True).stdout.strip()
         command = "python benchmarks/login_spawn.py" + (" --quick" if args.quick else f" --users {users}")
-        with README.open("a") as f:
-            f.write(f"\n### login → server ready, {users} concurrent users "
-                    f"({datetime.now(timezone.utc):%Y-%m-%d}, {os.cpu_count()} cores, {cpu})\n\n"
-                    f"`{command}`\n\n{text}\n")
+        record(f"login → server ready, {users} concurrent users, {cpu}", command, text)
     return 1 if any(r.failures for r in results) else 0
 
 

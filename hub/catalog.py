@@ -20,7 +20,7 @@ Example::
     contact = "data-steward@hospital.example"
     sensitivity = "anonymized"            # identifiable | pseudonymized | anonymized
     groups = ["radiology-research"]
-    # manifest = "MANIFEST.sha256"        # checksums, at the location (medhub catalog manifest ID)
+    # manifest = "MANIFEST.sha256"        # checksums at the location: `medhub catalog manifest FOLDER`
 
 An ``identifiable`` dataset is granted only to groups that its entry also lists in
 ``identifiable_groups``: naming a group once is never enough to hand it identifiable data.
@@ -114,6 +114,12 @@ class Dataset:
         return doc
 
 
+def data_catalog(datasets: Iterable[Dataset], name: str = "medhub dataset catalog") -> dict[str, Any]:
+    """The whole catalog as a schema.org ``DataCatalog`` (JSON-LD)."""
+    return {"@context": "https://schema.org/", "@type": "DataCatalog", "name": name,
+            "dataset": [{k: v for k, v in d.jsonld().items() if k != "@context"} for d in datasets]}
+
+
 def granted(datasets: Iterable[Dataset], groups: Iterable[str]) -> list[Dataset]:
     """The datasets readable by a member of ``groups``, in catalog order."""
     member = set(groups)
@@ -163,7 +169,7 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
             raise s.error("location", f"{d.location} is not a directory")
         if not (Path(d.location) / d.manifest).is_file():
             raise s.error("manifest", f"{Path(d.location) / d.manifest} is missing; make it with "
-                                      f"`medhub catalog manifest {d.id}`")
+                                      f"`medhub catalog manifest {d.location}`")
     else:
         _check_protocol(s, d.location)
     return d

@@ -10,6 +10,7 @@ Example (the demo writes one like it)::
     public_url = "http://127.0.0.1:8000"
     state_dir = "state"
     spawner = "local"
+    catalog = "datasets.toml"        # the dataset catalog (medhub.catalog)
 
     [oidc]
     issuer = "https://login.example-hospital.org/realms/research"

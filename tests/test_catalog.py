@@ -49,7 +49,7 @@ def write(tmp_path: Path, *entries: dict, **tables) -> Path:
     ({"sensitivity": "identifiable"}, r"this dataset is identifiable: list radiology-research in identifiable_groups"),
     ({"identifiable_groups": ["oncology"]}, r"identifiable_groups: only for identifiable datasets"),
     ({"manifest": "../MANIFEST"}, r"manifest: must be a file name"),
-    ({"manifest": "CHECKSUMS.sha256"}, r"CHECKSUMS.sha256 is missing; make it with `medhub catalog manifest lung-ct`"),
+    ({"manifest": "CHECKSUMS.sha256"}, r"CHECKSUMS.sha256 is missing; make it with `medhub catalog manifest /"),
 ])
 def test_bad_entries_are_named(tmp_path: Path, changes: dict, message: str):
     with pytest.raises(HubConfigError, match=message):

@@ -164,7 +164,7 @@ def test_a_dataset_at_a_url_is_copied_once_and_read_there(as_user, tmp_path: Pat
     assert mds.info("teaching-url")["path"].startswith("file://")
     (node,) = mds.open("teaching-url").children.values()
     assert node["image"].shape == (4, 12, 12)
-    assert mds.local_root("teaching-url") == tmp_path / "cache" / "teaching-url"
+    assert mds.local_root("teaching-url") == tmp_path / "cache" / "datasets" / "teaching-url"
     assert mds.verify("teaching-url").ok
 
 
@@ -175,3 +175,45 @@ def test_audit_record_is_one_json_line_per_event(tmp_path: Path, monkeypatch: py
     (event,) = events(tmp_path / "a")
     assert event["user"] == "carol" and event["action"] == "export" and event["to"] == "y.nc"
     assert (tmp_path / "a" / "audit.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_dataset_browser_shows_grants_series_and_windowed_slices(as_user):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from medlib.widgets import PRESETS, DatasetBrowser, window
+
+    assert window(np.array([-1000, -160, 40, 240, 3000]), 400, 40).tolist() == [0, 0, 128, 255, 255]
+    as_user("alice", ["radiology-research"])
+    browser = DatasetBrowser()
+    assert "research-ct" in browser.table.value and "teaching-ct" not in browser.table.value
+    assert browser.image.value == b""  # nothing opened before a pick
+    browser.dataset.value = "research-ct"
+    assert len(browser.series.options) == 2
+    browser.series.value = next(v for label, v in browser.series.options if "6 slices" in label)
+    assert browser.slice.max == 5 and browser.slice.value == 3
+    shown = np.asarray(Image.open(BytesIO(browser.image.value)))
+    np.testing.assert_array_equal(shown, window(browser.current_slice, *PRESETS["CT soft tissue"]))
+    soft = browser.image.value
+    browser.preset.value = "CT bone"
+    assert browser.image.value != soft
+    browser.slice.value = 0
+    np.testing.assert_array_equal(np.asarray(Image.open(BytesIO(browser.image.value))),
+                                  window(browser.current_slice, *PRESETS["CT bone"]))
+    assert "slice 1/6" in browser.status.value
+
+
+def test_the_header_index_is_remade_when_a_file_changes(as_user, catalog, tmp_path: Path):
+    as_user("bob", ["course-students"])
+    (node,) = mds.open("teaching-ct").children.values()
+    before = node["image"].values
+    assert (tmp_path / "cache" / "index" / "teaching-ct.json").is_file()
+    path = sorted((catalog[1].path / "s1").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(path)
+    ds.RescaleIntercept = float(ds.RescaleIntercept) + 100
+    ds.save_as(path)
+    (node,) = mds.open("teaching-ct").children.values()
+    after = node["image"].values
+    changed = [k for k in range(after.shape[0]) if not np.array_equal(after[k], before[k])]
+    assert len(changed) == 1 and np.array_equal(after[changed[0]], before[changed[0]] + 100)

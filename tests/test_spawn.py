@@ -69,6 +69,24 @@ def test_server_sees_exactly_its_granted_datasets(platform: Platform, alice: dic
     assert (view / "research-ct" / "series-001" / "CT000001.dcm").is_file()
 
 
+def test_server_serves_its_users_grants_and_the_medlib_kernel(platform: Platform, alice: dict[str, str]):
+    client = platform.browser()
+    platform.login(client, "alice")
+    assert platform.server_status(client, "alice").status_code == 200
+    grants = client.get(f"{platform.url}/user/alice/medlib/datasets")
+    assert grants.status_code == 200, grants.text
+    datasets = {d["id"]: d for d in grants.json()["datasets"]}
+    assert sorted(datasets) == ["research-ct", "teaching-ct"]
+    assert datasets["research-ct"]["jsonld"]["@type"] == "Dataset"
+    assert datasets["research-ct"]["path"] == str(Path(alice["MEDHUB_DATASETS_DIR"]) / "research-ct")
+    specs = client.get(f"{platform.url}/user/alice/api/kernelspecs").json()["kernelspecs"]
+    assert specs["medlib"]["spec"]["display_name"] == "Python 3 (medlib)"
+    other = platform.browser()  # another user never reaches alice's server
+    platform.login(other, "dave")
+    refused = other.get(f"{platform.url}/user/alice/medlib/datasets", follow_redirects=True)
+    assert refused.status_code in (403, 404) and "research-ct" not in refused.text
+
+
 def test_per_user_home_and_grants_for_a_student(platform: Platform):
     client = platform.browser()
     platform.login(client, "dave")

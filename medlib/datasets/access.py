@@ -2,7 +2,9 @@
 
 Grants come from the hub's signed manifest (:mod:`.grants`). A local dataset is read where the
 hub mounted it (read-only); one at a URL (any fsspec protocol: ``s3://``, ``gs://``, ...) is
-copied once into ``~/.cache/medlib/datasets/<id>`` and checked against its manifest there.
+copied once into ``~/.cache/medlib/datasets/<id>`` and checked against its manifest there. The
+headers of a dataset's files are indexed in ``~/.cache/medlib/index/<id>.json`` and read again
+only when a file's size or modification time changes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def _grants() -> dict[str, Any]:
 @lru_cache(maxsize=4)
 def _verified(document: str, key: str) -> dict[str, Any]:
     return read_grants(document, key)
+
+
+def _cache_dir() -> Path:
+    """This user's cache: copies of datasets at URLs, and the header index of each dataset."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "medlib")
 
 
 def _entry(dataset_id: str) -> dict[str, Any]:
@@ -83,7 +90,7 @@ def local_root(dataset_id: str) -> Path:
     location = entry["path"]
     if "://" not in location:
         return Path(location)
-    target = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "medlib" / "datasets") / dataset_id
+    target = _cache_dir() / "datasets" / dataset_id
     if not (target / entry.get("manifest", "MANIFEST.sha256")).is_file():
         import fsspec
 
@@ -99,7 +106,8 @@ def local_root(dataset_id: str) -> Path:
 def series(dataset_id: str) -> list[Series]:
     """The image series of a granted dataset (headers only; no pixels read)."""
     entry = _entry(dataset_id)
-    return find_series(local_root(dataset_id), skip=(entry.get("manifest", "MANIFEST.sha256"),))
+    return find_series(local_root(dataset_id), skip=(entry.get("manifest", "MANIFEST.sha256"),),
+                       index=_cache_dir() / "index" / f"{dataset_id}.json")
 
 
 def open_dataset(dataset_id: str):

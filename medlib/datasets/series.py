@@ -10,11 +10,12 @@ wraps the volume as a dask array (nothing read until asked) with coordinates in 
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..errors import MedlibError
 KEY_ATTRIBUTES = ("Modality", "SeriesDescription", "SeriesNumber", "StudyInstanceUID", "StudyDate",
                   "BodyPartExamined", "Manufacturer", "ManufacturerModelName", "KVP", "ConvolutionKernel",
                   "PatientID", "PatientIdentityRemoved", "FrameOfReferenceUID")
-SLICES_PER_CHUNK = 16
+SLICES_PER_CHUNK = 64
 
 
 class SeriesError(MedlibError):
@@ -143,8 +144,30 @@ class Series:
         indices = range(len(self.slices))[start:stop]
         out = np.empty((len(indices), self.rows, self.columns), self.dtype)
         for n, i in enumerate(indices):
-            out[n] = self.read_slice(i)
+            if not self._read_into(i, out[n]):
+                out[n] = self.read_slice(i)
         return out
+
+    def _read_into(self, index: int, out: np.ndarray) -> bool:
+        """Read native slice ``index`` straight into ``out`` when the stored type has the
+        output's size (the common CT case: 12 of 16 bits, integer intercept); False if not."""
+        s, stored = self.slices[index], np.dtype(self.stored_dtype)
+        if s.offset is None or s.slope != 1.0 or stored.itemsize != out.itemsize or out.dtype.kind == "f":
+            return False
+        raw = out.view(stored)  # the same memory: the chosen output type holds every masked value
+        with open(s.path, "rb") as f:
+            f.seek(s.offset)
+            if f.readinto(memoryview(raw).cast("B")) < raw.nbytes:
+                raise SeriesError(f"{s.path}: the pixel data is cut short; check the dataset with verify()")
+        unused = stored.itemsize * 8 - self.bits_stored
+        if unused > 0 and stored.kind == "i":
+            raw <<= unused
+            raw >>= unused
+        elif unused > 0:
+            raw &= stored.type((1 << self.bits_stored) - 1)
+        if s.intercept:
+            out += out.dtype.type(s.intercept)
+        return True
 
     def to_dask(self):
         """The volume as a dask array, one chunk per :data:`SLICES_PER_CHUNK` slices."""
@@ -212,27 +235,40 @@ def _stored_dtype(ds: pydicom.Dataset) -> str:
     return f"<{'i' if int(ds.PixelRepresentation) else 'u'}{bits // 8}"
 
 
-def _files(root: Path) -> Iterator[Path]:
+def _files(root: Path, skip: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of every file below ``root``, in a stable order."""
+    out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+            if name.startswith(".") or name in skip:
+                continue
+            stat = os.stat(os.path.join(dirpath, name))
+            out.append((os.path.relpath(os.path.join(dirpath, name), root), stat.st_size, stat.st_mtime_ns))
+    return out
 
 
-def find_series(root: str | os.PathLike[str], skip: Sequence[str] = ()) -> list[Series]:
+def find_series(root: str | os.PathLike[str], skip: Sequence[str] = (), index: str | os.PathLike[str] | None = None
+                ) -> list[Series]:
     """Every image series below ``root`` (files that are not DICOM images are passed over).
 
     Args:
         skip: file names to pass over (the manifest).
+        index: a file (outside ``root``) where the headers found are kept; it is used while
+            every file keeps its size and modification time, and made again otherwise.
 
     Raises:
         SeriesError: a series whose slices differ in size, orientation or pixel type.
     """
+    root = Path(root)
+    files = _files(root, skip)
+    if index is not None:
+        cached = _read_index(Path(index), root, files)
+        if cached is not None:
+            return cached
     groups: dict[str, list[tuple[Slice, pydicom.Dataset]]] = {}
-    for path in _files(Path(root)):
-        if path.name in skip:
-            continue
+    for relative, _, _ in files:
+        path = root / relative
         try:
             with open(path, "rb") as f, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -245,7 +281,34 @@ def find_series(root: str | os.PathLike[str], skip: Sequence[str] = ()) -> list[
         item = Slice(str(path), tuple(float(v) for v in ds.ImagePositionPatient),
                      float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0), offset)
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((item, ds))
-    return [_assemble(uid, members) for uid, members in groups.items()]
+    found = [_assemble(uid, members) for uid, members in groups.items()]
+    if index is not None:
+        _write_index(Path(index), root, files, found)
+    return found
+
+
+INDEX_VERSION = 1
+
+
+def _read_index(index: Path, root: Path, files: list[tuple[str, int, int]]) -> list[Series] | None:
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("version") != INDEX_VERSION or data.get("root") != str(root) or \
+            [tuple(f) for f in data.get("files", [])] != files:
+        return None
+    return [Series(**{**d, "slices": [Slice(**{**s, "position": tuple(s["position"])}) for s in d["slices"]],
+                      "pixel_spacing": tuple(d["pixel_spacing"]), "orientation": tuple(d["orientation"])})
+            for d in data["series"]]
+
+
+def _write_index(index: Path, root: Path, files: list[tuple[str, int, int]], found: list[Series]) -> None:
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(f".{index.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"version": INDEX_VERSION, "root": str(root), "files": files,
+                               "series": [asdict(s) for s in found]}))
+    tmp.replace(index)
 
 
 def _assemble(uid: str, members: list[tuple[Slice, pydicom.Dataset]]) -> Series:

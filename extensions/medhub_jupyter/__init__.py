@@ -1,0 +1,42 @@
+"""medhub's Jupyter server extension: what the notebook UI asks the server about medhub.
+
+``GET <base_url>medlib/datasets``: the datasets granted to this server's user (from the hub's
+signed grants manifest), with their catalog metadata and schema.org JSON-LD. Authenticated
+like every Jupyter server API: only the server's own user (through the hub) reaches it.
+Enabled by ``jupyter_server_config.d/medhub_jupyter.json``, which installing medhub puts in
+``<prefix>/etc/jupyter``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+
+
+class DatasetsHandler(APIHandler):
+    """The user's grants, for the UI."""
+
+    @web.authenticated
+    def get(self) -> None:
+        import medlib.datasets as mds
+
+        try:
+            grants = [{**mds.info(d["id"])} for d in mds.list()]
+        except mds.GrantsError as e:
+            self.set_status(503)
+            self.finish(json.dumps({"datasets": [], "message": str(e)}))
+            return
+        self.finish(json.dumps({"datasets": grants}))
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "medhub_jupyter"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    base = serverapp.web_app.settings["base_url"]
+    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, "medlib", "datasets"), DatasetsHandler)])
+    serverapp.log.info("medhub_jupyter: serving %smedlib/datasets", base)
