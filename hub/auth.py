@@ -11,6 +11,7 @@ identity provider cannot be reached.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from typing import Any
@@ -26,7 +27,12 @@ from tornado.httputil import url_concat
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 
+from .audit import hooks as audit_hooks
 from .errors import IdentityProviderUnavailable
+
+
+#: Set when check_allowed has already recorded why this login was refused.
+_denial_recorded: contextvars.ContextVar[bool] = contextvars.ContextVar("medhub_denial_recorded", default=False)
 
 
 class IdTokenRejected(HTTPClientError):
@@ -57,6 +63,11 @@ class OIDCLoginHandler(OAuthLoginHandler):
 
 class OIDCLogoutHandler(OAuthLogoutHandler):
     """Clears the hub session, then ends the identity provider's session where it offers one."""
+
+    async def handle_logout(self):
+        await super().handle_logout()
+        if self.current_user is not None:  # still set here; cleared before the page renders
+            audit_hooks.record("logout", self.current_user)
 
     async def render_logout_page(self):
         try:
@@ -325,6 +336,32 @@ class OIDCAuthenticator(GenericOAuthenticator):
             token_info.setdefault("refresh_token", state["refresh_token"])
             return await self._token_to_auth_model(token_info)
         return await super().refresh_user(user, handler, **kwargs)
+
+    async def get_authenticated_user(self, handler, data):
+        """JupyterHub's login sequence unchanged, with its outcome in the audit log."""
+        _denial_recorded.set(False)
+        try:
+            authenticated = await super().get_authenticated_user(handler, data)
+        except web.HTTPError as e:
+            audit_hooks.record("login-failed", None, outcome="failure", reason=e.log_message or str(e))
+            raise
+        if authenticated is None:
+            if not _denial_recorded.get():
+                audit_hooks.record("login-failed", None, outcome="denied", reason="authentication failed")
+        else:
+            groups = authenticated.get("groups") or []
+            audit_hooks.record("login", {"user": authenticated["name"], "groups": sorted(groups)},
+                               admin=bool(authenticated.get("admin")))
+        return authenticated
+
+    async def check_allowed(self, username, auth_model):
+        allowed = await super().check_allowed(username, auth_model)
+        if not allowed:
+            groups = sorted((auth_model or {}).get("groups") or [])
+            audit_hooks.record("login-failed", {"user": username, "groups": groups}, outcome="denied",
+                               reason="not in an allowed group")
+            _denial_recorded.set(True)
+        return allowed
 
     async def authenticate(self, handler, data=None, **kwargs):
         try:

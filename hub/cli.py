@@ -104,6 +104,66 @@ def cmd_catalog_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_selection(args: argparse.Namespace) -> tuple[Path, dict]:
+    from .state import StateDir
+
+    settings = load(args.settings)
+    folder = Path(args.folder) if getattr(args, "folder", None) else StateDir(settings.hub.state_dir).audit_dir
+    filters = {k: getattr(args, k) for k in ("user", "dataset", "action", "since", "until", "limit")}
+    return folder, filters
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit.log import verify
+    from .state import StateDir
+
+    settings = load(args.settings)
+    folder = Path(args.folder) if args.folder else StateDir(settings.hub.state_dir).audit_dir
+    result = verify(folder, StateDir(settings.hub.state_dir).audit_key())
+    if result.ok:
+        print(f"{folder}: chain intact, {result.checked} records, checkpoints consistent")
+        return 0
+    print(f"{folder}: TAMPERED after {result.checked} good records: {result.problem}")
+    return 1
+
+
+def cmd_audit_query(args: argparse.Namespace) -> int:
+    import json
+
+    from .audit.log import query
+
+    folder, filters = _audit_selection(args)
+    for event in query(folder, **filters):
+        if args.json:
+            print(json.dumps(event, sort_keys=True))
+        else:
+            actor, obj = event["actor"], " ".join(f"{k}={v}" for k, v in event["object"].items())
+            print(f"{event['seq']:>7} {event['time']} {actor['user'] or '-':12} {actor['source']:8} "
+                  f"{event['action']:15} {event['outcome']:8} {obj}")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .audit import export
+    from .audit.log import query
+
+    folder, filters = _audit_selection(args)
+    events = query(folder, **filters)
+    if args.format == "syslog":
+        if not args.to:
+            print("medhub: --format syslog needs --to udp://host:port or tcp://host:port", file=sys.stderr)
+            return 2
+        forward = export.SyslogForwarder(args.to)
+        for event in events:
+            forward(event)
+        print(f"sent {len(events)} events to {args.to}")
+        return 0
+    text = json.dumps(export.fhir_bundle(events), indent=1) if args.format == "fhir" else export.dicom_messages(events)
+    return _output(text + "\n", args.output)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medhub",
@@ -147,6 +207,33 @@ def parser() -> argparse.ArgumentParser:
     manifest.add_argument("folder")
     manifest.add_argument("--name", default="MANIFEST.sha256", help="manifest file name (default: MANIFEST.sha256)")
     manifest.set_defaults(func=cmd_catalog_manifest)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log: verify, query, export")
+    audit_verbs = audit.add_subparsers(dest="audit_verb", metavar="VERB", required=True)
+    verify = audit_verbs.add_parser("verify", help="check the whole chain; name the first record edited, removed, "
+                                                   "inserted or reordered (exit 1)")
+    _settings_arg(verify)
+    verify.add_argument("--folder", help="a copy of the log to check (default: the hub's)")
+    verify.set_defaults(func=cmd_audit_verify)
+    for name, helptext, func in (("query", "list events (oldest first)", cmd_audit_query),
+                                 ("export", "export events as FHIR R4 AuditEvents, DICOM audit messages or to syslog",
+                                  cmd_audit_export)):
+        verb = audit_verbs.add_parser(name, help=helptext)
+        _settings_arg(verb)
+        verb.add_argument("--folder", help="a copy of the log (default: the hub's)")
+        verb.add_argument("--user")
+        verb.add_argument("--dataset")
+        verb.add_argument("--action")
+        verb.add_argument("--since", help="UTC time, e.g. 2026-11-01T00:00:00Z (inclusive)")
+        verb.add_argument("--until", help="UTC time (exclusive)")
+        verb.add_argument("--limit", type=int)
+        verb.set_defaults(func=func)
+        if name == "query":
+            verb.add_argument("--json", action="store_true", help="one JSON event per line")
+        else:
+            verb.add_argument("--format", choices=("fhir", "dicom", "syslog"), default="fhir")
+            verb.add_argument("--to", help="syslog collector: udp://host:port or tcp://host:port")
+            verb.add_argument("-o", "--output", help="output file (default: standard output)")
     return p
 
 

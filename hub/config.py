@@ -13,6 +13,7 @@ from typing import Any
 
 from traitlets.config import Config
 
+from .audit import hooks as audit_hooks
 from .auth import OIDCAuthenticator
 from .settings import Settings
 from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
@@ -44,6 +45,27 @@ def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     service = {"name": "idle-culler", "command": command}
     role = {"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]}
     return service, role
+
+
+def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The audit service (the log's only writer), the hub's writer identity, and their roles;
+    every user may reach the audit service (to read their own events)."""
+    name, writer = audit_hooks.AUDIT_SERVICE, audit_hooks.HUB_WRITER
+    services = [
+        {"name": name, "url": f"http://127.0.0.1:{settings.audit.port}", "display": False,
+         "command": [sys.executable, "-m", "medhub.audit.service"],
+         "environment": {"MEDHUB_AUDIT_DIR": str(state.audit_dir), "MEDHUB_AUDIT_KEY_FILE": str(state.audit_key_file),
+                         "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
+                         "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog}},
+        {"name": writer, "api_token": state.audit_writer_token(), "display": False},
+    ]
+    access = f"access:services!service={name}"
+    roles = [
+        {"name": name, "scopes": ["read:users:groups", "read:users:name"], "services": [name]},
+        {"name": writer, "scopes": [access], "services": [writer]},
+        {"name": "user", "scopes": ["self", access]},  # JupyterHub's default user role, plus the audit service
+    ]
+    return services, roles
 
 
 def configure(c: Config, settings: Settings) -> None:
@@ -110,8 +132,17 @@ def configure(c: Config, settings: Settings) -> None:
     s.start_timeout = hub.start_timeout
     s.http_timeout = hub.start_timeout
 
-    services: list[dict[str, Any]] = []
-    roles: list[dict[str, Any]] = []
+    s.pre_spawn_hook = audit_hooks.pre_spawn
+    s.post_stop_hook = audit_hooks.post_stop
+
+    services, roles = audit_services(settings, state)
+    audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
+    s.environment = {"MEDHUB_AUDIT_URL": audit_url}
+    # a server's token may reach the audit service (its own events only: the service says who)
+    s.server_token_scopes = ["users:activity!user", "access:servers!server",
+                             f"access:services!service={audit_hooks.AUDIT_SERVICE}"]
+    audit_hooks.configure(audit_url, state.audit_writer_token(), str(state.path / "audit-hub-buffer.jsonl"))
+    c.JupyterHub.tornado_settings = {"log_function": audit_hooks.log_request}
     if settings.culler.enabled:
         service, role = culler_service(settings)
         services.append(service)

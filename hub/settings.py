@@ -103,6 +103,13 @@ class CullerSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    port: int = 8082  # the audit service, on 127.0.0.1
+    fsync: str = "always"  # "always": each event is on disk before it is acknowledged
+    syslog: str = ""  # forward every event to udp://host:port or tcp://host:port (RFC 5424)
+
+
+@dataclass(frozen=True)
 class KubernetesSettings:
     image: str = "medhub/notebook:latest"
     hub_image: str = "medhub/hub:latest"
@@ -120,6 +127,7 @@ class Settings:
     local: LocalSettings
     docker: DockerSettings
     culler: CullerSettings
+    audit: AuditSettings
     kubernetes: KubernetesSettings
     profiles: tuple[Profile, ...]
     datasets: tuple[Dataset, ...]
@@ -282,7 +290,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     source = Path(path).expanduser().resolve()
     data = read_toml(source, "settings file")
 
-    known = {"hub", "oidc", "local", "docker", "culler", "kubernetes", "profiles"}
+    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -298,6 +306,12 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     local.done()
     docker_settings = _plain(section("docker"), DockerSettings())
     culler_settings = _plain(section("culler"), CullerSettings())
+    audit_section = section("audit")
+    audit_settings = _plain(audit_section, AuditSettings())
+    if audit_settings.fsync not in ("always", "never"):
+        raise audit_section.error("fsync", "must be 'always' (production) or 'never' (tests only)")
+    if audit_settings.syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", audit_settings.syslog):
+        raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
     k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
     oidc = _oidc(section("oidc"))
     return Settings(
@@ -307,6 +321,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         local=local_settings,
         docker=docker_settings,
         culler=culler_settings,
+        audit=audit_settings,
         kubernetes=k8s_settings,
         profiles=_profiles(data.get("profiles"), source),
         datasets=load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups) if hub.catalog else (),

@@ -43,6 +43,24 @@ class StateDir:
         return self.path / "grants_signing_key.pem"
 
     @property
+    def audit_dir(self) -> Path:
+        """The audit log's segments and checkpoints (written by the audit service only)."""
+        return self.path / "audit"
+
+    @property
+    def audit_key_file(self) -> Path:
+        """The audit log's HMAC key (0600; read by the hub and its audit service, never by users)."""
+        self.secret("audit_hmac_key")
+        return self.path / "audit_hmac_key"
+
+    def audit_key(self) -> bytes:
+        return bytes.fromhex(self.secret("audit_hmac_key"))
+
+    def audit_writer_token(self) -> str:
+        """The API token with which the hub writes its own events to the audit service."""
+        return self.secret("audit_hub_writer_token")
+
+    @property
     def idp_dir(self) -> Path:
         return self.path / "idp"
 

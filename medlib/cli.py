@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 
-from . import __version__
+from . import __version__, audit
 from .errors import MedlibError
 
 
@@ -65,6 +66,9 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
     tmp = report_file.with_suffix(report_file.suffix + ".tmp")
     tmp.write_text(report.to_json())
     tmp.replace(report_file)
+    audit.record("anonymize-run", {"files": len(report.files), **report.totals},
+                 "failure" if report.totals.get("failed") else "success",
+                 options=sorted(anonymizer.options), key=key.fingerprint)
     totals = ", ".join(f"{n} {what}" for what, n in sorted(report.totals.items())) or "no files"
     print(f"{totals}; report: {report_file} (it names source files: keep it at the site)")
     return 1 if report.totals.get("failed") else 0
@@ -93,6 +97,8 @@ def cmd_anonymize_reidentify(args: argparse.Namespace) -> int:
         for kind, original in found or [("unknown", "(not in the store)")]:
             print(f"{pseudonym}\t{kind}\t{original}")
     store.close()
+    audit.record("reidentify", {"pseudonyms": len(args.pseudonym), "found": len(args.pseudonym) - unknown},
+                 "success" if not unknown else "failure", store=str(args.store))
     return 1 if unknown else 0
 
 
@@ -165,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    os.environ.setdefault("MEDHUB_AUDIT_SOURCE", "cli")  # this process's audit events come from the CLI
     try:
         return args.func(args)
     except (MedlibError, ValueError) as e:

@@ -38,6 +38,7 @@ def make_accounts() -> dict[str, Account]:
         "carol": account("carol", "course-students"),  # tokens, GPU profile
         "dave": account("dave", "course-students"),  # hub restart
         "erin": account("erin", "radiology-research"),  # real browser
+        "frank": account("frank", "course-students"),  # audit events from a server
         "mallory": account("mallory", "visitors"),  # in no allowed group
     }
 
@@ -142,6 +143,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
         },
         "local": {"home_root": str(root / "home")},
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
+        "audit": {"port": free_port()},
     }
     path = root / "medhub.toml"
     path.write_text(tomli_w.dumps(settings))
@@ -153,7 +155,7 @@ c.JupyterHub.services.append({{"name": "test-observer", "api_token": "{token}"}}
 c.JupyterHub.load_roles.append({{
     "name": "test-observer",
     "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state",
-               "admin:groups", "list:services", "read:services"],
+               "admin:groups", "list:services", "read:services", "access:services", "tokens"],
     "services": ["test-observer"],
 }})
 """

@@ -495,7 +495,11 @@ def test_key_file_is_private_and_never_overwritten(tmp_path: Path):
 # -- the command line and an independent validator ------------------------------------------
 
 def medlib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medlib.cli", *args], capture_output=True, text=True, cwd=cwd)
+    """Run the CLI; its audit events wait in ``cwd/audit-buffer.jsonl`` (no audit service here)."""
+    env = {k: v for k, v in os.environ.items() if k != "MEDHUB_AUDIT_URL"} | {
+        "MEDHUB_AUDIT_BUFFER": str(cwd / "audit-buffer.jsonl")}
+    return subprocess.run([sys.executable, "-m", "medlib.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 def test_cli_keygen_run_check(tmp_path: Path):
@@ -506,6 +510,8 @@ def test_cli_keygen_run_check(tmp_path: Path):
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"] == {"anonymized": 4} and report["actions"]["U"] > 0
+    (event,) = [json.loads(line) for line in (tmp_path / "audit-buffer.jsonl").read_text().splitlines()]
+    assert (event["action"], event["source"], event["object"]) == ("anonymize-run", "cli", {"files": 4, "anonymized": 4})
     key_hex = (tmp_path / "site.key").read_text().strip()
     for path in [tmp_path / "report.json", *(tmp_path / "out").rglob("*")]:
         if path.is_file():

@@ -65,7 +65,7 @@ def _entry(dataset_id: str) -> dict[str, Any]:
     for other in grants["others"]:
         if other["id"] == dataset_id:
             groups = ", ".join(other["groups"]) or "no group yet"
-            audit.record("refused", dataset=dataset_id)
+            audit.record("dataset-open", {"dataset": dataset_id}, outcome="denied")
             raise PermissionError(f"dataset {dataset_id!r} ({other['title']}) is not granted to {grants['user']}: "
                                   f"it is readable by members of {groups}; ask its data steward to add you "
                                   "to one of them, then restart your server")
@@ -119,7 +119,7 @@ def open_dataset(dataset_id: str):
     found = series(dataset_id)
     tree = xr.DataTree.from_dict({s.uid: s.to_xarray() for s in found})
     tree.attrs.update({k: entry.get(k, "") for k in FIELDS if k != "path"})
-    audit.record("open", dataset=dataset_id, series=len(found))
+    audit.record("dataset-open", {"dataset": dataset_id, "series": len(found)})
     return tree
 
 
@@ -130,7 +130,7 @@ def as_monai(dataset_id: str, transforms=None, cache: bool = False):
     from .monai import monai_dataset
 
     found = series(dataset_id)
-    audit.record("open", dataset=dataset_id, series=len(found), via="monai")
+    audit.record("dataset-open", {"dataset": dataset_id, "series": len(found)}, via="monai")
     return monai_dataset([{"image": s, "series": s.uid, "dataset": dataset_id} for s in found], transforms, cache)
 
 
@@ -139,8 +139,9 @@ def verify(dataset_id: str) -> Verification:
     that changed, is missing or is not in the manifest."""
     entry = _entry(dataset_id)
     result = verify_manifest(local_root(dataset_id), entry.get("manifest", "MANIFEST.sha256"))
-    audit.record("verify", dataset=dataset_id, ok=result.ok, checked=result.checked, changed=result.changed,
-                 missing=result.missing, unlisted=result.unlisted)
+    audit.record("dataset-verify", {"dataset": dataset_id, "files": result.checked},
+                 "success" if result.ok else "failure", changed=result.changed, missing=result.missing,
+                 unlisted=result.unlisted)
     return result
 
 

@@ -1,0 +1,97 @@
+"""The hub's own audit events, recorded through JupyterHub's extension points.
+
+- logins and failed logins: :meth:`medhub.auth.OIDCAuthenticator.get_authenticated_user`;
+- logouts: :class:`medhub.auth.OIDCLogoutHandler`;
+- spawns (with profile and granted datasets) and stops: the spawners' ``pre_spawn_hook`` and
+  ``post_stop_hook`` (:func:`pre_spawn`, :func:`post_stop`);
+- changes made through the REST API (users, groups, roles, servers of others) and token
+  creation: the hub's tornado ``log_function`` (:func:`log_request`), which sees every
+  finished request with its user and status.
+
+Events go to the audit service with the hub writer's token (the only one allowed to state an
+actor), from a worker thread so that the hub's event loop never waits on the disk; when the
+service is down they wait in the hub's state folder and are delivered with the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from jupyterhub.log import log_request as jupyterhub_log_request
+
+from medlib.audit import AuditClient
+
+AUDIT_SERVICE, HUB_WRITER = "medhub-audit", "medhub-audit-hub"
+_client: AuditClient | None = None
+ADMIN_PATHS = re.compile(r"/hub/api/(users|groups|roles|services|shares)(/|$)")
+TOKEN_PATH = re.compile(r"/hub/api/users/([^/]+)/tokens/?$")
+
+
+def configure(url: str, token: str, buffer: str) -> None:
+    """Send the hub's events to ``url`` with ``token``, buffering in ``buffer``."""
+    global _client
+    _client = AuditClient(url, token, buffer, source="hub")
+
+
+def _actor(user: Any) -> dict[str, Any]:
+    if user is None:
+        return {"user": None, "groups": []}
+    name = getattr(user, "name", None)
+    groups = sorted(g.name for g in getattr(user, "groups", []) or [])
+    return {"user": name, "groups": groups}
+
+
+def record(action: str, user: Any, object: dict[str, Any] | None = None,  # noqa: A002
+           outcome: str = "success", **details: Any) -> None:
+    """Hand one hub event to a worker thread (no-op before :func:`configure`)."""
+    if _client is None:
+        return
+    actor = user if isinstance(user, dict) else _actor(user)
+    loop = asyncio.get_event_loop()
+    future = loop.run_in_executor(None, lambda: _client.record(action, object, outcome, actor=actor, **details))
+    future.add_done_callback(_report)
+
+
+def _report(future) -> None:
+    if future.exception() is not None:
+        import logging
+
+        logging.getLogger("medhub.audit").error("could not record a hub audit event: %s", future.exception())
+
+
+def pre_spawn(spawner) -> None:
+    """``pre_spawn_hook``: the spawn, with its profile and the datasets it will see."""
+    granted = [d.id for d in spawner.granted_datasets()] if hasattr(spawner, "granted_datasets") else []
+    profile = spawner.profile.slug if hasattr(spawner, "profile") else ""
+    record("spawn", spawner.user, {"server": spawner.name or "", "profile": profile}, datasets=granted)
+
+
+def post_stop(spawner) -> None:
+    """``post_stop_hook``: the server stopped."""
+    record("stop", spawner.user, {"server": spawner.name or ""})
+
+
+def log_request(handler) -> None:
+    """The hub's ``log_function``: JupyterHub's own request log, then the audit of API changes."""
+    jupyterhub_log_request(handler)
+    request, status = handler.request, handler.get_status()
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE") or status >= 400:
+        return
+    path = request.path
+    token = TOKEN_PATH.search(path)
+    if not (token or ADMIN_PATHS.search(path)):
+        return
+    try:
+        current = handler.current_user
+    except Exception:  # noqa: BLE001 - a request without a user (refused earlier) is not audited
+        return
+    if token and request.method == "POST":
+        record("token-created", current, {"user": token.group(1)})
+        return
+    target = path.split("/hub/api/", 1)[1]
+    if re.fullmatch(r"users/[^/]+/(server|servers/[^/]*)/?(progress)?", target) and \
+            getattr(current, "name", None) == target.split("/")[1]:
+        return  # starting or stopping one's own server: spawn and stop events say it
+    record("admin-change", current, {"target": target}, method=request.method, status=status)
