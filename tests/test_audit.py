@@ -161,6 +161,27 @@ def test_exports_are_fhir_dicom_and_syslog():
     collector.close()
 
 
+def test_the_writer_commits_before_it_answers_and_then_forwards_to_syslog(tmp_path: Path):
+    import asyncio
+
+    from medhub.audit.service import Writer
+
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.settimeout(5)
+    log = AuditLog(tmp_path / "audit", KEY)
+    writer = Writer(log, export.SyslogForwarder(f"udp://127.0.0.1:{collector.getsockname()[1]}"))
+
+    async def together():  # submitted together: one write, each caller its own sequence numbers
+        return await asyncio.gather(*(writer.submit([sample(n)]) for n in range(5)))
+
+    assert sorted(asyncio.run(together())) == [[1], [2], [3], [4], [5]]
+    assert verify(tmp_path / "audit", KEY).checked == 5  # on disk before the answers
+    assert all(b"dataset-open" in collector.recv(65536) for _ in range(5))
+    log.close()
+    collector.close()
+
+
 # -- through the real hub and its audit service -------------------------------------------
 
 def audit_url(platform: Platform) -> str:
