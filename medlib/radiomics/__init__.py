@@ -1,0 +1,12 @@
+"""medlib.radiomics: IBSI-defined radiomic features, batched in torch on CPU or GPU.
+
+    from medlib.radiomics import Settings, extract
+    table = extract(volume, mask, Settings(discretisation="fixed_bin_size", bin_width=25))
+
+Implemented so far: intensity-based statistics, intensity histogram, GLCM and GLRLM (with the
+six IBSI texture aggregations), checked against the IBSI 1 digital phantom's reference values.
+"""
+
+from .extract import RadiomicsError, Settings, extract, extract_batch, feature_table
+
+__all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "feature_table"]

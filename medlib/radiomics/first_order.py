@@ -1,0 +1,108 @@
+"""Intensity-based statistics (IBSI 1, 3.3) and intensity histogram features (3.4), batched.
+
+Both take the ROI's values as a padded batch: ``values`` (B, N) float, ``valid`` (B, N) bool.
+Every feature is computed for all ROIs at once; an ROI without voxels gives NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _masked(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n = valid.sum(-1).to(values.dtype)
+    return torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device)), n
+
+
+def _mean(x: torch.Tensor, valid: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return torch.where(valid, x, 0).sum(-1) / n
+
+
+def _quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-ROI quantile (linear interpolation, as numpy's default) over the valid values."""
+    big = torch.finfo(values.dtype).max
+    ordered, _ = torch.sort(torch.where(valid, values, big), dim=-1)
+    n = valid.sum(-1)
+    pos = (n - 1).clamp(min=0).to(values.dtype) * q
+    lo = pos.floor().long()
+    hi = (lo + 1).minimum((n - 1).clamp(min=0))
+    frac = pos - lo.to(values.dtype)
+    a = ordered.gather(-1, lo[..., None])[..., 0]
+    b = ordered.gather(-1, hi[..., None])[..., 0]
+    out = a + (b - a) * frac
+    return torch.where(n > 0, out, torch.nan)
+
+
+def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The features shared by intensity statistics and the intensity histogram."""
+    x, n = _masked(values, valid)
+    mean = x.sum(-1) / n
+    dev = torch.where(valid, values - mean[..., None], 0)
+    var = (dev ** 2).sum(-1) / n
+    m3 = (dev ** 3).sum(-1) / n
+    m4 = (dev ** 4).sum(-1) / n
+    big = torch.finfo(values.dtype).max
+    minimum = torch.where(valid, values, big).min(-1).values
+    maximum = torch.where(valid, values, -big).max(-1).values
+    p10, p25, p50, p75, p90 = (_quantile(values, valid, q) for q in (0.10, 0.25, 0.50, 0.75, 0.90))
+    robust = valid & (values >= p10[..., None]) & (values <= p90[..., None])
+    robust_n = robust.sum(-1).to(values.dtype)
+    robust_mean = torch.where(robust, values, 0).sum(-1) / robust_n
+    return {
+        "mean": mean,
+        "variance": var,
+        "skewness": torch.where(var > 0, m3 / var ** 1.5, 0.0),
+        "kurtosis": torch.where(var > 0, m4 / var ** 2 - 3.0, 0.0),
+        "median": p50,
+        "minimum": minimum,
+        "p10": p10,
+        "p90": p90,
+        "maximum": maximum,
+        "interquartile_range": p75 - p25,
+        "range": maximum - minimum,
+        "mean_absolute_deviation": dev.abs().sum(-1) / n,
+        "robust_mean_absolute_deviation":
+            torch.where(robust, (values - robust_mean[..., None]).abs(), 0).sum(-1) / robust_n,
+        "median_absolute_deviation": torch.where(valid, (values - p50[..., None]).abs(), 0).sum(-1) / n,
+        "coefficient_of_variation": var.sqrt() / mean,
+        "quartile_coefficient_of_dispersion": (p75 - p25) / (p75 + p25),
+    }
+
+
+def intensity_statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """IBSI 3.3 on the intensities of the intensity mask."""
+    out = _statistics(values, valid)
+    x, n = _masked(values, valid)
+    out["energy"] = (x ** 2).sum(-1)
+    out["root_mean_square"] = (out["energy"] / n).sqrt()
+    return out
+
+
+def intensity_histogram(levels: torch.Tensor, valid: torch.Tensor, n_levels: int) -> dict[str, torch.Tensor]:
+    """IBSI 3.4 on discretised grey levels 1..``n_levels``."""
+    values = levels.to(torch.float64)
+    out = _statistics(values, valid)
+    b = levels.shape[0]
+    counts = torch.zeros(b, n_levels + 1, dtype=torch.float64, device=levels.device)
+    counts.scatter_add_(1, torch.where(valid, levels, 0).long(), valid.to(torch.float64))
+    hist = counts[:, 1:]  # grey levels 1..Ng
+    p = hist / hist.sum(-1, keepdim=True)
+    grey = torch.arange(1, n_levels + 1, dtype=torch.float64, device=levels.device)
+    # the most frequent level; of equally frequent ones, the closest to the mean (left on a tie)
+    top = hist == hist.max(-1, keepdim=True).values
+    distance = torch.where(top, (grey - out["mean"][..., None]).abs() + (grey > out["mean"][..., None]) * 1e-9, torch.inf)
+    out["mode"] = grey[distance.argmin(-1)]
+    out["entropy"] = -(torch.where(p > 0, p * torch.log2(p), 0.0)).sum(-1)
+    out["uniformity"] = (p ** 2).sum(-1)
+    if n_levels > 1:
+        gradient = torch.empty_like(hist)
+        gradient[:, 0] = hist[:, 1] - hist[:, 0]
+        gradient[:, -1] = hist[:, -1] - hist[:, -2]
+        gradient[:, 1:-1] = (hist[:, 2:] - hist[:, :-2]) / 2
+    else:
+        gradient = torch.zeros_like(hist)
+    out["maximum_histogram_gradient"] = gradient.max(-1).values
+    out["maximum_histogram_gradient_intensity"] = grey[gradient.argmax(-1)]
+    out["minimum_histogram_gradient"] = gradient.min(-1).values
+    out["minimum_histogram_gradient_intensity"] = grey[gradient.argmin(-1)]
+    return out

@@ -1,0 +1,105 @@
+"""medlib.radiomics: the IBSI 1 digital phantom's reference values, batching, bad input."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medlib.radiomics import RadiomicsError, Settings, extract, extract_batch, feature_table
+from medlib.radiomics.extract import AGGREGATION_SUFFIX
+
+IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
+
+
+def phantom() -> tuple[np.ndarray, np.ndarray]:
+    """The digital phantom as z-y-x arrays (the NIfTI files are x-y-z)."""
+    image = np.asarray(nib.load(IBSI / "digital_phantom" / "image.nii.gz").dataobj).transpose(2, 1, 0)
+    mask = np.asarray(nib.load(IBSI / "digital_phantom" / "mask.nii.gz").dataobj).transpose(2, 1, 0)
+    return image, mask
+
+
+def tolerance(value: str, stated: str) -> float:
+    """The reference's tolerance, or (where it gives none) half a unit of the last printed digit."""
+    if stated not in ("—", ""):
+        return float(stated)
+    mantissa, _, exponent = value.lower().partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return 0.5 * 10 ** ((int(exponent) if exponent else 0) - decimals)
+
+
+def references() -> list[tuple[str, float, float]]:
+    """(medlib column, reference value, tolerance) for every implemented feature the IBSI
+    reference gives for the digital phantom."""
+    by_ibsi = {(r["ibsi_name"], r["ibsi_id"]): f"{r['family']}_{r['key']}" for r in feature_table()}
+    out = []
+    with open(IBSI / "reference_values.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            column = by_ibsi.get((r["feature"], r["ibsi_id"]))
+            if r["data"] != "dig. phantom" or column is None or r["value"] in ("—", ""):
+                continue
+            if r["aggregation"]:
+                if r["aggregation"] not in AGGREGATION_SUFFIX:
+                    continue  # a zone matrix's aggregation (2D, 2.5D, 3D): a family not implemented yet
+                column += "_" + AGGREGATION_SUFFIX[r["aggregation"]]
+            value = r["value"].replace("- ", "-").replace("\u2212", "-").replace(" ", "")
+            out.append((column, float(value), tolerance(value, r["tolerance"])))
+    return out
+
+
+def test_every_implemented_feature_matches_the_ibsi_digital_phantom():
+    row = extract(*phantom(), Settings(discretisation="none")).iloc[0]
+    checks = references()
+    # 18 statistics + 23 histogram + 6 aggregations × (25 GLCM + 16 GLRLM)
+    assert len(checks) == 287
+    assert {c for c, _, _ in checks} == set(row.index)  # every column has its reference
+    misses = [f"{c}: {row[c]:.6g}, reference {v} ± {t}" for c, v, t in checks if not abs(row[c] - v) <= t + 1e-12]
+    assert misses == []
+
+
+def test_a_batch_gives_each_roi_what_it_gives_alone():
+    rng = np.random.default_rng(0)
+    image, mask = phantom()
+    other = rng.normal(40, 120, size=(9, 14, 11))
+    other_mask = np.zeros(other.shape, bool)
+    other_mask[2:8, 3:12, 1:9] = rng.random((6, 9, 8)) > 0.2
+    settings = Settings(discretisation="fixed_bin_number", bins=16)
+    together = extract_batch([image, other], [mask, other_mask], settings)
+    for n, (i, m) in enumerate([(image, mask), (other, other_mask)]):
+        alone = extract(i, m, settings).iloc[0]
+        np.testing.assert_allclose(together.iloc[n].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
+
+
+def test_fixed_bin_size_and_resegmentation():
+    image = np.arange(60, dtype=float).reshape(3, 4, 5) * 10 - 200  # -200 .. 390
+    mask = np.ones(image.shape, bool)
+    row = extract(image, mask, Settings(discretisation="fixed_bin_size", bin_width=25,
+                                        resegment_range=(-100, 300))).iloc[0]
+    assert row["stat_minimum"] == -100 and row["stat_maximum"] == 300
+    assert row["ih_minimum"] == 1 and row["ih_maximum"] == 17  # floor(400 / 25) + 1
+
+
+def test_bad_input_gives_a_clear_error_or_ibsi_nan():
+    image, mask = phantom()
+    with pytest.raises(RadiomicsError, match="the mask is empty"):
+        extract(image, np.zeros_like(mask))
+    with pytest.raises(RadiomicsError, match="does not match the image's"):
+        extract(image, mask[:, :, :-1])
+    with pytest.raises(RadiomicsError, match="grey levels 1, 2"):
+        extract(image - 0.5, mask, Settings(discretisation="none"))
+    single = np.zeros_like(mask)
+    single[1, 1, 1] = 1
+    row = extract(image, single).iloc[0]  # one voxel: statistics defined, no pairs or runs to count
+    assert row["stat_variance"] == 0 and np.isnan(row["cm_contrast_3D_merged"])
+    assert row["rlm_run_percentage_3D_merged"] == pytest.approx(1.0)
+    constant = extract(np.full(image.shape, 7.0), mask).iloc[0]  # one grey level everywhere
+    assert constant["ih_variance"] == 0 and constant["cm_joint_maximum_3D_merged"] == 1
+
+
+def test_pyradiomics_names():
+    table = extract(*phantom(), Settings(discretisation="none", names="pyradiomics"))
+    assert "original_firstorder_Mean" in table and "original_glcm_Idmn" in table
+    assert "original_glrlm_RunPercentage" in table and not any(c.startswith("cm_") for c in table)
