@@ -102,6 +102,30 @@ def cmd_anonymize_reidentify(args: argparse.Namespace) -> int:
     return 1 if unknown else 0
 
 
+def cmd_radiomics(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .radiomics import Settings, extract
+    from .radiomics.io import read_volume, settings_from_params
+
+    overrides = {"device": args.device, "names": args.names}
+    settings, label = settings_from_params(args.params, **overrides) if args.params else (Settings(**overrides), 1)
+    image, spacing = read_volume(args.image)
+    mask, mask_spacing = read_volume(args.mask)
+    if not np.allclose(spacing, mask_spacing, rtol=1e-3):
+        raise ValueError(f"the mask's spacing {mask_spacing} differs from the image's {spacing}; resample it first")
+    table = extract(image, mask == label, settings)
+    table.insert(0, "image", str(args.image))
+    if args.output:
+        table.to_csv(args.output, index=False)
+        print(f"wrote {len(table.columns) - 1} features to {args.output}")
+    else:
+        for name, value in table.iloc[0].items():
+            print(f"{name}\t{value}")
+    audit.record("export", {"features": len(table.columns) - 1}, image=str(args.image), mask=str(args.mask))
+    return 0
+
+
 def _anonymize_parser(sub) -> None:
     from .anonymize import load_profile
 
@@ -166,6 +190,16 @@ def parser() -> argparse.ArgumentParser:
     syn.add_argument("--patient-id", default="PAT-0001")
     syn.set_defaults(func=cmd_synthetic_ct)
     _anonymize_parser(sub)
+    rad = sub.add_parser("radiomics", help="IBSI radiomic features of one region of interest")
+    rad.add_argument("image", help="a DICOM series folder, a NIfTI (.nii, .nii.gz) or an NRRD file")
+    rad.add_argument("mask", help="the mask, in any of the same forms, on the image's grid")
+    rad.add_argument("--params", metavar="FILE", help="a PyRadiomics parameter file (YAML): binWidth, binCount, "
+                                                      "resegmentRange, resegmentMode, label, featureClass")
+    rad.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
+    rad.add_argument("--names", choices=("ibsi", "pyradiomics"), default="ibsi",
+                     help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")
+    rad.add_argument("-o", "--output", metavar="CSV", help="write one CSV row (default: print name and value)")
+    rad.set_defaults(func=cmd_radiomics)
     return p
 
 

@@ -210,3 +210,22 @@ def test_the_header_index_is_remade_when_a_file_changes(as_user, catalog, tmp_pa
     after = node["image"].values
     changed = [k for k in range(after.shape[0]) if not np.array_equal(after[k], before[k])]
     assert len(changed) == 1 and np.array_equal(after[changed[0]], before[changed[0]] + 100)
+
+
+def test_radiomics_over_a_dataset_in_batches(as_user, tmp_path: Path):
+    from medlib.radiomics import Settings, extract, extract_dataset
+
+    as_user("alice", ["radiology-research"])
+    tree = mds.open("research-ct")
+    masks = {}
+    for uid, node in tree.children.items():
+        mask = np.zeros(node["image"].shape, bool)
+        mask[:, 2:-2, 2:-2] = True
+        masks[uid] = mask
+    settings = Settings(discretisation="fixed_bin_size", bin_width=25, families=("stat", "cm"))
+    table = extract_dataset("research-ct", masks, settings, batch=1, progress=False)
+    assert sorted(table.index) == sorted(masks)
+    for uid in masks:  # the same as one series alone
+        alone = extract(tree[uid]["image"].values, masks[uid], settings).iloc[0]
+        np.testing.assert_allclose(table.loc[uid].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
+    assert [e["action"] for e in events(tmp_path)][-1] == "export"

@@ -103,3 +103,35 @@ def test_pyradiomics_names():
     table = extract(*phantom(), Settings(discretisation="none", names="pyradiomics"))
     assert "original_firstorder_Mean" in table and "original_glcm_Idmn" in table
     assert "original_glrlm_RunPercentage" in table and not any(c.startswith("cm_") for c in table)
+
+
+def test_cli_reads_nifti_nrrd_and_dicom_with_a_pyradiomics_parameter_file(tmp_path: Path):
+    import subprocess
+    import sys
+
+    import nrrd
+    import pandas as pd
+
+    from medlib.synthetic import write_ct_series
+
+    params = tmp_path / "params.yaml"
+    params.write_text("setting:\n  binWidth: 25\n  label: 1\nfeatureClass:\n  firstorder:\n  glcm:\n")
+    paths = write_ct_series(tmp_path / "ct", shape=(6, 16, 16))
+    mask = np.zeros((6, 16, 16), np.uint8)
+    mask[1:5, 4:12, 4:12] = 1
+    nrrd.write(str(tmp_path / "mask.nrrd"), mask.transpose(2, 1, 0),
+               {"space directions": np.diag([0.8, 0.8, 2.5]), "space": "left-posterior-superior"})
+    env = {"MEDHUB_AUDIT_BUFFER": str(tmp_path / "audit.jsonl"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(paths[0].parent), str(tmp_path / "mask.nrrd"),
+                          "--params", str(params), "--names", "pyradiomics", "-o", str(tmp_path / "f.csv")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    row = pd.read_csv(tmp_path / "f.csv").iloc[0]
+    assert "original_glcm_Idmn" in row and "original_glrlm_RunPercentage" not in row  # only the classes asked for
+    bad = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(IBSI / "digital_phantom" / "image.nii.gz"),
+                          str(tmp_path / "mask.nrrd")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "differs from the image's" in bad.stderr
+    params.write_text("setting:\n  binWidth: 25\n  interpolator: sitkBSpline\n")
+    refused = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(paths[0].parent),
+                              str(tmp_path / "mask.nrrd"), "--params", str(params)], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "interpolator are not implemented" in refused.stderr

@@ -7,6 +7,6 @@ Implemented so far: intensity-based statistics, intensity histogram, GLCM and GL
 six IBSI texture aggregations), checked against the IBSI 1 digital phantom's reference values.
 """
 
-from .extract import RadiomicsError, Settings, extract, extract_batch, feature_table
+from .extract import RadiomicsError, Settings, extract, extract_batch, extract_dataset, feature_table
 
-__all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "feature_table"]
+__all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "extract_dataset", "feature_table"]

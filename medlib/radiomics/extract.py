@@ -73,11 +73,13 @@ def _crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if image.shape != mask.shape:
         raise RadiomicsError(f"the mask's grid {mask.shape} does not match the image's {image.shape}; "
                              "resample the mask onto the image first")
-    where = np.argwhere(mask)
-    if not len(where):
-        raise RadiomicsError("the mask is empty: there is no region of interest")
-    lo, hi = where.min(0), where.max(0) + 1
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(present):
+            raise RadiomicsError("the mask is empty: there is no region of interest")
+        box.append(slice(present[0], present[-1] + 1))
+    box = tuple(box)
     return image[box], mask[box].astype(bool)
 
 
@@ -114,6 +116,22 @@ def _discretise(values: torch.Tensor, inside: torch.Tensor, settings: Settings) 
     return levels, max(n_levels, 1)
 
 
+def _compact(values: torch.Tensor, levels: torch.Tensor, inside: torch.Tensor):
+    """Each ROI's intensities and grey levels, packed at the front of its row: (B, N) with N
+    the largest ROI, and which entries are real."""
+    rows, cols = torch.nonzero(inside.flatten(1), as_tuple=True)
+    counts = inside.flatten(1).sum(1)
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(len(rows), device=rows.device) - starts[rows]
+    width = max(int(counts.max()), 1)
+    packed_values = torch.zeros(len(counts), width, dtype=values.dtype, device=values.device)
+    packed_levels = torch.zeros(len(counts), width, dtype=levels.dtype, device=levels.device)
+    packed_values[rows, position] = values.flatten(1)[rows, cols]
+    packed_levels[rows, position] = levels.flatten(1)[rows, cols]
+    valid = torch.arange(width, device=rows.device)[None, :] < counts[:, None]
+    return packed_values, packed_levels, valid
+
+
 def extract_batch(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], settings: Settings = Settings()):
     """Features of many ROIs (arrays z-y-x of the same spacing), one row each: a DataFrame."""
     import pandas as pd
@@ -134,12 +152,12 @@ def extract_batch(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], set
     levels, n_levels = _discretise(values, inside, settings)
 
     columns: dict[str, torch.Tensor] = {}
-    flat_valid = inside.flatten(1)
+    roi_values, roi_levels, valid = _compact(values, levels, inside)
     if "stat" in settings.families:
-        for key, v in first_order.intensity_statistics(values.flatten(1), flat_valid).items():
+        for key, v in first_order.intensity_statistics(roi_values, valid).items():
             columns[f"stat_{key}"] = v
     if "ih" in settings.families:
-        for key, v in first_order.intensity_histogram(levels.flatten(1), flat_valid, n_levels).items():
+        for key, v in first_order.intensity_histogram(roi_levels, valid, n_levels).items():
             columns[f"ih_{key}"] = v
     voxels = inside.sum((1, 2, 3))
     per_slice = inside.sum((2, 3))
@@ -174,4 +192,40 @@ def extract(image: np.ndarray, mask: np.ndarray, settings: Settings = Settings()
     return extract_batch([image], [mask], settings)
 
 
-__all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "feature_table"]
+__all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "extract_dataset", "feature_table"]
+
+
+def extract_dataset(dataset_id: str, masks, settings: Settings = Settings(), batch: int = 16, progress: bool = True):
+    """Features of many series of a granted dataset, in batches, with a progress bar.
+
+    Args:
+        masks: Series Instance UID → mask (z-y-x, on that series' grid); series without a mask
+            are left out.
+        batch: series per batch (each batch is read lazily with dask, then extracted at once).
+
+    Returns:
+        a DataFrame indexed by Series Instance UID. The extraction is recorded in the audit log.
+    """
+    import dask
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .. import audit
+    from .. import datasets as mds
+
+    tree = mds.open(dataset_id)
+    unknown = sorted(set(masks) - set(tree.children))
+    if unknown:
+        raise RadiomicsError(f"no series {', '.join(unknown)} in dataset {dataset_id!r}")
+    uids = [uid for uid in tree.children if uid in masks]
+    tables = []
+    with tqdm(total=len(uids), unit="series", desc=f"radiomics {dataset_id}", disable=not progress) as bar:
+        for start in range(0, len(uids), batch):
+            chunk = uids[start:start + batch]
+            images = dask.compute(*(tree[uid]["image"].data for uid in chunk))
+            table = extract_batch(list(images), [masks[uid] for uid in chunk], settings)
+            table.index = chunk
+            tables.append(table)
+            bar.update(len(chunk))
+    audit.record("export", {"dataset": dataset_id, "series": len(uids)}, via="radiomics")
+    return pd.concat(tables) if tables else pd.DataFrame()

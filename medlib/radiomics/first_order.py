@@ -18,19 +18,22 @@ def _mean(x: torch.Tensor, valid: torch.Tensor, n: torch.Tensor) -> torch.Tensor
     return torch.where(valid, x, 0).sum(-1) / n
 
 
-def _quantile(values: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-ROI quantile (linear interpolation, as numpy's default) over the valid values."""
+def _quantiles(values: torch.Tensor, valid: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+    """Per-ROI quantiles (linear interpolation, as numpy's default) over the valid values, from
+    one sort."""
     big = torch.finfo(values.dtype).max
     ordered, _ = torch.sort(torch.where(valid, values, big), dim=-1)
     n = valid.sum(-1)
-    pos = (n - 1).clamp(min=0).to(values.dtype) * q
-    lo = pos.floor().long()
-    hi = (lo + 1).minimum((n - 1).clamp(min=0))
-    frac = pos - lo.to(values.dtype)
-    a = ordered.gather(-1, lo[..., None])[..., 0]
-    b = ordered.gather(-1, hi[..., None])[..., 0]
-    out = a + (b - a) * frac
-    return torch.where(n > 0, out, torch.nan)
+    last = (n - 1).clamp(min=0)
+    out = []
+    for q in qs:
+        pos = last.to(values.dtype) * q
+        lo = pos.floor().long()
+        hi = (lo + 1).minimum(last)
+        a = ordered.gather(-1, lo[..., None])[..., 0]
+        b = ordered.gather(-1, hi[..., None])[..., 0]
+        out.append(torch.where(n > 0, a + (b - a) * (pos - lo.to(values.dtype)), torch.nan))
+    return out
 
 
 def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,7 +47,7 @@ def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Te
     big = torch.finfo(values.dtype).max
     minimum = torch.where(valid, values, big).min(-1).values
     maximum = torch.where(valid, values, -big).max(-1).values
-    p10, p25, p50, p75, p90 = (_quantile(values, valid, q) for q in (0.10, 0.25, 0.50, 0.75, 0.90))
+    p10, p25, p50, p75, p90 = _quantiles(values, valid, (0.10, 0.25, 0.50, 0.75, 0.90))
     robust = valid & (values >= p10[..., None]) & (values <= p90[..., None])
     robust_n = robust.sum(-1).to(values.dtype)
     robust_mean = torch.where(robust, values, 0).sum(-1) / robust_n

@@ -30,20 +30,6 @@ DIRECTIONS_2D = ((0, 0, 1), (0, 1, -1), (0, 1, 0), (0, 1, 1))
 DIRECTIONS_3D = DIRECTIONS_2D + tuple((1, dy, dx) for dy, dx in itertools.product((-1, 0, 1), repeat=2))
 
 
-def shifted(t: torch.Tensor, offset: tuple[int, int, int], k: int = 1) -> torch.Tensor:
-    """``t`` at ``v + k * offset`` for every voxel ``v`` of the last three axes (0 beyond the edge)."""
-    out = torch.zeros_like(t)
-    src, dst = [...], [...]
-    for d, size in zip(offset, t.shape[-3:]):
-        step = d * k
-        if abs(step) >= size:
-            return out
-        src.append(slice(max(step, 0), size + min(step, 0)))
-        dst.append(slice(max(-step, 0), size - max(step, 0)))
-    out[tuple(dst)] = t[tuple(src)]
-    return out
-
-
 def _mean_over(features: dict[str, torch.Tensor], dims: tuple[int, ...]) -> dict[str, torch.Tensor]:
     return {k: v.nanmean(dim=dims) for k, v in features.items()}
 
@@ -72,28 +58,42 @@ def aggregate(matrices_2d: torch.Tensor, matrices_3d: torch.Tensor, features,
 
 # -- grey level co-occurrence ---------------------------------------------------------------
 
+def _flat(levels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], int]:
+    """The batch with a margin of zeros (outside), flattened; its strides and one volume's size.
+    Stepping from a voxel of the ROI by one direction never leaves the padded array."""
+    padded = torch.nn.functional.pad(levels, (1, 1, 1, 1, 1, 1))
+    return padded.flatten(), (padded.shape[2] * padded.shape[3], padded.shape[3], 1), padded[0].numel()
+
+
+def _steps(strides: tuple[int, int, int], device) -> torch.Tensor:
+    """The flat-index step of each of the 13 directions."""
+    return torch.tensor([sum(d * s_ for d, s_ in zip(direction, strides)) for direction in DIRECTIONS_3D],
+                        device=device)
+
+
+def _split(counts: torch.Tensor, b: int, z: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (B, 13, Z, ...) per direction and slice → per slice and in-plane direction
+    (B, Z, 4, ...), and per direction over the volume (B, 13, ...)."""
+    per_slice = counts[:, :len(DIRECTIONS_2D)].transpose(1, 2)
+    return per_slice.to(torch.float64), counts.sum(2).to(torch.float64)
+
+
 def cooccurrence(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric GLCMs at distance 1: (B, Z, 4, Ng, Ng) per slice and in-plane direction,
-    and (B, 13, Ng, Ng) per 3D direction."""
+    and (B, 13, Ng, Ng) per 3D direction. Each ROI voxel is paired with its neighbour by a
+    flat-index step (a gather over the ROI's voxels only), one direction at a time."""
     b, z = levels.shape[:2]
-    ng = n_levels
-    batch = torch.arange(b, device=levels.device).view(b, 1, 1, 1)
-    slices = torch.arange(z, device=levels.device).view(1, z, 1, 1)
-    per_slice, per_volume = [], []
-    for direction in DIRECTIONS_3D:
-        other = shifted(levels, direction)
-        pair = (levels > 0) & (other > 0)
-        a, c = (levels - 1).clamp(min=0), (other - 1).clamp(min=0)
-        if direction[0] == 0:
-            index = (((batch * z + slices) * ng + a) * ng + c)[pair]
-            m = torch.bincount(index, minlength=b * z * ng * ng).view(b, z, ng, ng)
-            per_slice.append(m)
-            per_volume.append(m.sum(1))
-        else:
-            index = ((batch * ng + a) * ng + c)[pair]
-            per_volume.append(torch.bincount(index, minlength=b * ng * ng).view(b, ng, ng))
-    m2 = torch.stack(per_slice, 2).to(torch.float64)
-    m3 = torch.stack(per_volume, 1).to(torch.float64)
+    ng, nd = n_levels, len(DIRECTIONS_3D)
+    flat, strides, volume = _flat(levels)
+    voxels = torch.nonzero(flat).flatten()
+    first = flat[voxels] - 1
+    where = (voxels // volume * nd * z + (voxels % volume) // strides[0] - 1) * ng + first  # ROI, slice, level
+    counts = torch.zeros(b * nd * z * ng * ng, dtype=torch.int64, device=levels.device)
+    for d, step in enumerate(_steps(strides, levels.device).tolist()):
+        other = flat[voxels + step]
+        pair = other > 0
+        counts += torch.bincount((where[pair] + d * z * ng) * ng + other[pair] - 1, minlength=counts.numel())
+    m2, m3 = _split(counts.view(b, nd, z, ng, ng), b, z)
     return m2 + m2.transpose(-1, -2), m3 + m3.transpose(-1, -2)
 
 
@@ -167,36 +167,36 @@ def glcm_features(counts: torch.Tensor, **_) -> dict[str, torch.Tensor]:
 # -- grey level run lengths -----------------------------------------------------------------
 
 def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """GLRLMs: (B, Z, 4, Ng, Lmax) per slice and in-plane direction, (B, 13, Ng, Lmax) per 3D
-    direction; Lmax is the longest extent of the volume."""
-    b, z, y, x = levels.shape
-    ng, lmax = n_levels, max(z, y, x)
-    batch = torch.arange(b, device=levels.device).view(b, 1, 1, 1)
-    slices = torch.arange(z, device=levels.device).view(1, z, 1, 1)
-    inside = levels > 0
-    per_slice, per_volume = [], []
-    for direction in DIRECTIONS_3D:
-        back = (-direction[0], -direction[1], -direction[2])
-        start = inside & (shifted(levels, back) != levels)  # a run starts where the voxel before differs
-        alive = start.clone()
-        length = torch.zeros_like(levels)
-        for k in range(1, lmax + 1):
-            length += alive
-            if k == lmax:
-                break
-            alive &= shifted(levels, direction, k) == levels
-            if not alive.any():
-                break
-        a, r = (levels - 1).clamp(min=0), (length - 1).clamp(min=0)
-        if direction[0] == 0:
-            index = (((batch * z + slices) * ng + a) * lmax + r)[start]
-            m = torch.bincount(index, minlength=b * z * ng * lmax).view(b, z, ng, lmax)
-            per_slice.append(m)
-            per_volume.append(m.sum(1))
-        else:
-            index = ((batch * ng + a) * lmax + r)[start]
-            per_volume.append(torch.bincount(index, minlength=b * ng * lmax).view(b, ng, lmax))
-    return torch.stack(per_slice, 2).to(torch.float64), torch.stack(per_volume, 1).to(torch.float64)
+    """GLRLMs: (B, Z, 4, Ng, L) per slice and in-plane direction, (B, 13, Ng, L) per 3D
+    direction; L is the longest run found.
+
+    The volume gets a margin of zeros (outside the ROI), so every run ends inside the padded
+    array. Each run is followed from its first voxel by flat-index steps, only the runs still
+    going taking part in each step: the work is the number of ROI voxels per direction, not
+    voxels times the longest run.
+    """
+    b, z = levels.shape[:2]
+    ng, nd = n_levels, len(DIRECTIONS_3D)
+    flat, strides, volume = _flat(levels)
+    voxels = torch.nonzero(flat).flatten()
+    runs = []  # (direction, first voxel, grey level, length) per direction
+    for d, step in enumerate(_steps(strides, levels.device).tolist()):
+        starts = voxels[flat[voxels - step] != flat[voxels]]  # a run starts where the voxel before differs
+        grey = flat[starts]
+        length = torch.ones_like(starts)
+        current, going = starts, torch.arange(len(starts), device=levels.device)
+        while len(going):
+            current = current + step
+            same = flat[current] == grey[going]
+            going, current = going[same], current[same]
+            length[going] += 1
+        runs.append((d, starts, grey, length))
+    longest = max(int(r[3].max()) for r in runs if len(r[3])) if any(len(r[3]) for r in runs) else 1
+    counts = torch.zeros(b * nd * z * ng * longest, dtype=torch.int64, device=levels.device)
+    for d, starts, grey, length in runs:
+        where = starts // volume * nd * z + d * z + (starts % volume) // strides[0] - 1
+        counts += torch.bincount((where * ng + grey - 1) * longest + length - 1, minlength=counts.numel())
+    return _split(counts.view(b, nd, z, ng, longest), b, z)
 
 
 def glrlm_features(counts: torch.Tensor, *, nv: torch.Tensor, **_) -> dict[str, torch.Tensor]:

@@ -1,0 +1,85 @@
+"""Reading images and masks for radiomics (DICOM series, NIfTI, NRRD) and PyRadiomics-style
+parameter files.
+
+Arrays come back z-y-x with their spacing (z, y, x) in mm, as ``medlib.datasets`` gives them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .extract import FAMILIES, RadiomicsError, Settings
+
+#: PyRadiomics feature classes → medlib families (first order covers statistics and histogram).
+PYRADIOMICS_CLASSES = {"firstorder": ("stat", "ih"), "glcm": ("cm",), "glrlm": ("rlm",)}
+
+
+def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """An image or mask: a folder of one DICOM series, a NIfTI file (.nii, .nii.gz) or NRRD."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        from ..datasets.series import find_series
+
+        found = find_series(path)
+        if len(found) != 1:
+            raise RadiomicsError(f"{path} holds {len(found)} image series; give the folder of one")
+        return found[0].read(), found[0].spacing
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        image = nib.load(path)
+        zooms = image.header.get_zooms()[:3]
+        return np.asarray(image.dataobj).transpose(2, 1, 0), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    if name.endswith((".nrrd", ".nhdr")):
+        import nrrd
+
+        data, header = nrrd.read(str(path))
+        directions = header.get("space directions")
+        spacing = [float(np.linalg.norm(d)) for d in directions] if directions is not None else [1.0, 1.0, 1.0]
+        return data.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0])
+    raise RadiomicsError(f"{path}: give a DICOM series folder, a NIfTI (.nii, .nii.gz) or an NRRD file")
+
+
+def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
+    """Settings and the mask label from a PyRadiomics parameter file (YAML), for the settings
+    both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label}`` and
+    ``featureClass``.
+
+    Raises:
+        RadiomicsError: a setting medlib does not implement (rather than ignoring it).
+    """
+    import yaml
+
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    setting = params.get("setting") or {}
+    supported = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label"}
+    unsupported = sorted(set(setting) - supported)
+    if unsupported:
+        raise RadiomicsError(f"{path}: setting(s) {', '.join(unsupported)} are not implemented by medlib yet; "
+                             "remove them or resample/filter beforehand")
+    kwargs: dict = {}
+    if "binCount" in setting:
+        kwargs.update(discretisation="fixed_bin_number", bins=int(setting["binCount"]))
+    else:
+        kwargs.update(discretisation="fixed_bin_size", bin_width=float(setting.get("binWidth", 25)))
+    if setting.get("resegmentMode", "absolute") == "sigma":
+        if [float(v) for v in setting.get("resegmentRange", [-3, 3])] != [-3.0, 3.0]:
+            raise RadiomicsError(f"{path}: sigma re-segmentation is implemented for [-3, 3] only (IBSI 2.6)")
+        kwargs["resegment_outliers"] = True
+    elif setting.get("resegmentRange"):
+        low, *high = setting["resegmentRange"]
+        kwargs["resegment_range"] = (float(low), float(high[0]) if high else float("inf"))
+    classes = params.get("featureClass")
+    if classes:
+        unknown = sorted(set(classes) - set(PYRADIOMICS_CLASSES))
+        if unknown:
+            raise RadiomicsError(f"{path}: feature class(es) {', '.join(unknown)} are not implemented by medlib yet "
+                                 f"(implemented: {', '.join(PYRADIOMICS_CLASSES)})")
+        kwargs["families"] = tuple(f for c in classes for f in PYRADIOMICS_CLASSES[c])
+    else:
+        kwargs["families"] = FAMILIES
+    return Settings(**{**kwargs, **overrides}), int(setting.get("label", 1))
