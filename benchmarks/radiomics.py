@@ -2,7 +2,7 @@
 
 A CT-like 256×256×128 volume (texture plus noise, 0.8 × 0.8 × 2 mm) with a spherical ROI of
 radius 37 voxels (~212k voxels, about 60³), and 100 small spherical ROIs (radius 6) in the same
-volume. Both tools compute the families medlib implements (first order, GLCM, GLRLM) with a
+volume. Both tools compute the families both implement (first order, GLCM, GLRLM, NGTDM, GLDM) with a
 fixed bin width of 25 HU, bins aligned as PyRadiomics aligns them (from the multiple of the bin
 width below the ROI's minimum), GLCM/GLRLM at distance 1 averaged over the 13 directions
 (IBSI "3D, averaged", PyRadiomics' default). Timings are in-process after a warm-up: the big
@@ -49,7 +49,7 @@ image, big, small, n_small = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv
 settings = {"binWidth": 25, "force2D": False, "label": 1, "additionalInfo": False}
 extractor = featureextractor.RadiomicsFeatureExtractor(**settings)
 extractor.disableAllFeatures()
-for name in ("firstorder", "glcm", "glrlm"):
+for name in ("firstorder", "glcm", "glrlm", "ngtdm", "gldm"):
     extractor.enableFeatureClassByName(name)
 img, big_mask, small_masks = sitk.ReadImage(image), sitk.ReadImage(big), sitk.ReadImage(small)
 extractor.execute(img, big_mask)  # warm-up

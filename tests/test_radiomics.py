@@ -33,28 +33,43 @@ def tolerance(value: str, stated: str) -> float:
 
 def references() -> list[tuple[str, float, float]]:
     """(medlib column, reference value, tolerance) for every implemented feature the IBSI
-    reference gives for the digital phantom."""
-    by_ibsi = {(r["ibsi_name"], r["ibsi_id"]): f"{r['family']}_{r['key']}" for r in feature_table()}
-    out = []
+    reference gives for the digital phantom.
+
+    The reference table names features by IBSI name and id, except that it gives the NGTDM and
+    NGLDM features whose names other families share (contrast; grey level non-uniformity, its
+    normalised form, grey level variance) the other family's id. Those are told apart by their
+    aggregation (2D, 2.5D, 3D for the neighbourhood families) and, among the zone and
+    dependence families that share it, by order: NGLDM is the last family of the table."""
+    table = feature_table()
+    by_ibsi = {(r["ibsi_name"], r["ibsi_id"]): f"{r['family']}_{r['key']}" for r in table if r["family"] in
+               ("stat", "ih", "cm", "rlm")}
+    by_name = {r["ibsi_name"]: f"{r['family']}_{r['key']}" for r in table if r["family"] in ("ngt", "ngl")}
+    found: dict[str, tuple[float, float]] = {}
     with open(IBSI / "reference_values.csv", newline="") as f:
         for r in csv.DictReader(f):
-            column = by_ibsi.get((r["feature"], r["ibsi_id"]))
-            if r["data"] != "dig. phantom" or column is None or r["value"] in ("—", ""):
+            if r["data"] != "dig. phantom" or r["value"] in ("—", ""):
                 continue
-            if r["aggregation"]:
-                if r["aggregation"] not in AGGREGATION_SUFFIX:
-                    continue  # a zone matrix's aggregation (2D, 2.5D, 3D): a family not implemented yet
-                column += "_" + AGGREGATION_SUFFIX[r["aggregation"]]
             value = r["value"].replace("- ", "-").replace("\u2212", "-").replace(" ", "")
-            out.append((column, float(value), tolerance(value, r["tolerance"])))
-    return out
+            if r["aggregation"] in ("2D", "2.5D", "3D"):
+                column = by_name.get(r["feature"])
+                if column is None or (column.startswith("ngt_") and r["feature"] not in
+                                      ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")):
+                    continue
+            else:
+                column = by_ibsi.get((r["feature"], r["ibsi_id"]))
+                if column is None or r["aggregation"] and r["aggregation"] not in AGGREGATION_SUFFIX:
+                    continue
+            if r["aggregation"]:
+                column += "_" + AGGREGATION_SUFFIX[r["aggregation"]]
+            found[column] = (float(value), tolerance(value, r["tolerance"]))  # the last occurrence wins
+    return [(c, v, t) for c, (v, t) in found.items()]
 
 
 def test_every_implemented_feature_matches_the_ibsi_digital_phantom():
     row = extract(*phantom(), Settings(discretisation="none")).iloc[0]
     checks = references()
-    # 18 statistics + 23 histogram + 6 aggregations × (25 GLCM + 16 GLRLM)
-    assert len(checks) == 287
+    # 18 statistics + 23 histogram + 6 aggregations × (25 GLCM + 16 GLRLM) + 3 × (5 NGTDM + 17 NGLDM)
+    assert len(checks) == 287 + 66
     assert {c for c, _, _ in checks} == set(row.index)  # every column has its reference
     misses = [f"{c}: {row[c]:.6g}, reference {v} ± {t}" for c, v, t in checks if not abs(row[c] - v) <= t + 1e-12]
     assert misses == []

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import first_order, texture
+from . import first_order, neighbourhood, texture
 
 FEATURES = Path(__file__).with_name("features.csv")
-FAMILIES = ("stat", "ih", "cm", "rlm")
-AGGREGATION_SUFFIX = {a: a.replace(", ", "_").replace(".", "").replace("-", "_").replace(" ", "_")
-                      for a in texture.AGGREGATIONS}
+FAMILIES = ("stat", "ih", "cm", "rlm", "ngt", "ngl")
+AGGREGATION_SUFFIX = {a: a.replace(", ", "_").replace(".", "_").replace("-", "_").replace(" ", "_")
+                      for a in texture.AGGREGATIONS + neighbourhood.AGGREGATIONS}
 
 
 class RadiomicsError(ValueError):
@@ -41,7 +41,8 @@ class Settings:
             ROI's minimum.
         resegment_range: keep only intensities in [low, high] (IBSI 2.6); None: all.
         resegment_outliers: also drop intensities beyond mean ± 3 SD (IBSI 2.6).
-        families: among stat (intensity statistics), ih (intensity histogram), cm (GLCM), rlm (GLRLM).
+        families: among stat (intensity statistics), ih (intensity histogram), cm (GLCM), rlm (GLRLM),
+            ngt (NGTDM), ngl (NGLDM).
         device: "cpu", "cuda", ...
     """
 
@@ -168,6 +169,12 @@ def extract_batch(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], set
             for aggregation, values_by_key in texture.aggregate(m2, m3, features, voxels, per_slice).items():
                 for key, v in values_by_key.items():
                     columns[f"{family}_{key}_{AGGREGATION_SUFFIX[aggregation]}"] = v
+    shared = neighbourhood.neighbours(levels) if {"ngt", "ngl"} & set(settings.families) else None
+    for family, features in (("ngt", neighbourhood.ngtdm), ("ngl", neighbourhood.ngldm)):
+        if family in settings.families:
+            for aggregation, values_by_key in features(levels, n_levels, shared).items():
+                for key, v in values_by_key.items():
+                    columns[f"{family}_{key}_{AGGREGATION_SUFFIX[aggregation]}"] = v
     table = pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})
     if settings.names == "pyradiomics":
         names = {k: v for k, v in pyradiomics_names().items() if k in table}
@@ -183,7 +190,8 @@ def pyradiomics_names() -> dict[str, str]:
         if not row["pyradiomics"]:
             continue
         key = f"{row['family']}_{row['key']}"
-        names[key + ("_3D_averaged" if row["family"] in ("cm", "rlm") else "")] = "original_" + row["pyradiomics"]
+        suffix = {"cm": "_3D_averaged", "rlm": "_3D_averaged", "ngt": "_3D", "ngl": "_3D"}.get(row["family"], "")
+        names[key + suffix] = "original_" + row["pyradiomics"]
     return names
 
 

@@ -1,0 +1,147 @@
+"""Neighbourhood texture (IBSI 1, 3.11 NGTDM and 3.12 NGLDM), batched in torch.
+
+Each ROI voxel is compared with its neighbours at Chebyshev distance 1 (8 in the slice for 2D,
+26 for 3D) that lie in the ROI, by flat-index gathers over the ROI's voxels only. Matrices are
+made per slice (2D: features averaged over slices; 2.5D: the slices' matrices merged) and over
+the volume (3D). NGLDM uses the coarseness parameter alpha = 0 (dependent: the same level).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .texture import DIRECTIONS_2D, _flat, _steps
+
+AGGREGATIONS = ("2D", "2.5D", "3D")
+
+
+def neighbours(levels: torch.Tensor):
+    """Per ROI voxel: its level, its (ROI, slice) index, and for 2D and 3D neighbourhoods the
+    number of neighbours in the ROI, the sum of their levels and how many share its level."""
+    b, z = levels.shape[:2]
+    flat, strides, volume = _flat(levels)
+    voxels = torch.nonzero(flat).flatten()
+    level = flat[voxels]
+    where = (voxels // volume) * z + (voxels % volume) // strides[0] - 1
+    steps = _steps(strides, levels.device)
+    in_plane, across = steps[:len(DIRECTIONS_2D)], steps[len(DIRECTIONS_2D):]
+    found = {}
+    count, total, same = torch.zeros_like(level), torch.zeros_like(level), torch.zeros_like(level)
+    for name, chosen in (("2D", in_plane), ("3D", across)):  # 3D: the 8 in-plane neighbours and 18 more
+        for step in torch.cat([chosen, -chosen]).tolist():
+            other = flat[voxels + step]
+            count += other > 0
+            total += other
+            same += other == level
+        found[name] = (count.clone(), total.clone(), same.clone())
+    return level, where, found
+
+
+def _per(where: torch.Tensor, values: torch.Tensor, groups: int, size: int) -> torch.Tensor:
+    """Sum ``values`` into (groups, size) cells, ``where`` being flat cell indices."""
+    return torch.zeros(groups * size, dtype=torch.float64, device=values.device).index_add_(
+        0, where, values.to(torch.float64)).view(groups, size)
+
+
+def ngtdm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
+    """The 5 NGTDM features per aggregation, each (B,); ``shared``: :func:`neighbours` of
+    ``levels``, when already made."""
+    b, z = levels.shape[:2]
+    ng = n_levels
+    level, where, found = shared or neighbours(levels)
+    out = {}
+    for name in AGGREGATIONS:
+        count, total, _ = found["3D" if name == "3D" else "2D"]
+        keep = count > 0  # a voxel without neighbours in the ROI is left out
+        diff = (level - total / count.clamp(min=1)).abs()
+        cell = (where if name != "3D" else where // z)[keep] * ng + level[keep] - 1
+        groups = b * z if name != "3D" else b
+        n = _per(cell, torch.ones_like(diff[keep]), groups, ng)
+        s = _per(cell, diff[keep], groups, ng)
+        if name == "2.5D":
+            n, s = n.view(b, z, ng).sum(1), s.view(b, z, ng).sum(1)
+        features = _ngtdm_features(n, s)
+        out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in features.items()}
+    return out
+
+
+def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
+    ng = n.shape[-1]
+    nvc = n.sum(-1)
+    p = n / nvc[..., None]
+    i = torch.arange(1, ng + 1, dtype=torch.float64, device=n.device)
+    present = p > 0
+    ngp = present.sum(-1).to(torch.float64)
+    pi, pj = p[..., :, None], p[..., None, :]
+    si, sj = s[..., :, None], s[..., None, :]
+    both = present[..., :, None] & present[..., None, :]
+    d = i[:, None] - i[None, :]
+    ps = (p * s).sum(-1)
+    coarseness = torch.where(ps > 0, 1 / ps, torch.tensor(1e6, dtype=torch.float64, device=n.device))
+    contrast = (pi * pj * d ** 2).sum((-1, -2)) / (ngp * (ngp - 1)) * s.sum(-1) / nvc
+    busy = (torch.where(both, (i[:, None] * pi - i[None, :] * pj).abs(), 0.0)).sum((-1, -2))
+    complexity = torch.where(both, d.abs() * (pi * si + pj * sj) / (pi + pj).clamp(min=1e-300), 0.0).sum((-1, -2)) / nvc
+    strength = torch.where(both, (pi + pj) * d ** 2, 0.0).sum((-1, -2)) / s.sum(-1)
+    features = {
+        "coarseness": coarseness,
+        "contrast": torch.where(ngp > 1, contrast, 0.0),
+        "busyness": torch.where(busy > 0, ps / busy, 0.0),
+        "complexity": complexity,
+        "strength": torch.where(s.sum(-1) > 0, strength, 0.0),
+    }
+    return {k: torch.where(nvc > 0, v, torch.nan) for k, v in features.items()}
+
+
+def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
+    """The 17 NGLDM features per aggregation, each (B,); ``shared`` as for :func:`ngtdm`."""
+    b, z = levels.shape[:2]
+    ng = n_levels
+    level, where, found = shared or neighbours(levels)
+    out = {}
+    for name in AGGREGATIONS:
+        _, _, same = found["3D" if name == "3D" else "2D"]
+        nn = 27 if name == "3D" else 9
+        dependence = same + 1
+        groups = b * z if name != "3D" else b
+        cell = ((where if name != "3D" else where // z) * ng + level - 1) * nn + dependence - 1
+        m = torch.bincount(cell, minlength=groups * ng * nn).view(groups, ng, nn).to(torch.float64)
+        if name == "2.5D":
+            m = m.view(b, z, ng, nn).sum(1)
+        features = _ngldm_features(m)
+        out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in features.items()}
+    return out
+
+
+def _ngldm_features(m: torch.Tensor) -> dict[str, torch.Tensor]:
+    ng, nn = m.shape[-2:]
+    dev = dict(dtype=m.dtype, device=m.device)
+    i = torch.arange(1, ng + 1, **dev).view(ng, 1)
+    j = torch.arange(1, nn + 1, **dev).view(1, nn)
+    ns = m.sum((-1, -2))
+    p = m / ns[..., None, None]
+    per_level, per_dependence = m.sum(-1), m.sum(-2)
+    mu_i, mu_j = (i * p).sum((-1, -2)), (j * p).sum((-1, -2))
+
+    def s(x):
+        return x.sum((-1, -2)) / ns
+
+    features = {
+        "low_dependence_emphasis": s(m / j ** 2),
+        "high_dependence_emphasis": s(m * j ** 2),
+        "low_grey_level_count_emphasis": s(m / i ** 2),
+        "high_grey_level_count_emphasis": s(m * i ** 2),
+        "low_dependence_low_grey_level_emphasis": s(m / (i ** 2 * j ** 2)),
+        "low_dependence_high_grey_level_emphasis": s(m * i ** 2 / j ** 2),
+        "high_dependence_low_grey_level_emphasis": s(m * j ** 2 / i ** 2),
+        "high_dependence_high_grey_level_emphasis": s(m * i ** 2 * j ** 2),
+        "grey_level_non_uniformity": (per_level ** 2).sum(-1) / ns,
+        "grey_level_non_uniformity_normalised": (per_level ** 2).sum(-1) / ns ** 2,
+        "dependence_count_non_uniformity": (per_dependence ** 2).sum(-1) / ns,
+        "dependence_count_non_uniformity_normalised": (per_dependence ** 2).sum(-1) / ns ** 2,
+        "dependence_count_percentage": torch.ones_like(ns),  # every ROI voxel has a dependence count
+        "grey_level_variance": ((i - mu_i[..., None, None]) ** 2 * p).sum((-1, -2)),
+        "dependence_count_variance": ((j - mu_j[..., None, None]) ** 2 * p).sum((-1, -2)),
+        "dependence_count_entropy": -torch.where(p > 0, p * torch.log2(p), 0.0).sum((-1, -2)),
+        "dependence_count_energy": (p ** 2).sum((-1, -2)),
+    }
+    return {k: torch.where(ns > 0, v, torch.nan) for k, v in features.items()}
