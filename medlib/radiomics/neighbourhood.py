@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .texture import DIRECTIONS_2D, _flat, _steps
+from .texture import DIRECTIONS_2D, _flat, _steps, count_matrix_features
 
 AGGREGATIONS = ("2D", "2.5D", "3D")
 
@@ -112,36 +112,25 @@ def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[st
     return out
 
 
+#: NGLDM feature → generic count-matrix feature (IBSI 3.12; the count j is the dependence).
+NGLDM_NAMES = {
+    "low_dependence_emphasis": "low_j", "high_dependence_emphasis": "high_j",
+    "low_grey_level_count_emphasis": "low_i", "high_grey_level_count_emphasis": "high_i",
+    "low_dependence_low_grey_level_emphasis": "low_j_low_i", "low_dependence_high_grey_level_emphasis": "low_j_high_i",
+    "high_dependence_low_grey_level_emphasis": "high_j_low_i",
+    "high_dependence_high_grey_level_emphasis": "high_j_high_i",
+    "grey_level_non_uniformity": "i_non_uniformity",
+    "grey_level_non_uniformity_normalised": "i_non_uniformity_normalised",
+    "dependence_count_non_uniformity": "j_non_uniformity",
+    "dependence_count_non_uniformity_normalised": "j_non_uniformity_normalised",
+    "grey_level_variance": "i_variance", "dependence_count_variance": "j_variance",
+    "dependence_count_entropy": "entropy", "dependence_count_energy": "energy",
+}
+
+
 def _ngldm_features(m: torch.Tensor) -> dict[str, torch.Tensor]:
-    ng, nn = m.shape[-2:]
-    dev = dict(dtype=m.dtype, device=m.device)
-    i = torch.arange(1, ng + 1, **dev).view(ng, 1)
-    j = torch.arange(1, nn + 1, **dev).view(1, nn)
-    ns = m.sum((-1, -2))
-    p = m / ns[..., None, None]
-    per_level, per_dependence = m.sum(-1), m.sum(-2)
-    mu_i, mu_j = (i * p).sum((-1, -2)), (j * p).sum((-1, -2))
-
-    def s(x):
-        return x.sum((-1, -2)) / ns
-
-    features = {
-        "low_dependence_emphasis": s(m / j ** 2),
-        "high_dependence_emphasis": s(m * j ** 2),
-        "low_grey_level_count_emphasis": s(m / i ** 2),
-        "high_grey_level_count_emphasis": s(m * i ** 2),
-        "low_dependence_low_grey_level_emphasis": s(m / (i ** 2 * j ** 2)),
-        "low_dependence_high_grey_level_emphasis": s(m * i ** 2 / j ** 2),
-        "high_dependence_low_grey_level_emphasis": s(m * j ** 2 / i ** 2),
-        "high_dependence_high_grey_level_emphasis": s(m * i ** 2 * j ** 2),
-        "grey_level_non_uniformity": (per_level ** 2).sum(-1) / ns,
-        "grey_level_non_uniformity_normalised": (per_level ** 2).sum(-1) / ns ** 2,
-        "dependence_count_non_uniformity": (per_dependence ** 2).sum(-1) / ns,
-        "dependence_count_non_uniformity_normalised": (per_dependence ** 2).sum(-1) / ns ** 2,
-        "dependence_count_percentage": torch.ones_like(ns),  # every ROI voxel has a dependence count
-        "grey_level_variance": ((i - mu_i[..., None, None]) ** 2 * p).sum((-1, -2)),
-        "dependence_count_variance": ((j - mu_j[..., None, None]) ** 2 * p).sum((-1, -2)),
-        "dependence_count_entropy": -torch.where(p > 0, p * torch.log2(p), 0.0).sum((-1, -2)),
-        "dependence_count_energy": (p ** 2).sum((-1, -2)),
-    }
-    return {k: torch.where(ns > 0, v, torch.nan) for k, v in features.items()}
+    generic = count_matrix_features(m)
+    features = {name: generic[key] for name, key in NGLDM_NAMES.items()}
+    # every ROI voxel has a dependence count
+    features["dependence_count_percentage"] = torch.where(generic["total"] > 0, 1.0, torch.nan)
+    return features

@@ -199,39 +199,59 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     return _split(counts.view(b, nd, z, ng, longest), b, z)
 
 
+def count_matrix_features(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The features IBSI defines alike for every matrix of counts by grey level i (rows) and a
+    count j (columns: run length, dependence, zone size, ...), under generic names: emphases
+    (``low_j``, ``high_j``, ``low_i``, ``high_i`` and the four combinations), non-uniformities,
+    variances and entropy; ``total`` is the number of counts. NaN where a matrix is empty."""
+    ng, nj = counts.shape[-2:]
+    dev = dict(dtype=counts.dtype, device=counts.device)
+    i = torch.arange(1, ng + 1, **dev).view(ng, 1)
+    j = torch.arange(1, nj + 1, **dev).view(1, nj)
+    total = counts.sum((-1, -2))
+    per_i, per_j = counts.sum(-1), counts.sum(-2)
+
+    def s(x):
+        return x.sum((-1, -2)) / total
+
+    p = counts / total[..., None, None]
+    mu_i, mu_j = (i * p).sum((-1, -2)), (j * p).sum((-1, -2))
+    features = {
+        "low_j": s(counts / j ** 2), "high_j": s(counts * j ** 2),
+        "low_i": s(counts / i ** 2), "high_i": s(counts * i ** 2),
+        "low_j_low_i": s(counts / (i ** 2 * j ** 2)), "low_j_high_i": s(counts * i ** 2 / j ** 2),
+        "high_j_low_i": s(counts * j ** 2 / i ** 2), "high_j_high_i": s(counts * i ** 2 * j ** 2),
+        "i_non_uniformity": (per_i ** 2).sum(-1) / total,
+        "i_non_uniformity_normalised": (per_i ** 2).sum(-1) / total ** 2,
+        "j_non_uniformity": (per_j ** 2).sum(-1) / total,
+        "j_non_uniformity_normalised": (per_j ** 2).sum(-1) / total ** 2,
+        "i_variance": ((i - mu_i[..., None, None]) ** 2 * p).sum((-1, -2)),
+        "j_variance": ((j - mu_j[..., None, None]) ** 2 * p).sum((-1, -2)),
+        "entropy": -torch.where(p > 0, p * torch.log2(p), 0.0).sum((-1, -2)),
+        "energy": (p ** 2).sum((-1, -2)),
+        "total": total,
+    }
+    return {k: torch.where(total == 0, torch.nan, v) for k, v in features.items()}
+
+
+#: GLRLM feature → generic count-matrix feature (IBSI 3.7).
+GLRLM_NAMES = {
+    "short_runs_emphasis": "low_j", "long_runs_emphasis": "high_j",
+    "low_grey_level_run_emphasis": "low_i", "high_grey_level_run_emphasis": "high_i",
+    "short_run_low_grey_level_emphasis": "low_j_low_i", "short_run_high_grey_level_emphasis": "low_j_high_i",
+    "long_run_low_grey_level_emphasis": "high_j_low_i", "long_run_high_grey_level_emphasis": "high_j_high_i",
+    "grey_level_non_uniformity": "i_non_uniformity",
+    "grey_level_non_uniformity_normalised": "i_non_uniformity_normalised",
+    "run_length_non_uniformity": "j_non_uniformity",
+    "run_length_non_uniformity_normalised": "j_non_uniformity_normalised",
+    "grey_level_variance": "i_variance", "run_length_variance": "j_variance", "run_entropy": "entropy",
+}
+
+
 def glrlm_features(counts: torch.Tensor, *, nv: torch.Tensor, **_) -> dict[str, torch.Tensor]:
     """The 16 IBSI GLRLM features of count matrices (..., Ng, Lmax); ``nv``: the voxels behind
     each matrix (for run percentage)."""
-    ng, lmax = counts.shape[-2:]
-    dev = dict(dtype=counts.dtype, device=counts.device)
-    i = torch.arange(1, ng + 1, **dev).view(ng, 1)
-    j = torch.arange(1, lmax + 1, **dev).view(1, lmax)
-    ns = counts.sum((-1, -2))
-    r = counts.sum(-1)  # per grey level
-    c = counts.sum(-2)  # per run length
-
-    def s(x):
-        return x.sum((-1, -2)) / ns
-
-    p = counts / ns[..., None, None]
-    mu_i = (i * p).sum((-1, -2))
-    mu_j = (j * p).sum((-1, -2))
-    features = {
-        "short_runs_emphasis": s(counts / j ** 2),
-        "long_runs_emphasis": s(counts * j ** 2),
-        "low_grey_level_run_emphasis": s(counts / i ** 2),
-        "high_grey_level_run_emphasis": s(counts * i ** 2),
-        "short_run_low_grey_level_emphasis": s(counts / (i ** 2 * j ** 2)),
-        "short_run_high_grey_level_emphasis": s(counts * i ** 2 / j ** 2),
-        "long_run_low_grey_level_emphasis": s(counts * j ** 2 / i ** 2),
-        "long_run_high_grey_level_emphasis": s(counts * i ** 2 * j ** 2),
-        "grey_level_non_uniformity": (r ** 2).sum(-1) / ns,
-        "grey_level_non_uniformity_normalised": (r ** 2).sum(-1) / ns ** 2,
-        "run_length_non_uniformity": (c ** 2).sum(-1) / ns,
-        "run_length_non_uniformity_normalised": (c ** 2).sum(-1) / ns ** 2,
-        "run_percentage": ns / nv,
-        "grey_level_variance": ((i - mu_i[..., None, None]) ** 2 * p).sum((-1, -2)),
-        "run_length_variance": ((j - mu_j[..., None, None]) ** 2 * p).sum((-1, -2)),
-        "run_entropy": -torch.where(p > 0, p * torch.log2(p), 0.0).sum((-1, -2)),
-    }
-    return {k: torch.where(ns == 0, torch.nan, v) for k, v in features.items()}
+    generic = count_matrix_features(counts)
+    features = {name: generic[key] for name, key in GLRLM_NAMES.items()}
+    features["run_percentage"] = generic["total"] / nv
+    return features
