@@ -20,7 +20,7 @@ import torch
 from . import first_order, neighbourhood, texture
 
 FEATURES = Path(__file__).with_name("features.csv")
-FAMILIES = ("stat", "ih", "cm", "rlm", "ngt", "ngl")
+FAMILIES = ("stat", "ih", "ivh", "cm", "rlm", "ngt", "ngl")
 AGGREGATION_SUFFIX = {a: a.replace(", ", "_").replace(".", "_").replace("-", "_").replace(" ", "_")
                       for a in texture.AGGREGATIONS + neighbourhood.AGGREGATIONS}
 
@@ -41,8 +41,8 @@ class Settings:
             ROI's minimum.
         resegment_range: keep only intensities in [low, high] (IBSI 2.6); None: all.
         resegment_outliers: also drop intensities beyond mean ± 3 SD (IBSI 2.6).
-        families: among stat (intensity statistics), ih (intensity histogram), cm (GLCM), rlm (GLRLM),
-            ngt (NGTDM), ngl (NGLDM).
+        families: among stat (intensity statistics), ih (intensity histogram), ivh (intensity-volume
+            histogram), cm (GLCM), rlm (GLRLM), ngt (NGTDM), ngl (NGLDM).
         device: "cpu", "cuda", ...
     """
 
@@ -117,6 +117,27 @@ def _discretise(values: torch.Tensor, inside: torch.Tensor, settings: Settings) 
     return levels, max(n_levels, 1)
 
 
+def _ivh_grid(values, levels, inside, n_levels: int, settings: Settings):
+    """Per ROI, the intensity of each grey level (B, Ng) and the total range G in levels (IBSI 3.5):
+    discrete intensities stand for themselves over [min, max]; fixed bin size bins for their
+    centres over all bins; fixed bin number bins for their numbers, over [1, Ng]."""
+    k = torch.arange(1, n_levels + 1, dtype=torch.float64, device=levels.device)
+    b = levels.shape[0]
+    full = torch.tensor([1.0, float(n_levels)], dtype=torch.float64, device=levels.device).expand(b, 2)
+    if settings.discretisation == "none":
+        big = torch.iinfo(levels.dtype).max
+        low = torch.where(inside, levels, big).amin((1, 2, 3))
+        high = torch.where(inside, levels, 0).amax((1, 2, 3))
+        return k.expand(b, n_levels), torch.stack([low, high], 1)
+    if settings.discretisation == "fixed_bin_size":
+        if settings.resegment_range is not None:
+            origin = torch.full((b, 1), float(settings.resegment_range[0]), dtype=torch.float64, device=levels.device)
+        else:
+            origin = torch.where(inside, values, torch.finfo(values.dtype).max).amin((1, 2, 3))[:, None]
+        return origin + (k - 0.5) * settings.bin_width, full
+    return k.expand(b, n_levels), full
+
+
 def _compact(values: torch.Tensor, levels: torch.Tensor, inside: torch.Tensor):
     """Each ROI's intensities and grey levels, packed at the front of its row: (B, N) with N
     the largest ROI, and which entries are real."""
@@ -160,6 +181,10 @@ def extract_batch(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], set
     if "ih" in settings.families:
         for key, v in first_order.intensity_histogram(roi_levels, valid, n_levels).items():
             columns[f"ih_{key}"] = v
+    if "ivh" in settings.families:
+        for key, v in first_order.intensity_volume_histogram(
+                roi_levels, valid, n_levels, *_ivh_grid(values, levels, inside, n_levels, settings)).items():
+            columns[f"ivh_{key}"] = v
     voxels = inside.sum((1, 2, 3))
     per_slice = inside.sum((2, 3))
     for family, matrices, features in (("cm", texture.cooccurrence, texture.glcm_features),

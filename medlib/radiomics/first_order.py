@@ -109,3 +109,37 @@ def intensity_histogram(levels: torch.Tensor, valid: torch.Tensor, n_levels: int
     out["minimum_histogram_gradient"] = gradient.min(-1).values
     out["minimum_histogram_gradient_intensity"] = grey[gradient.argmin(-1)]
     return out
+
+
+def intensity_volume_histogram(levels: torch.Tensor, valid: torch.Tensor, n_levels: int,
+                               intensity: torch.Tensor, level_range: torch.Tensor) -> dict[str, torch.Tensor]:
+    """IBSI 3.5 on discretised grey levels 1..``n_levels``.
+
+    Args:
+        intensity: (B, Ng) the intensity each grey level stands for (the level itself for
+            discrete intensities, the bin centre for fixed bin size).
+        level_range: (B, 2) the total range G in grey levels, [lowest, highest].
+    """
+    b = levels.shape[0]
+    dev = dict(dtype=torch.float64, device=levels.device)
+    counts = torch.zeros(b, n_levels + 1, **dev)
+    counts.scatter_add_(1, torch.where(valid, levels, 0).long(), valid.to(torch.float64))
+    counts = counts[:, 1:]
+    n = counts.sum(-1, keepdim=True)
+    k = torch.arange(1, n_levels + 1, **dev)
+    volume = 1 - (torch.cumsum(counts, -1) - counts) / n  # fraction of voxels at level k or above
+    low, high = level_range[:, :1].to(torch.float64), level_range[:, 1:].to(torch.float64)
+    in_range = (k >= low) & (k <= high)
+    fraction = (k - low) / (high - low).clamp(min=1)
+
+    def volume_at(x: float) -> torch.Tensor:  # the volume of the lowest level with intensity fraction >= x
+        first = torch.where(in_range & (fraction >= x), k, torch.inf).amin(-1)
+        return volume.gather(-1, (first.clamp(max=n_levels) - 1).long()[:, None])[:, 0]
+
+    def intensity_at(x: float) -> torch.Tensor:  # the lowest level holding at most x of the volume
+        first = torch.where(in_range & (volume <= x), k, torch.inf).amin(-1)
+        value = intensity.gather(-1, (first.clamp(max=n_levels) - 1).long()[:, None])[:, 0]
+        return torch.where(torch.isfinite(first), value, torch.nan)
+
+    v10, v90, i10, i90 = volume_at(0.10), volume_at(0.90), intensity_at(0.10), intensity_at(0.90)
+    return {"v10": v10, "v90": v90, "i10": i10, "i90": i90, "v10_minus_v90": v10 - v90, "i10_minus_i90": i10 - i90}
