@@ -104,22 +104,24 @@ def cmd_catalog_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_selection(args: argparse.Namespace) -> tuple[Path, dict]:
+def _audit_folder(args: argparse.Namespace):
+    """The hub's state folder and the audit log to read (the hub's, or ``--folder``)."""
     from .state import StateDir
 
-    settings = load(args.settings)
-    folder = Path(args.folder) if getattr(args, "folder", None) else StateDir(settings.hub.state_dir).audit_dir
+    state = StateDir(load(args.settings).hub.state_dir)
+    return state, Path(args.folder) if args.folder else state.audit_dir
+
+
+def _audit_selection(args: argparse.Namespace) -> tuple[Path, dict]:
     filters = {k: getattr(args, k) for k in ("user", "dataset", "action", "since", "until", "limit")}
-    return folder, filters
+    return _audit_folder(args)[1], filters
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit.log import verify
-    from .state import StateDir
 
-    settings = load(args.settings)
-    folder = Path(args.folder) if args.folder else StateDir(settings.hub.state_dir).audit_dir
-    result = verify(folder, StateDir(settings.hub.state_dir).audit_key())
+    state, folder = _audit_folder(args)
+    result = verify(folder, state.audit_key())
     if result.ok:
         print(f"{folder}: chain intact, {result.checked} records, checkpoints consistent")
         return 0

@@ -7,6 +7,7 @@ to the DICOM/FHIR outcome indicators (0 success, 4 minor failure: denied, 8 seri
 
 from __future__ import annotations
 
+import logging
 import socket
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -38,6 +39,7 @@ EVENT_TYPES = {
 }
 OUTCOME_CODES = {"success": "0", "denied": "4", "failure": "8"}
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+log = logging.getLogger("medhub.audit")
 
 
 def _entities(event: dict[str, Any]) -> list[tuple[str, str]]:
@@ -128,8 +130,6 @@ class SyslogForwarder:
         self._socket: socket.socket | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        import logging
-
         line = syslog_line(event)
         try:
             if self.scheme == "udp":
@@ -141,7 +141,7 @@ class SyslogForwarder:
                     self._socket = socket.create_connection(self.address, timeout=2)
                 self._socket.sendall(f"{len(line)} ".encode() + line)
         except OSError as e:
-            logging.getLogger("medhub.audit").warning("syslog forwarding to %s failed: %s", self.address, e)
+            log.warning("syslog forwarding to %s failed: %s", self.address, e)
             if self._socket is not None:
                 self._socket.close()
             self._socket = None

@@ -16,6 +16,7 @@ service is down they wait in the hub's state folder and are delivered with the n
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -24,6 +25,7 @@ from jupyterhub.log import log_request as jupyterhub_log_request
 from medlib.audit import AuditClient
 
 AUDIT_SERVICE, HUB_WRITER = "medhub-audit", "medhub-audit-hub"
+log = logging.getLogger("medhub.audit")
 _client: AuditClient | None = None
 ADMIN_PATHS = re.compile(r"/hub/api/(users|groups|roles|services|shares)(/|$)")
 TOKEN_PATH = re.compile(r"/hub/api/users/([^/]+)/tokens/?$")
@@ -56,9 +58,7 @@ def record(action: str, user: Any, object: dict[str, Any] | None = None,  # noqa
 
 def _report(future) -> None:
     if future.exception() is not None:
-        import logging
-
-        logging.getLogger("medhub.audit").error("could not record a hub audit event: %s", future.exception())
+        log.error("could not record a hub audit event: %s", future.exception())
 
 
 def pre_spawn(spawner) -> None:

@@ -11,6 +11,7 @@ its file meta information matches the new SOP Instance UID.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
@@ -23,7 +24,7 @@ from pydicom.sequence import Sequence
 
 from .. import __version__
 from .keys import SiteKey
-from .profile import Action, OptionError, Profile, SafePrivate, creator_tag, load_profile, load_safe_private
+from .profile import Action, OptionError, Profile, SafePrivate, creator_tag, load_profile, safe_private_for
 
 #: A dummy value for each VR (PS3.15: "a non-zero length value that may be a dummy value
 #: and consistent with the VR"). UI is handled by the key; SQ keeps its cleaned items.
@@ -75,8 +76,7 @@ class Anonymizer:
         self.options = self.profile.check_options(frozenset(options))
         if safe_private is not None and "retain_safe_private" not in self.options:
             raise OptionError("a list of safe private attributes is only used with the option retain_safe_private")
-        self.safe_private = (load_safe_private() | (safe_private or SafePrivate(frozenset()))
-                             if "retain_safe_private" in self.options else SafePrivate(frozenset()))
+        self.safe_private = safe_private_for(self.options, safe_private)
         self._actions: dict[int, Action | None | object] = {}
         self._scoped: dict[tuple[int, Scope], Action] = {}
         self._mappings: set[tuple[str, str, str]] | None = None
@@ -124,18 +124,21 @@ class Anonymizer:
         """Apply the profile to the elements of ``ds`` in place, recording nothing: for
         callers that anonymize a file piece by piece (:mod:`.rewrite`). ``scope``: where
         ``ds`` lies in its file (:func:`scope_of`, :func:`inside`)."""
-        self._mappings = mappings
-        try:
+        with self._recording(mappings):
             self._walk(ds, shift, counts, scope)
-        finally:
-            self._mappings = None
 
     def replace_uids(self, text: str, mappings: set[tuple[str, str, str]] | None = None) -> str:
         """Replace each UID of a UI value (``\\``-separated), as the U action does."""
-        self._mappings = mappings
-        try:
+        with self._recording(mappings):
             values = text.split("\\")
             return "\\".join(self._uids(values)) if len(values) > 1 else self._uids(text)
+
+    @contextmanager
+    def _recording(self, mappings: set[tuple[str, str, str]] | None):
+        """While inside, every pseudonym made is added to ``mappings`` (if given)."""
+        self._mappings = mappings
+        try:
+            yield
         finally:
             self._mappings = None
 

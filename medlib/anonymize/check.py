@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from .anonymizer import DUMMY_BY_VR, PSEUDONYMS, Scope, inside, scope_of
-from .profile import Action, Profile, SafePrivate, creator_tag, load_profile, load_safe_private
+from .profile import Action, Profile, SafePrivate, creator_tag, load_profile, safe_private_for
 
 PSEUDONYM_PREFIXES = tuple(template.split("{")[0] for _, template in PSEUDONYMS.values())
 
@@ -53,9 +53,7 @@ def check_dataset(ds: Dataset, name: str, profile: Profile | None = None,
     additions to medlib's safe private attributes, for files made with Retain Safe Private."""
     profile = profile or load_profile()
     options = options_of(ds, profile)
-    safe = (load_safe_private() | (safe_private or SafePrivate(frozenset()))
-            if "retain_safe_private" in options else SafePrivate(frozenset()))
-    return list(_scan(ds, name, profile, options, safe, scope_of(ds)))
+    return list(_scan(ds, name, profile, options, safe_private_for(options, safe_private), scope_of(ds)))
 
 
 def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str], safe: SafePrivate,

@@ -194,6 +194,22 @@ def load_safe_private(path: str | Path = SAFE_PRIVATE) -> SafePrivate:
     return SafePrivate(frozenset(elements))
 
 
+NO_SAFE_PRIVATE = SafePrivate(frozenset())
+
+
+@cache
+def _shipped_safe_private() -> SafePrivate:
+    return load_safe_private(SAFE_PRIVATE)
+
+
+def safe_private_for(options: frozenset[str], site: SafePrivate | None = None) -> SafePrivate:
+    """What Retain Safe Private keeps under ``options``: medlib's list (read once) and the
+    site's additions; nothing without the option."""
+    if "retain_safe_private" not in options:
+        return NO_SAFE_PRIVATE
+    return _shipped_safe_private() | (site or NO_SAFE_PRIVATE)
+
+
 @cache
 def load_profile(path: Path = DATA) -> Profile:
     data = json.loads(Path(path).read_text())

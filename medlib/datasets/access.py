@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import audit
-from ..manifest import Verification, verify_manifest
+from ..manifest import MANIFEST, Verification, verify_manifest
 from .grants import GRANTS_ENV, GRANTS_KEY_ENV, GrantsError, current_grants, read_grants
 from .series import Series, find_series
 
@@ -86,12 +86,19 @@ def info(dataset_id: str) -> dict[str, Any]:
 
 def local_root(dataset_id: str) -> Path:
     """Where the dataset's files are read (a URL dataset: its local copy, made on first use)."""
-    entry = _entry(dataset_id)
+    return _root(_entry(dataset_id))
+
+
+def _manifest(entry: dict[str, Any]) -> str:
+    return entry.get("manifest", MANIFEST)
+
+
+def _root(entry: dict[str, Any]) -> Path:
     location = entry["path"]
     if "://" not in location:
         return Path(location)
-    target = _cache_dir() / "datasets" / dataset_id
-    if not (target / entry.get("manifest", "MANIFEST.sha256")).is_file():
+    target = _cache_dir() / "datasets" / entry["id"]
+    if not (target / _manifest(entry)).is_file():
         import fsspec
 
         fs, _, (root,) = fsspec.get_fs_token_paths(location)
@@ -105,9 +112,11 @@ def local_root(dataset_id: str) -> Path:
 
 def series(dataset_id: str) -> list[Series]:
     """The image series of a granted dataset (headers only; no pixels read)."""
-    entry = _entry(dataset_id)
-    return find_series(local_root(dataset_id), skip=(entry.get("manifest", "MANIFEST.sha256"),),
-                       index=_cache_dir() / "index" / f"{dataset_id}.json")
+    return _series(_entry(dataset_id))
+
+
+def _series(entry: dict[str, Any]) -> list[Series]:
+    return find_series(_root(entry), skip=(_manifest(entry),), index=_cache_dir() / "index" / f"{entry['id']}.json")
 
 
 def open_dataset(dataset_id: str):
@@ -116,7 +125,7 @@ def open_dataset(dataset_id: str):
     import xarray as xr
 
     entry = _entry(dataset_id)
-    found = series(dataset_id)
+    found = _series(entry)
     tree = xr.DataTree.from_dict({s.uid: s.to_xarray() for s in found})
     tree.attrs.update({k: entry.get(k, "") for k in FIELDS if k != "path"})
     audit.record("dataset-open", {"dataset": dataset_id, "series": len(found)})
@@ -138,7 +147,7 @@ def verify(dataset_id: str) -> Verification:
     """Check every file of a granted dataset against its manifest; the result names each file
     that changed, is missing or is not in the manifest."""
     entry = _entry(dataset_id)
-    result = verify_manifest(local_root(dataset_id), entry.get("manifest", "MANIFEST.sha256"))
+    result = verify_manifest(_root(entry), _manifest(entry))
     audit.record("dataset-verify", {"dataset": dataset_id, "files": result.checked},
                  "success" if result.ok else "failure", changed=result.changed, missing=result.missing,
                  unlisted=result.unlisted)

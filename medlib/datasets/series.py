@@ -111,6 +111,9 @@ class Series:
 
     def read_slice(self, index: int) -> np.ndarray:
         """Slice ``index`` (in order), rescaled, shape (rows, columns)."""
+        out = np.empty((self.rows, self.columns), self.dtype)
+        if self._read_into(index, out):
+            return out
         s = self.slices[index]
         if s.offset is not None:
             stored = np.dtype(self.stored_dtype)
@@ -144,7 +147,7 @@ class Series:
         indices = range(len(self.slices))[start:stop]
         out = np.empty((len(indices), self.rows, self.columns), self.dtype)
         for n, i in enumerate(indices):
-            if not self._read_into(i, out[n]):
+            if not self._read_into(i, out[n]):  # straight into the volume where it can
                 out[n] = self.read_slice(i)
         return out
 

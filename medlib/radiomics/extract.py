@@ -102,7 +102,8 @@ def _discretise(values: torch.Tensor, inside: torch.Tensor, settings: Settings) 
     low = torch.where(inside, values, big).amin((1, 2, 3), keepdim=True)
     high = torch.where(inside, values, -big).amax((1, 2, 3), keepdim=True)
     if settings.discretisation == "none":
-        if not torch.equal(values[inside], values[inside].round()) or (values[inside] < 1).any():
+        roi = values[inside]
+        if not torch.equal(roi, roi.round()) or (roi < 1).any():
             raise RadiomicsError("discretisation 'none' needs intensities that are grey levels 1, 2, ...")
         levels = values.long()
     elif settings.discretisation == "fixed_bin_number":

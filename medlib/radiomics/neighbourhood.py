@@ -43,26 +43,37 @@ def _per(where: torch.Tensor, values: torch.Tensor, groups: int, size: int) -> t
         0, where, values.to(torch.float64)).view(groups, size)
 
 
+def _aggregated(levels: torch.Tensor, where: torch.Tensor, build, features) -> dict[str, dict[str, torch.Tensor]]:
+    """Features per aggregation, each (B,): ``build(neighbourhood, cells, groups)`` makes the
+    matrices of the "2D" or "3D" neighbourhood, ``cells`` being each voxel's group (its slice
+    of its ROI, or its ROI) among ``groups``; 2D averages the slices' features, 2.5D merges the
+    slices' matrices."""
+    b, z = levels.shape[:2]
+    out = {}
+    for name in AGGREGATIONS:
+        volume = name == "3D"
+        matrices = build("3D" if volume else "2D", where // z if volume else where, b if volume else b * z)
+        if name == "2.5D":
+            matrices = tuple(m.view(b, z, *m.shape[1:]).sum(1) for m in matrices)
+        values = features(*matrices)
+        out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in values.items()}
+    return out
+
+
 def ngtdm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 5 NGTDM features per aggregation, each (B,); ``shared``: :func:`neighbours` of
     ``levels``, when already made."""
-    b, z = levels.shape[:2]
     ng = n_levels
     level, where, found = shared or neighbours(levels)
-    out = {}
-    for name in AGGREGATIONS:
-        count, total, _ = found["3D" if name == "3D" else "2D"]
+
+    def build(neighbourhood, cells, groups):
+        count, total, _ = found[neighbourhood]
         keep = count > 0  # a voxel without neighbours in the ROI is left out
-        diff = (level - total / count.clamp(min=1)).abs()
-        cell = (where if name != "3D" else where // z)[keep] * ng + level[keep] - 1
-        groups = b * z if name != "3D" else b
-        n = _per(cell, torch.ones_like(diff[keep]), groups, ng)
-        s = _per(cell, diff[keep], groups, ng)
-        if name == "2.5D":
-            n, s = n.view(b, z, ng).sum(1), s.view(b, z, ng).sum(1)
-        features = _ngtdm_features(n, s)
-        out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in features.items()}
-    return out
+        diff = (level - total / count.clamp(min=1)).abs()[keep]
+        cell = cells[keep] * ng + level[keep] - 1
+        return _per(cell, torch.ones_like(diff), groups, ng), _per(cell, diff, groups, ng)
+
+    return _aggregated(levels, where, build, _ngtdm_features)
 
 
 def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,22 +105,16 @@ def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]
 
 def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 17 NGLDM features per aggregation, each (B,); ``shared`` as for :func:`ngtdm`."""
-    b, z = levels.shape[:2]
     ng = n_levels
     level, where, found = shared or neighbours(levels)
-    out = {}
-    for name in AGGREGATIONS:
-        _, _, same = found["3D" if name == "3D" else "2D"]
-        nn = 27 if name == "3D" else 9
-        dependence = same + 1
-        groups = b * z if name != "3D" else b
-        cell = ((where if name != "3D" else where // z) * ng + level - 1) * nn + dependence - 1
-        m = torch.bincount(cell, minlength=groups * ng * nn).view(groups, ng, nn).to(torch.float64)
-        if name == "2.5D":
-            m = m.view(b, z, ng, nn).sum(1)
-        features = _ngldm_features(m)
-        out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in features.items()}
-    return out
+
+    def build(neighbourhood, cells, groups):
+        dependence = found[neighbourhood][2] + 1  # the voxel and its neighbours of the same level
+        nn = 27 if neighbourhood == "3D" else 9
+        cell = (cells * ng + level - 1) * nn + dependence - 1
+        return (torch.bincount(cell, minlength=groups * ng * nn).view(groups, ng, nn).to(torch.float64),)
+
+    return _aggregated(levels, where, build, _ngldm_features)
 
 
 #: NGLDM feature → generic count-matrix feature (IBSI 3.12; the count j is the dependence).

@@ -71,7 +71,7 @@ def _steps(strides: tuple[int, int, int], device) -> torch.Tensor:
                         device=device)
 
 
-def _split(counts: torch.Tensor, b: int, z: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts (B, 13, Z, ...) per direction and slice → per slice and in-plane direction
     (B, Z, 4, ...), and per direction over the volume (B, 13, ...)."""
     per_slice = counts[:, :len(DIRECTIONS_2D)].transpose(1, 2)
@@ -93,7 +93,7 @@ def cooccurrence(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, tor
         other = flat[voxels + step]
         pair = other > 0
         counts += torch.bincount((where[pair] + d * z * ng) * ng + other[pair] - 1, minlength=counts.numel())
-    m2, m3 = _split(counts.view(b, nd, z, ng, ng), b, z)
+    m2, m3 = _split(counts.view(b, nd, z, ng, ng))
     return m2 + m2.transpose(-1, -2), m3 + m3.transpose(-1, -2)
 
 
@@ -196,7 +196,7 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     for d, starts, grey, length in runs:
         where = starts // volume * nd * z + d * z + (starts % volume) // strides[0] - 1
         counts += torch.bincount((where * ng + grey - 1) * longest + length - 1, minlength=counts.numel())
-    return _split(counts.view(b, nd, z, ng, longest), b, z)
+    return _split(counts.view(b, nd, z, ng, longest))
 
 
 def count_matrix_features(counts: torch.Tensor) -> dict[str, torch.Tensor]:
