@@ -114,7 +114,7 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     mask, mask_spacing = read_volume(args.mask)
     if not np.allclose(spacing, mask_spacing, rtol=1e-3):
         raise ValueError(f"the mask's spacing {mask_spacing} differs from the image's {spacing}; resample it first")
-    table = extract(image, mask == label, settings)
+    table = extract(image, mask == label, settings, spacing=spacing)
     table.insert(0, "image", str(args.image))
     if args.output:
         table.to_csv(args.output, index=False)

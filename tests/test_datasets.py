@@ -222,10 +222,13 @@ def test_radiomics_over_a_dataset_in_batches(as_user, tmp_path: Path):
         mask = np.zeros(node["image"].shape, bool)
         mask[:, 2:-2, 2:-2] = True
         masks[uid] = mask
-    settings = Settings(discretisation="fixed_bin_size", bin_width=25, families=("stat", "cm"))
+    settings = Settings(discretisation="fixed_bin_size", bin_width=25, families=("morph", "stat", "cm"))
     table = extract_dataset("research-ct", masks, settings, batch=1, progress=False)
     assert sorted(table.index) == sorted(masks)
-    for uid in masks:  # the same as one series alone
-        alone = extract(tree[uid]["image"].values, masks[uid], settings).iloc[0]
+    for uid in masks:  # the same as one series alone; the spacing comes from the series' coordinates
+        image = tree[uid]["image"]
+        alone = extract(image, masks[uid], settings).iloc[0]
         np.testing.assert_allclose(table.loc[uid].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
+        voxel = np.prod([float(np.diff(image[d].values[:2])[0]) for d in ("z", "y", "x")])
+        assert alone["morph_approximate_volume"] == pytest.approx(masks[uid].sum() * abs(voxel))
     assert [e["action"] for e in events(tmp_path)][-1] == "export"

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+import xarray as xr
 
 from medlib.radiomics import RadiomicsError, Settings, extract, extract_batch, feature_table
 from medlib.radiomics.extract import AGGREGATION_SUFFIX
 
 IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
+SPACING = (2.0, 2.0, 2.0)  # the digital phantom's voxels, mm
 
 
 def phantom() -> tuple[np.ndarray, np.ndarray]:
@@ -23,62 +27,100 @@ def phantom() -> tuple[np.ndarray, np.ndarray]:
 
 
 def tolerance(value: str, stated: str) -> float:
-    """The reference's tolerance, or (where it gives none) half a unit of the last printed digit."""
+    """The reference's tolerance, or (where it gives none) half a unit of the last printed digit.
+    The table renders the manual's a × 10^n as a float (1490.0 for 1.49 × 10³): such values
+    carry the manual's three significant digits."""
     if stated not in ("—", ""):
         return float(stated)
+    if re.fullmatch(r"-?\d{4,}\.0+", value):
+        return 0.5 * 10 ** (len(value.split(".")[0].lstrip("-")) - 3)
     mantissa, _, exponent = value.lower().partition("e")
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
     return 0.5 * 10 ** ((int(exponent) if exponent else 0) - decimals)
 
 
-def references() -> list[tuple[str, float, float]]:
+def references(data: str = "dig. phantom") -> list[tuple[str, float, float]]:
     """(medlib column, reference value, tolerance) for every implemented feature the IBSI
-    reference gives for the digital phantom.
+    reference gives for ``data`` ("dig. phantom", "config. A" ... "config. E").
 
-    The reference table names features by IBSI name and id, except that it gives the NGTDM and
-    NGLDM features whose names other families share (contrast; grey level non-uniformity, its
-    normalised form, grey level variance) the other family's id. Those are told apart by their
-    aggregation (2D, 2.5D, 3D for the neighbourhood families) and, among the zone and
-    dependence families that share it, by order: NGLDM is the last family of the table."""
-    table = feature_table()
-    by_ibsi: dict[tuple[str, str], list[str]] = {}  # V10 and V90 (I10, I90) share a name: in table order
-    for r in table:
-        if r["family"] in ("stat", "ih", "ivh", "cm", "rlm"):
-            by_ibsi.setdefault((r["ibsi_name"], r["ibsi_id"]), []).append(f"{r['family']}_{r['key']}")
+    The table lists families in IBSI order, feature by feature; features of different families
+    share names (and, in the table, sometimes ids), so each row's family is the one whose first
+    feature (as features.csv lists it) came last. Within a family, names are unique except the
+    IVH's volume and intensity at a fraction (V10 and V90, I10 and I90), which come in order."""
+    first_of: dict[str, str] = {}  # family → the name of its first feature
+    columns: dict[tuple[str, str], list[str]] = {}
+    for r in feature_table():
+        first_of.setdefault(r["family"], r["ibsi_name"])
+        columns.setdefault((r["family"], r["ibsi_name"]), []).append(f"{r['family']}_{r['key']}")
+    family_of_first = {name: family for family, name in first_of.items()}
+    family = None
     seen: dict[tuple, int] = {}
-    by_name = {r["ibsi_name"]: f"{r['family']}_{r['key']}" for r in table if r["family"] in ("ngt", "ngl")}
     found: dict[str, tuple[float, float]] = {}
     with open(IBSI / "reference_values.csv", newline="") as f:
         for r in csv.DictReader(f):
-            if r["data"] != "dig. phantom" or r["value"] in ("—", ""):
+            family = family_of_first.get(r["feature"], family)
+            names = columns.get((family, r["feature"]))
+            if r["data"] != data or names is None:
+                continue
+            key = (family, r["feature"], r["aggregation"])
+            seen[key] = seen.get(key, -1) + 1
+            if r["value"] in ("—", ""):
                 continue
             value = r["value"].replace("- ", "-").replace("\u2212", "-").replace(" ", "")
-            if r["aggregation"] in ("2D", "2.5D", "3D"):
-                column = by_name.get(r["feature"])
-                if column is None or (column.startswith("ngt_") and r["feature"] not in
-                                      ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")):
-                    continue
-            else:
-                columns = by_ibsi.get((r["feature"], r["ibsi_id"]))
-                if columns is None or r["aggregation"] and r["aggregation"] not in AGGREGATION_SUFFIX:
-                    continue
-                key = (r["feature"], r["ibsi_id"], r["aggregation"])
-                seen[key] = seen.get(key, -1) + 1
-                column = columns[min(seen[key], len(columns) - 1)]
+            column = names[min(seen[key], len(names) - 1)]
             if r["aggregation"]:
                 column += "_" + AGGREGATION_SUFFIX[r["aggregation"]]
-            found[column] = (float(value), tolerance(value, r["tolerance"]))  # the last occurrence wins
+            found[column] = (float(value), tolerance(value, r["tolerance"]))
     return [(c, v, t) for c, (v, t) in found.items()]
 
 
 def test_every_implemented_feature_matches_the_ibsi_digital_phantom():
-    row = extract(*phantom(), Settings(discretisation="none")).iloc[0]
+    row = extract(*phantom(), Settings(discretisation="none"), spacing=SPACING).iloc[0]
     checks = references()
-    # 18 statistics + 23 histogram + 6 intensity-volume (no reference for the area under the IVH)
-    # + 6 aggregations × (25 GLCM + 16 GLRLM) + 3 × (5 NGTDM + 17 NGLDM)
-    assert len(checks) == 18 + 23 + 6 + 6 * 41 + 3 * 22
+    # 25 morphological (no reference for the OMBB and MVEE densities) + 2 local intensity
+    # + 18 statistics + 23 histogram + 6 intensity-volume (no reference for the area under the IVH)
+    # + 6 aggregations × (25 GLCM + 16 GLRLM) + 3 × (16 GLSZM + 16 GLDZM + 5 NGTDM + 17 NGLDM)
+    assert len(checks) == 25 + 2 + 18 + 23 + 6 + 6 * 41 + 3 * (16 + 16 + 5 + 17)
     assert {c for c, _, _ in checks} == set(row.index)  # every column has its reference
     misses = [f"{c}: {row[c]:.6g}, reference {v} ± {t}" for c, v, t in checks if not abs(row[c] - v) <= t + 1e-12]
+    assert misses == []
+
+
+#: IBSI 1 configurations A–E of the CT phantom (ibsi_reference_data_sets.rst, "Configurations").
+CONFIGURATIONS = {
+    "A": Settings(resegment_range=(-500, 400), discretisation="fixed_bin_size", bin_width=25,
+                  ivh_discretisation="none"),
+    "B": Settings(resample_spacing=(None, 2, 2), round_intensities=True, resegment_range=(-500, 400),
+                  discretisation="fixed_bin_number", bins=32, ivh_discretisation="none"),
+    "C": Settings(resample_spacing=(2, 2, 2), round_intensities=True, resegment_range=(-1000, 400),
+                  discretisation="fixed_bin_size", bin_width=25, ivh_discretisation="fixed_bin_size", ivh_bin_width=2.5),
+    "D": Settings(resample_spacing=(2, 2, 2), round_intensities=True, resegment_outliers=True,
+                  discretisation="fixed_bin_number", bins=32, ivh_discretisation="none"),
+    "E": Settings(resample_spacing=(2, 2, 2), interpolator="cubic", round_intensities=True,
+                  resegment_range=(-1000, 400), resegment_outliers=True, discretisation="fixed_bin_number", bins=32,
+                  ivh_discretisation="fixed_bin_number", ivh_bins=1000),
+}
+
+
+@pytest.fixture(scope="module")
+def ct_phantom() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The IBSI CT phantom (read from ../shared, not copied: CC BY-NC), z-y-x, its intensities
+    rounded to integers as the manual asks, and its spacing."""
+    image = nib.load(IBSI / "ct_phantom" / "image.nii.gz")
+    mask = nib.load(IBSI / "ct_phantom" / "mask.nii.gz")
+    x, y, z = (float(v) for v in image.header.get_zooms()[:3])
+    return (np.round(np.asarray(image.dataobj, dtype=np.float32)).transpose(2, 1, 0),
+            np.asarray(mask.dataobj).transpose(2, 1, 0), (z, y, x))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
+def test_every_implemented_feature_matches_the_ibsi_ct_phantom(ct_phantom, name: str):
+    image, mask, spacing = ct_phantom
+    row = extract(image, mask, CONFIGURATIONS[name], spacing=spacing).iloc[0]
+    checks = references(f"config. {name}")
+    assert len(checks) == {"A": 346, "B": 346, "C": 209, "D": 210, "E": 210}[name]  # 2D configs: 2D aggregations
+    assert {c for c, _, _ in checks} <= set(row.index)
+    misses = [f"{c}: {row[c]:.6g}, reference {v} ± {t}" for c, v, t in checks if not abs(row[c] - v) <= t + 1e-9]
     assert misses == []
 
 
@@ -89,9 +131,9 @@ def test_a_batch_gives_each_roi_what_it_gives_alone():
     other_mask = np.zeros(other.shape, bool)
     other_mask[2:8, 3:12, 1:9] = rng.random((6, 9, 8)) > 0.2
     settings = Settings(discretisation="fixed_bin_number", bins=16)
-    together = extract_batch([image, other], [mask, other_mask], settings)
+    together = extract_batch([image, other], [mask, other_mask], settings, spacing=SPACING)
     for n, (i, m) in enumerate([(image, mask), (other, other_mask)]):
-        alone = extract(i, m, settings).iloc[0]
+        alone = extract(i, m, settings, spacing=SPACING).iloc[0]
         np.testing.assert_allclose(together.iloc[n].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
 
 
@@ -99,34 +141,48 @@ def test_fixed_bin_size_and_resegmentation():
     image = np.arange(60, dtype=float).reshape(3, 4, 5) * 10 - 200  # -200 .. 390
     mask = np.ones(image.shape, bool)
     row = extract(image, mask, Settings(discretisation="fixed_bin_size", bin_width=25,
-                                        resegment_range=(-100, 300))).iloc[0]
+                                        resegment_range=(-100, 300)), spacing=(1, 1, 1)).iloc[0]
     assert row["stat_minimum"] == -100 and row["stat_maximum"] == 300
     assert row["ih_minimum"] == 1 and row["ih_maximum"] == 17  # floor(400 / 25) + 1
     # 41 values -100, -90 .. 300 in 17 bins of 3, 2, 3, 2, ... voxels; the IVH speaks in bin
     # centres -87.5, -62.5, ...: 90% of the volume lies in bin 3 and above, 10% in bin 16 and above
     assert row["ivh_i90"] == -87.5 + 2 * 25 and row["ivh_i10"] == -87.5 + 15 * 25
-    assert row["ivh_v10"] == pytest.approx(36 / 41) and row["ivh_v90"] == pytest.approx(3 / 41)
+    # its range G is [-87.5, 287.5] (IBSI 3.5): intensity fraction 0.1 is reached at bin 3
+    # (-37.5), 0.9 at bin 15 (262.5), which hold the values from -50 and from 250 up
+    assert row["ivh_v10"] == pytest.approx(36 / 41) and row["ivh_v90"] == pytest.approx(6 / 41)
 
 
 def test_bad_input_gives_a_clear_error_or_ibsi_nan():
     image, mask = phantom()
     with pytest.raises(RadiomicsError, match="the mask is empty"):
-        extract(image, np.zeros_like(mask))
+        extract(image, np.zeros_like(mask), spacing=SPACING)
     with pytest.raises(RadiomicsError, match="does not match the image's"):
-        extract(image, mask[:, :, :-1])
+        extract(image, mask[:, :, :-1], spacing=SPACING)
     with pytest.raises(RadiomicsError, match="grey levels 1, 2"):
-        extract(image - 0.5, mask, Settings(discretisation="none"))
+        extract(image - 0.5, mask, Settings(discretisation="none"), spacing=SPACING)
     single = np.zeros_like(mask)
     single[1, 1, 1] = 1
-    row = extract(image, single).iloc[0]  # one voxel: statistics defined, no pairs or runs to count
+    row = extract(image, single, spacing=SPACING).iloc[0]  # one voxel: statistics defined, no pairs or runs to count
     assert row["stat_variance"] == 0 and np.isnan(row["cm_contrast_3D_merged"])
     assert row["rlm_run_percentage_3D_merged"] == pytest.approx(1.0)
-    constant = extract(np.full(image.shape, 7.0), mask).iloc[0]  # one grey level everywhere
+    constant = extract(np.full(image.shape, 7.0), mask, spacing=SPACING).iloc[0]  # one grey level everywhere
     assert constant["ih_variance"] == 0 and constant["cm_joint_maximum_3D_merged"] == 1
+    assert np.isnan(constant["morph_morans_i"]) and constant["szm_zone_percentage_3D"] == pytest.approx(1 / mask.sum())
+    # re-segmentation leaves no voxel: the shape is still there, every intensity feature is NaN
+    gone = extract_batch([image, image], [mask, mask], Settings(resegment_range=(100, 200)), spacing=SPACING)
+    assert gone.iloc[0]["morph_volume"] == pytest.approx(556, abs=4)
+    intensity_columns = [c for c in gone if not c.startswith("morph_")]
+    assert gone[intensity_columns].isna().all().all() and np.isnan(gone.iloc[1]["morph_integrated_intensity"])
+    with pytest.raises(RadiomicsError, match="give the voxel spacing"):
+        extract(image, mask)
+    with pytest.raises(RadiomicsError, match="different voxel spacings"):
+        extract_batch([image, xr.DataArray(image, dims=("z", "y", "x"), coords={d: np.arange(n) * 3.0 for d, n in
+                                                                                zip("zyx", image.shape)})],
+                      [mask, mask], spacing=SPACING)
 
 
 def test_pyradiomics_names():
-    table = extract(*phantom(), Settings(discretisation="none", names="pyradiomics"))
+    table = extract(*phantom(), Settings(discretisation="none", names="pyradiomics"), spacing=SPACING)
     assert "original_firstorder_Mean" in table and "original_glcm_Idmn" in table
     assert "original_glrlm_RunPercentage" in table and not any(c.startswith("cm_") for c in table)
 
@@ -157,7 +213,64 @@ def test_cli_reads_nifti_nrrd_and_dicom_with_a_pyradiomics_parameter_file(tmp_pa
     bad = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(IBSI / "digital_phantom" / "image.nii.gz"),
                           str(tmp_path / "mask.nrrd")], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "differs from the image's" in bad.stderr
-    params.write_text("setting:\n  binWidth: 25\n  interpolator: sitkBSpline\n")
+    params.write_text("setting:\n  binWidth: 25\n  normalize: true\n")
     refused = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(paths[0].parent),
                               str(tmp_path / "mask.nrrd"), "--params", str(params)], capture_output=True, text=True, env=env)
-    assert refused.returncode == 2 and "interpolator are not implemented" in refused.stderr
+    assert refused.returncode == 2 and "normalize are not implemented" in refused.stderr
+
+
+def test_zones_are_the_connected_components_scipy_finds():
+    from scipy import ndimage
+
+    from medlib.radiomics.zones import Zones
+
+    rng = np.random.default_rng(3)
+    levels = rng.integers(1, 4, size=(2, 6, 9, 11)) * (rng.random((2, 6, 9, 11)) > 0.15)
+    found = Zones(torch.from_numpy(levels)).found
+    in_slice = np.zeros((3, 3, 3))
+    in_slice[1] = 1
+    for name, structure in (("2D", in_slice), ("3D", np.ones((3, 3, 3)))):
+        expected = []
+        for roi in levels:
+            for g in (1, 2, 3):
+                labels, n = ndimage.label(roi == g, structure=structure)
+                expected += sorted(np.bincount(labels.ravel())[1:].tolist())
+        level, cell, size, _ = found[name]
+        ours = []
+        for roi in range(2):
+            for g in (1, 2, 3):
+                chosen = (cell // 6 == roi) & (level == g)  # cell: ROI × 6 slices + slice
+                ours += sorted(size[chosen].tolist())
+        assert ours == expected
+
+
+def test_morans_i_and_gearys_c_equal_the_pairwise_sums():
+    from medlib.radiomics.morphology import spatial_autocorrelation
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(5, 6, 7)).cumsum(2)
+    inside = rng.random(values.shape) > 0.3
+    spacing = (2.5, 0.8, 1.1)
+    points = np.argwhere(inside) * spacing
+    x = values[inside]
+    d = x - x.mean()
+    distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    w = np.where(distance > 0, 1 / np.where(distance > 0, distance, 1), 0)
+    n = len(x)
+    moran = n / w.sum() * (w * d[:, None] * d[None]).sum() / (d ** 2).sum()
+    geary = (n - 1) / (2 * w.sum()) * (w * (x[:, None] - x[None]) ** 2).sum() / (d ** 2).sum()
+    ours = spatial_autocorrelation(torch.from_numpy(values)[None], torch.from_numpy(inside)[None], spacing)
+    assert float(ours["morans_i"][0]) == pytest.approx(moran, rel=1e-9)
+    assert float(ours["gearys_c"][0]) == pytest.approx(geary, rel=1e-9)
+
+
+def test_resampling_aligns_grid_centres_and_extrapolates_the_boundary():
+    from medlib.radiomics.resample import axis_matrix
+
+    ramp = torch.arange(5, dtype=torch.float64) * 3.0  # 5 voxels of 3 mm → ceil(15 / 2) = 8 of 2 mm
+    m = axis_matrix(5, 3.0, 2.0, "linear")
+    # centres: old 0..12 mm, new 6 ± 7 mm in steps of 2: -1, 1, ..., 13; beyond the ends, the boundary value
+    assert (m @ ramp).tolist() == pytest.approx([0, 1, 3, 5, 7, 9, 11, 12])
+    smooth = torch.tensor([0.0, 1, 4, 9, 16, 25, 36, 49, 64, 81], dtype=torch.float64) / 81
+    cubic = axis_matrix(10, 1.0, 1.0, "cubic") @ smooth  # the spline passes through its samples
+    assert cubic.tolist() == pytest.approx(smooth.tolist(), abs=1e-9)

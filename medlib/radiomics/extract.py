@@ -1,28 +1,31 @@
 """Feature extraction: image processing (IBSI 1, chapter 2) and every implemented family.
 
-:func:`extract_batch` takes many ROIs at once: each is cropped to its bounding box, discretised,
-and padded into one batch, so that every family runs as whole-tensor operations on the chosen
-device. :func:`extract` is the one-ROI form. Feature names come from ``features.csv`` (IBSI
-family prefix and key, texture features with their aggregation), or PyRadiomics' names where
-one exists (``names="pyradiomics"``).
+:func:`extract_batch` takes many ROIs at once. Each is resampled (when asked) and cropped to its
+bounding box, plus the 1 cm³ sphere's reach where local intensity is asked for; the crops are
+re-segmented, discretised and padded into one batch, so that every family runs as whole-tensor
+operations on the chosen device. :func:`extract` is the one-ROI form. Feature names come from
+``features.csv`` (IBSI family prefix and key, texture features with their aggregation), or
+PyRadiomics' names where one exists (``names="pyradiomics"``).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from . import first_order, neighbourhood, texture
+from . import first_order, neighbourhood, texture, zones
+from .local_intensity import local_intensity, sphere_margin
+from .morphology import morphology
+from .resample import INTERPOLATORS, resample
+from .table import feature_table
 
-FEATURES = Path(__file__).with_name("features.csv")
-FAMILIES = ("stat", "ih", "ivh", "cm", "rlm", "ngt", "ngl")
+FAMILIES = ("morph", "loc", "stat", "ih", "ivh", "cm", "rlm", "szm", "dzm", "ngt", "ngl")
 AGGREGATION_SUFFIX = {a: a.replace(", ", "_").replace(".", "_").replace("-", "_").replace(" ", "_")
                       for a in texture.AGGREGATIONS + neighbourhood.AGGREGATIONS}
+DISCRETISATIONS = ("fixed_bin_number", "fixed_bin_size", "none")
 
 
 class RadiomicsError(ValueError):
@@ -34,6 +37,13 @@ class Settings:
     """IBSI image processing and what to compute.
 
     Attributes:
+        resample_spacing: (z, y, x) voxel size in mm to interpolate to (IBSI 2.4, grid centres
+            aligned); None for an axis keeps it (``(None, 2, 2)``: in the slice only); None: no
+            interpolation.
+        interpolator: "nearest", "linear" or "cubic" (B-spline) for the image.
+        mask_interpolator: "nearest" or "linear" for the mask; ``mask_threshold``: the
+            partial-volume fraction from which an interpolated mask voxel is in the ROI.
+        round_intensities: round interpolated intensities to integers (CT: Hounsfield units).
         discretisation: "fixed_bin_number", "fixed_bin_size" or "none" (intensities that are
             already positive integer grey levels, as the IBSI digital phantom).
         bins: the number of bins (fixed bin number).
@@ -41,47 +51,97 @@ class Settings:
             ROI's minimum.
         resegment_range: keep only intensities in [low, high] (IBSI 2.6); None: all.
         resegment_outliers: also drop intensities beyond mean ± 3 SD (IBSI 2.6).
-        families: among stat (intensity statistics), ih (intensity histogram), ivh (intensity-volume
-            histogram), cm (GLCM), rlm (GLRLM), ngt (NGTDM), ngl (NGLDM).
+        ivh_discretisation: for the intensity-volume histogram (IBSI 3.5): "texture" (as for
+            texture), "none" (discrete calibrated intensities such as CT, interval 1),
+            "fixed_bin_size" (``ivh_bin_width``, bin centres) or "fixed_bin_number"
+            (``ivh_bins``, arbitrary units).
+        families: among morph (morphology), loc (local intensity), stat (intensity statistics),
+            ih (intensity histogram), ivh (intensity-volume histogram), cm (GLCM), rlm (GLRLM),
+            szm (GLSZM), dzm (GLDZM), ngt (NGTDM), ngl (NGLDM).
         device: "cpu", "cuda", ...
+        names: "ibsi" (family_key[_aggregation]) or "pyradiomics" (PyRadiomics' names, for the
+            features it has).
     """
 
+    resample_spacing: tuple[float | None, float | None, float | None] | None = None
+    interpolator: str = "linear"
+    mask_interpolator: str = "linear"
+    mask_threshold: float = 0.5
+    round_intensities: bool = False
     discretisation: str = "fixed_bin_number"
     bins: int = 32
     bin_width: float = 25.0
     resegment_range: tuple[float, float] | None = None
     resegment_outliers: bool = False
+    ivh_discretisation: str = "texture"
+    ivh_bins: int = 1000
+    ivh_bin_width: float = 2.5
     families: tuple[str, ...] = FAMILIES
     device: str = "cpu"
-    names: str = "ibsi"  # or "pyradiomics"
+    names: str = "ibsi"
 
     def __post_init__(self):
-        if self.discretisation not in ("fixed_bin_number", "fixed_bin_size", "none"):
-            raise RadiomicsError(f"discretisation {self.discretisation!r}: use fixed_bin_number, fixed_bin_size "
-                                 "or none")
+        if self.discretisation not in DISCRETISATIONS:
+            raise RadiomicsError(f"discretisation {self.discretisation!r}: use {', '.join(DISCRETISATIONS)}")
+        if self.ivh_discretisation not in ("texture",) + DISCRETISATIONS:
+            raise RadiomicsError(f"ivh_discretisation {self.ivh_discretisation!r}: use texture, "
+                                 f"{', '.join(DISCRETISATIONS)}")
+        for name in ("interpolator", "mask_interpolator"):
+            if getattr(self, name) not in INTERPOLATORS:
+                raise RadiomicsError(f"{name} {getattr(self, name)!r}: use {', '.join(INTERPOLATORS)}")
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown:
             raise RadiomicsError(f"unknown feature families {unknown}; known: {', '.join(FAMILIES)}")
+        if self.names not in ("ibsi", "pyradiomics"):
+            raise RadiomicsError(f"names {self.names!r}: use ibsi or pyradiomics")
 
 
-def feature_table() -> list[dict[str, str]]:
-    """The rows of ``features.csv``: family, key, IBSI id and name, PyRadiomics name."""
-    with open(FEATURES, newline="") as f:
-        return list(csv.DictReader(f))
+def _spacing_of(image) -> tuple[float, float, float] | None:
+    """(z, y, x) spacing in mm from an xarray DataArray's coordinates, as ``medlib.datasets``
+    gives them; None for a plain array."""
+    coords = getattr(image, "coords", None)
+    if coords is None:
+        return None
+    return tuple(float(np.abs(np.diff(np.asarray(coords[d]))).mean()) if len(coords[d]) > 1 else 1.0
+                 for d in ("z", "y", "x"))
 
 
-def _crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(image, mask, spacing, settings: Settings):
+    """One ROI as tensors: its intensities, morphological mask and which positions are image
+    (not padding), cropped to the ROI with the margin local intensity needs; and its spacing."""
+    spacing = _spacing_of(image) or spacing
+    if spacing is None:
+        raise RadiomicsError("give the voxel spacing: spacing=(z, y, x) in mm, or an xarray image with "
+                             "coordinates in mm (as medlib.datasets opens them)")
+    image, mask = np.asarray(image), np.asarray(mask)
     if image.shape != mask.shape:
         raise RadiomicsError(f"the mask's grid {mask.shape} does not match the image's {image.shape}; "
                              "resample the mask onto the image first")
+    if image.ndim != 3:
+        raise RadiomicsError(f"give a volume (z, y, x); this image has {image.ndim} dimension(s)")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise RadiomicsError("the mask is empty: there is no region of interest")
+    values = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64)).to(settings.device)
+    inside = torch.from_numpy(mask).to(settings.device)
+    if settings.resample_spacing is not None:
+        target = tuple(settings.resample_spacing)
+        new = tuple(s if t is None else t for s, t in zip(spacing, target))
+        margin = max(sphere_margin(new)) + 1 if "loc" in settings.families else 1
+        values, inside, spacing = resample(values, inside, spacing, target, settings.interpolator,
+                                           settings.mask_interpolator, settings.mask_threshold, margin)
+        if not inside.any():
+            raise RadiomicsError(f"no voxel of the ROI is left after resampling to {new} mm; the ROI is smaller "
+                                 "than the new voxels")
+        if settings.round_intensities:
+            values = values.round()
+    margin = sphere_margin(spacing) if "loc" in settings.families else (0, 0, 0)
     box = []
     for axis in range(3):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if not len(present):
-            raise RadiomicsError("the mask is empty: there is no region of interest")
-        box.append(slice(present[0], present[-1] + 1))
+        present = torch.nonzero(inside.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        box.append(slice(max(int(present[0]) - margin[axis], 0), int(present[-1]) + 1 + margin[axis]))
     box = tuple(box)
-    return image[box], mask[box].astype(bool)
+    return values[box], inside[box], tuple(float(s) for s in spacing)
 
 
 def _resegment(values: torch.Tensor, inside: torch.Tensor, settings: Settings) -> torch.Tensor:
@@ -118,90 +178,145 @@ def _discretise(values: torch.Tensor, inside: torch.Tensor, settings: Settings) 
     return levels, max(n_levels, 1)
 
 
-def _ivh_grid(values, levels, inside, n_levels: int, settings: Settings):
-    """Per ROI, the intensity of each grey level (B, Ng) and the total range G in levels (IBSI 3.5):
-    discrete intensities stand for themselves over [min, max]; fixed bin size bins for their
-    centres over all bins; fixed bin number bins for their numbers, over [1, Ng]."""
-    k = torch.arange(1, n_levels + 1, dtype=torch.float64, device=levels.device)
-    b = levels.shape[0]
-    full = torch.tensor([1.0, float(n_levels)], dtype=torch.float64, device=levels.device).expand(b, 2)
-    if settings.discretisation == "none":
-        big = torch.iinfo(levels.dtype).max
-        low = torch.where(inside, levels, big).amin((1, 2, 3))
-        high = torch.where(inside, levels, 0).amax((1, 2, 3))
-        return k.expand(b, n_levels), torch.stack([low, high], 1)
-    if settings.discretisation == "fixed_bin_size":
-        if settings.resegment_range is not None:
-            origin = torch.full((b, 1), float(settings.resegment_range[0]), dtype=torch.float64, device=levels.device)
-        else:
-            origin = torch.where(inside, values, torch.finfo(values.dtype).max).amin((1, 2, 3))[:, None]
-        return origin + (k - 0.5) * settings.bin_width, full
-    return k.expand(b, n_levels), full
+def _ivh_levels(values, inside, levels, n_levels: int, settings: Settings):
+    """The intensity-volume histogram's discretisation (IBSI 3.5): grey levels (0 outside),
+    their number Ng, the intensity each level stands for (B, Ng) and the total range G in
+    levels (B, 2)."""
+    b = values.shape[0]
+    dev = dict(dtype=torch.float64, device=values.device)
+    method = settings.ivh_discretisation
+    if method == "texture":
+        method = settings.discretisation
+        width, bins = settings.bin_width, settings.bins
+    else:
+        width, bins = settings.ivh_bin_width, settings.ivh_bins
+        if method != "none":
+            levels, n_levels = _discretise(values, inside, replace(settings, discretisation=method, bins=bins,
+                                                                   bin_width=width))
+    big = torch.finfo(torch.float64).max
+    low = torch.where(inside, values, big).amin((1, 2, 3))
+    high = torch.where(inside, values, -big).amax((1, 2, 3))
+    if settings.resegment_range is not None:
+        low = torch.full_like(low, settings.resegment_range[0])
+        if np.isfinite(settings.resegment_range[1]):
+            high = torch.full_like(high, settings.resegment_range[1])
+    ones = torch.ones(b, **dev)
+    if method == "none" and settings.ivh_discretisation != "texture":  # calibrated discrete intensities
+        roi = values[inside]
+        if not torch.equal(roi, roi.round()):
+            raise RadiomicsError("ivh_discretisation 'none' needs integer intensities (round them, or use "
+                                 "fixed_bin_size)")
+        levels = torch.where(inside, (values - low[:, None, None, None]).long() + 1, 0)
+        n_levels = int((high - low).max().item()) + 1
+        k = torch.arange(1, n_levels + 1, **dev)
+        return levels, n_levels, low[:, None] + k - 1, torch.stack([ones, high - low + 1], 1)
+    k = torch.arange(1, n_levels + 1, **dev)
+    if method == "none":  # grey levels as given: they stand for themselves, over [min, max]
+        return levels, n_levels, k.expand(b, n_levels), torch.stack([low, high], 1)
+    if method == "fixed_bin_size":  # bin centres over [min + w/2, max - w/2]
+        return levels, n_levels, low[:, None] + (k - 0.5) * width, torch.stack([ones, (high - low) / width], 1)
+    return levels, n_levels, k.expand(b, n_levels), torch.stack([ones, ones * n_levels], 1)
 
 
-def _compact(values: torch.Tensor, levels: torch.Tensor, inside: torch.Tensor):
-    """Each ROI's intensities and grey levels, packed at the front of its row: (B, N) with N
-    the largest ROI, and which entries are real."""
+def _compact(inside: torch.Tensor, *volumes: torch.Tensor):
+    """Each ROI's entries of ``volumes``, packed at the front of its row: (B, N) each, with N
+    the largest ROI; and which entries are real."""
     rows, cols = torch.nonzero(inside.flatten(1), as_tuple=True)
     counts = inside.flatten(1).sum(1)
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(len(rows), device=rows.device) - starts[rows]
     width = max(int(counts.max()), 1)
-    packed_values = torch.zeros(len(counts), width, dtype=values.dtype, device=values.device)
-    packed_levels = torch.zeros(len(counts), width, dtype=levels.dtype, device=levels.device)
-    packed_values[rows, position] = values.flatten(1)[rows, cols]
-    packed_levels[rows, position] = levels.flatten(1)[rows, cols]
+    packed = []
+    for volume in volumes:
+        out = torch.zeros(len(counts), width, dtype=volume.dtype, device=volume.device)
+        out[rows, position] = volume.flatten(1)[rows, cols]
+        packed.append(out)
     valid = torch.arange(width, device=rows.device)[None, :] < counts[:, None]
-    return packed_values, packed_levels, valid
+    return (*packed, valid)
 
 
-def extract_batch(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], settings: Settings = Settings()):
-    """Features of many ROIs (arrays z-y-x of the same spacing), one row each: a DataFrame."""
+def _batch(rois):
+    """ROIs (values, mask) of different shapes → padded (B, Z, Y, X) values, mask and which
+    positions are image."""
+    shape = tuple(max(r[0].shape[a] for r in rois) for a in range(3))
+    device = rois[0][0].device
+    values = torch.zeros((len(rois), *shape), dtype=torch.float64, device=device)
+    morphological = torch.zeros((len(rois), *shape), dtype=torch.bool, device=device)
+    image = torch.zeros((len(rois), *shape), dtype=torch.bool, device=device)
+    for n, (v, m, _) in enumerate(rois):
+        box = (n, *(slice(0, s) for s in v.shape))
+        values[box], morphological[box], image[box] = v, m, True
+    return values, morphological, image
+
+
+def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settings(), spacing=None):
+    """Features of many ROIs, one row each: a DataFrame.
+
+    Args:
+        images: volumes (z, y, x): xarray DataArrays with coordinates in mm (as
+            ``medlib.datasets`` opens them), or arrays with ``spacing``.
+        masks: one per image, on its grid; nonzero is in the ROI.
+        spacing: (z, y, x) voxel size in mm of the arrays (not needed for DataArrays). After
+            resampling, all ROIs of a batch must have the same spacing.
+    """
     import pandas as pd
 
     if len(images) != len(masks):
         raise RadiomicsError(f"{len(images)} images but {len(masks)} masks")
-    crops = [_crop(np.asarray(i), np.asarray(m)) for i, m in zip(images, masks)]
-    shape = tuple(max(c[0].shape[a] for c in crops) for a in range(3))
-    device = torch.device(settings.device)
-    values = torch.zeros((len(crops), *shape), dtype=torch.float64)
-    inside = torch.zeros((len(crops), *shape), dtype=torch.bool)
-    for n, (image, mask) in enumerate(crops):
-        box = (n, *(slice(0, s) for s in image.shape))
-        values[box] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))
-        inside[box] = torch.from_numpy(mask)
-    values, inside = values.to(device), inside.to(device)
-    inside = _resegment(values, inside, settings)
+    rois = [_prepare(i, m, spacing, settings) for i, m in zip(images, masks)]
+    spacings = {r[2] for r in rois}
+    if len(spacings) > 1:
+        raise RadiomicsError(f"the ROIs have different voxel spacings {sorted(spacings)}; set resample_spacing, "
+                             "or extract them in separate batches")
+    spacing = spacings.pop()
+    values, morphological, image = _batch(rois)
+    inside = _resegment(values, morphological, settings)
     levels, n_levels = _discretise(values, inside, settings)
-
-    columns: dict[str, torch.Tensor] = {}
-    roi_values, roi_levels, valid = _compact(values, levels, inside)
-    if "stat" in settings.families:
-        for key, v in first_order.intensity_statistics(roi_values, valid).items():
-            columns[f"stat_{key}"] = v
-    if "ih" in settings.families:
-        for key, v in first_order.intensity_histogram(roi_levels, valid, n_levels).items():
-            columns[f"ih_{key}"] = v
-    if "ivh" in settings.families:
-        for key, v in first_order.intensity_volume_histogram(
-                roi_levels, valid, n_levels, *_ivh_grid(values, levels, inside, n_levels, settings)).items():
-            columns[f"ivh_{key}"] = v
+    families = set(settings.families)
     voxels = inside.sum((1, 2, 3))
     per_slice = inside.sum((2, 3))
+
+    columns: dict[str, torch.Tensor] = {}
+
+    def add(family: str, features: dict, aggregation: str | None = None):
+        for key, v in features.items():
+            if family != "morph":  # no intensities left after re-segmentation: nothing to describe
+                v = torch.where(voxels > 0, v, torch.nan)
+            columns[f"{family}_{key}" + (f"_{AGGREGATION_SUFFIX[aggregation]}" if aggregation else "")] = v
+
+    if "morph" in families:
+        add("morph", morphology(morphological, inside, values, spacing))
+    if "loc" in families:
+        add("loc", local_intensity(values, image, inside, spacing))
+    roi_values, roi_levels, valid = _compact(inside, values, levels)
+    if "stat" in families:
+        add("stat", first_order.intensity_statistics(roi_values, valid))
+    if "ih" in families:
+        add("ih", first_order.intensity_histogram(roi_levels, valid, n_levels))
+    if "ivh" in families:
+        ivh_levels, ivh_n, intensity, level_range = _ivh_levels(values, inside, levels, n_levels, settings)
+        (roi_ivh, _) = _compact(inside, ivh_levels)
+        add("ivh", first_order.intensity_volume_histogram(roi_ivh, valid, ivh_n, intensity, level_range))
     for family, matrices, features in (("cm", texture.cooccurrence, texture.glcm_features),
                                        ("rlm", texture.run_lengths, texture.glrlm_features)):
-        if family in settings.families:
+        if family in families:
             m2, m3 = matrices(levels, n_levels)
-            for aggregation, values_by_key in texture.aggregate(m2, m3, features, voxels, per_slice).items():
-                for key, v in values_by_key.items():
-                    columns[f"{family}_{key}_{AGGREGATION_SUFFIX[aggregation]}"] = v
-    shared = neighbourhood.neighbours(levels) if {"ngt", "ngl"} & set(settings.families) else None
+            for aggregation, by_key in texture.aggregate(m2, m3, features, voxels, per_slice).items():
+                add(family, by_key, aggregation)
+    if {"szm", "dzm"} & families:
+        found = zones.Zones(levels, morphological)
+        for family in ("szm", "dzm"):
+            if family in families:
+                for aggregation, by_key in found.features(n_levels, family).items():
+                    add(family, by_key, aggregation)
+    shared = neighbourhood.neighbours(levels) if {"ngt", "ngl"} & families else None
     for family, features in (("ngt", neighbourhood.ngtdm), ("ngl", neighbourhood.ngldm)):
-        if family in settings.families:
-            for aggregation, values_by_key in features(levels, n_levels, shared).items():
-                for key, v in values_by_key.items():
-                    columns[f"{family}_{key}_{AGGREGATION_SUFFIX[aggregation]}"] = v
-    table = pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})
+        if family in families:
+            for aggregation, by_key in features(levels, n_levels, shared).items():
+                add(family, by_key, aggregation)
+    order = {family: n for n, family in enumerate(FAMILIES)}
+    table = pd.DataFrame({k: columns[k].detach().cpu().numpy()
+                          for k in sorted(columns, key=lambda c: order[c.split("_", 1)[0]])})
     if settings.names == "pyradiomics":
         names = {k: v for k, v in pyradiomics_names().items() if k in table}
         table = table[list(names)].rename(columns=names)
@@ -216,14 +331,15 @@ def pyradiomics_names() -> dict[str, str]:
         if not row["pyradiomics"]:
             continue
         key = f"{row['family']}_{row['key']}"
-        suffix = {"cm": "_3D_averaged", "rlm": "_3D_averaged", "ngt": "_3D", "ngl": "_3D"}.get(row["family"], "")
+        suffix = {"cm": "_3D_averaged", "rlm": "_3D_averaged", "szm": "_3D", "ngt": "_3D",
+                  "ngl": "_3D"}.get(row["family"], "")
         names[key + suffix] = "original_" + row["pyradiomics"]
     return names
 
 
-def extract(image: np.ndarray, mask: np.ndarray, settings: Settings = Settings()):
+def extract(image, mask, settings: Settings = Settings(), spacing=None):
     """Features of one ROI: a one-row DataFrame (see :func:`extract_batch`)."""
-    return extract_batch([image], [mask], settings)
+    return extract_batch([image], [mask], settings, spacing)
 
 
 __all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "extract_dataset", "feature_table"]
@@ -256,7 +372,7 @@ def extract_dataset(dataset_id: str, masks, settings: Settings = Settings(), bat
     with tqdm(total=len(uids), unit="series", desc=f"radiomics {dataset_id}", disable=not progress) as bar:
         for start in range(0, len(uids), batch):
             chunk = uids[start:start + batch]
-            images = dask.compute(*(tree[uid]["image"].data for uid in chunk))
+            images = dask.compute(*(tree[uid]["image"] for uid in chunk))
             table = extract_batch(list(images), [masks[uid] for uid in chunk], settings)
             table.index = chunk
             tables.append(table)

@@ -14,7 +14,10 @@ import numpy as np
 from .extract import FAMILIES, RadiomicsError, Settings
 
 #: PyRadiomics feature classes → medlib families (first order covers statistics and histogram).
-PYRADIOMICS_CLASSES = {"firstorder": ("stat", "ih"), "glcm": ("cm",), "glrlm": ("rlm",)}
+PYRADIOMICS_CLASSES = {"shape": ("morph",), "firstorder": ("stat", "ih"), "glcm": ("cm",), "glrlm": ("rlm",),
+                       "glszm": ("szm",), "ngtdm": ("ngt",), "gldm": ("ngl",)}
+#: PyRadiomics (SimpleITK) interpolators → medlib's.
+PYRADIOMICS_INTERPOLATORS = {"sitkNearestNeighbor": "nearest", "sitkLinear": "linear", "sitkBSpline": "cubic"}
 
 
 def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -46,8 +49,10 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, 
 
 def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
     """Settings and the mask label from a PyRadiomics parameter file (YAML), for the settings
-    both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label}`` and
-    ``featureClass``.
+    both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label,
+    resampledPixelSpacing, interpolator}`` and ``featureClass``. PyRadiomics lists spacings
+    x, y, z with 0 for "keep"; its resampling grid starts at the ROI's corner where IBSI's (and
+    medlib's) is centred on the image, so resampled values differ slightly.
 
     Raises:
         RadiomicsError: a setting medlib does not implement (rather than ignoring it).
@@ -56,7 +61,8 @@ def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Set
 
     params = yaml.safe_load(Path(path).read_text()) or {}
     setting = params.get("setting") or {}
-    supported = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label"}
+    supported = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
+                 "interpolator"}
     unsupported = sorted(set(setting) - supported)
     if unsupported:
         raise RadiomicsError(f"{path}: setting(s) {', '.join(unsupported)} are not implemented by medlib yet; "
@@ -73,6 +79,14 @@ def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Set
     elif setting.get("resegmentRange"):
         low, *high = setting["resegmentRange"]
         kwargs["resegment_range"] = (float(low), float(high[0]) if high else float("inf"))
+    if setting.get("resampledPixelSpacing"):
+        x, y, z = (float(v) or None for v in setting["resampledPixelSpacing"])
+        kwargs["resample_spacing"] = (z, y, x)
+    interpolator = setting.get("interpolator", "sitkBSpline")
+    if interpolator not in PYRADIOMICS_INTERPOLATORS:
+        raise RadiomicsError(f"{path}: interpolator {interpolator!r} is not implemented by medlib; use one of "
+                             f"{', '.join(PYRADIOMICS_INTERPOLATORS)}")
+    kwargs["interpolator"] = PYRADIOMICS_INTERPOLATORS[interpolator]
     classes = params.get("featureClass")
     if classes:
         unknown = sorted(set(classes) - set(PYRADIOMICS_CLASSES))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .table import count_features
 from .texture import DIRECTIONS_2D, _flat, _steps, count_matrix_features
 
 AGGREGATIONS = ("2D", "2.5D", "3D")
@@ -43,19 +44,22 @@ def _per(where: torch.Tensor, values: torch.Tensor, groups: int, size: int) -> t
         0, where, values.to(torch.float64)).view(groups, size)
 
 
-def _aggregated(levels: torch.Tensor, where: torch.Tensor, build, features) -> dict[str, dict[str, torch.Tensor]]:
-    """Features per aggregation, each (B,): ``build(neighbourhood, cells, groups)`` makes the
-    matrices of the "2D" or "3D" neighbourhood, ``cells`` being each voxel's group (its slice
-    of its ROI, or its ROI) among ``groups``; 2D averages the slices' features, 2.5D merges the
-    slices' matrices."""
-    b, z = levels.shape[:2]
+def aggregate_by_slice(b: int, z: int, build, features) -> dict[str, dict[str, torch.Tensor]]:
+    """Features per aggregation (2D, 2.5D, 3D), each (B,), of B ROIs of Z slices.
+
+    ``build(neighbourhood, per_slice)`` makes the matrices of the "2D" or "3D" neighbourhood
+    (linkage), for each slice of each ROI (B × Z groups) or for each ROI (B groups), as tensors
+    whose first axis is the group; ``features(neighbourhood, *matrices)`` computes features
+    from them. 2D averages the slices' features, 2.5D merges (sums) the slices' matrices.
+    """
     out = {}
     for name in AGGREGATIONS:
         volume = name == "3D"
-        matrices = build("3D" if volume else "2D", where // z if volume else where, b if volume else b * z)
+        neighbourhood = "3D" if volume else "2D"
+        matrices = build(neighbourhood, not volume)
         if name == "2.5D":
             matrices = tuple(m.view(b, z, *m.shape[1:]).sum(1) for m in matrices)
-        values = features(*matrices)
+        values = features(neighbourhood, *matrices)
         out[name] = {k: v.view(b, z).nanmean(1) if name == "2D" else v for k, v in values.items()}
     return out
 
@@ -63,17 +67,18 @@ def _aggregated(levels: torch.Tensor, where: torch.Tensor, build, features) -> d
 def ngtdm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 5 NGTDM features per aggregation, each (B,); ``shared``: :func:`neighbours` of
     ``levels``, when already made."""
-    ng = n_levels
+    ng, (b, z) = n_levels, levels.shape[:2]
     level, where, found = shared or neighbours(levels)
 
-    def build(neighbourhood, cells, groups):
+    def build(neighbourhood, per_slice):
+        cells, groups = (where, b * z) if per_slice else (where // z, b)
         count, total, _ = found[neighbourhood]
         keep = count > 0  # a voxel without neighbours in the ROI is left out
         diff = (level - total / count.clamp(min=1)).abs()[keep]
         cell = cells[keep] * ng + level[keep] - 1
         return _per(cell, torch.ones_like(diff), groups, ng), _per(cell, diff, groups, ng)
 
-    return _aggregated(levels, where, build, _ngtdm_features)
+    return aggregate_by_slice(b, z, build, lambda _, n, s: _ngtdm_features(n, s))
 
 
 def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,37 +110,22 @@ def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]
 
 def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 17 NGLDM features per aggregation, each (B,); ``shared`` as for :func:`ngtdm`."""
-    ng = n_levels
+    ng, (b, z) = n_levels, levels.shape[:2]
     level, where, found = shared or neighbours(levels)
 
-    def build(neighbourhood, cells, groups):
+    def build(neighbourhood, per_slice):
+        cells, groups = (where, b * z) if per_slice else (where // z, b)
         dependence = found[neighbourhood][2] + 1  # the voxel and its neighbours of the same level
         nn = 27 if neighbourhood == "3D" else 9
         cell = (cells * ng + level - 1) * nn + dependence - 1
         return (torch.bincount(cell, minlength=groups * ng * nn).view(groups, ng, nn).to(torch.float64),)
 
-    return _aggregated(levels, where, build, _ngldm_features)
-
-
-#: NGLDM feature → generic count-matrix feature (IBSI 3.12; the count j is the dependence).
-NGLDM_NAMES = {
-    "low_dependence_emphasis": "low_j", "high_dependence_emphasis": "high_j",
-    "low_grey_level_count_emphasis": "low_i", "high_grey_level_count_emphasis": "high_i",
-    "low_dependence_low_grey_level_emphasis": "low_j_low_i", "low_dependence_high_grey_level_emphasis": "low_j_high_i",
-    "high_dependence_low_grey_level_emphasis": "high_j_low_i",
-    "high_dependence_high_grey_level_emphasis": "high_j_high_i",
-    "grey_level_non_uniformity": "i_non_uniformity",
-    "grey_level_non_uniformity_normalised": "i_non_uniformity_normalised",
-    "dependence_count_non_uniformity": "j_non_uniformity",
-    "dependence_count_non_uniformity_normalised": "j_non_uniformity_normalised",
-    "grey_level_variance": "i_variance", "dependence_count_variance": "j_variance",
-    "dependence_count_entropy": "entropy", "dependence_count_energy": "energy",
-}
+    return aggregate_by_slice(b, z, build, lambda _, m: _ngldm_features(m))
 
 
 def _ngldm_features(m: torch.Tensor) -> dict[str, torch.Tensor]:
     generic = count_matrix_features(m)
-    features = {name: generic[key] for name, key in NGLDM_NAMES.items()}
+    features = {name: generic[key] for name, key in count_features("ngl").items()}
     # every ROI voxel has a dependence count
     features["dependence_count_percentage"] = torch.where(generic["total"] > 0, 1.0, torch.nan)
     return features

@@ -23,6 +23,8 @@ import itertools
 
 import torch
 
+from .table import count_features
+
 AGGREGATIONS = ("2D, averaged", "2D, slice-merged", "2.5D, direction-merged", "2.5D, merged",
                 "3D, averaged", "3D, merged")
 #: (dz, dy, dx) at Chebyshev distance 1, one of each opposite pair: 4 in-plane, 13 in all.
@@ -199,15 +201,16 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     return _split(counts.view(b, nd, z, ng, longest))
 
 
-def count_matrix_features(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+def count_matrix_features(counts: torch.Tensor, j_values: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The features IBSI defines alike for every matrix of counts by grey level i (rows) and a
     count j (columns: run length, dependence, zone size, ...), under generic names: emphases
     (``low_j``, ``high_j``, ``low_i``, ``high_i`` and the four combinations), non-uniformities,
-    variances and entropy; ``total`` is the number of counts. NaN where a matrix is empty."""
+    variances and entropy; ``total`` is the number of counts. NaN where a matrix is empty.
+    ``j_values``: the j of each column, where not 1, 2, ... (only the sizes that occur)."""
     ng, nj = counts.shape[-2:]
     dev = dict(dtype=counts.dtype, device=counts.device)
     i = torch.arange(1, ng + 1, **dev).view(ng, 1)
-    j = torch.arange(1, nj + 1, **dev).view(1, nj)
+    j = (torch.arange(1, nj + 1, **dev) if j_values is None else j_values).view(1, nj)
     total = counts.sum((-1, -2))
     per_i, per_j = counts.sum(-1), counts.sum(-2)
 
@@ -234,24 +237,10 @@ def count_matrix_features(counts: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: torch.where(total == 0, torch.nan, v) for k, v in features.items()}
 
 
-#: GLRLM feature → generic count-matrix feature (IBSI 3.7).
-GLRLM_NAMES = {
-    "short_runs_emphasis": "low_j", "long_runs_emphasis": "high_j",
-    "low_grey_level_run_emphasis": "low_i", "high_grey_level_run_emphasis": "high_i",
-    "short_run_low_grey_level_emphasis": "low_j_low_i", "short_run_high_grey_level_emphasis": "low_j_high_i",
-    "long_run_low_grey_level_emphasis": "high_j_low_i", "long_run_high_grey_level_emphasis": "high_j_high_i",
-    "grey_level_non_uniformity": "i_non_uniformity",
-    "grey_level_non_uniformity_normalised": "i_non_uniformity_normalised",
-    "run_length_non_uniformity": "j_non_uniformity",
-    "run_length_non_uniformity_normalised": "j_non_uniformity_normalised",
-    "grey_level_variance": "i_variance", "run_length_variance": "j_variance", "run_entropy": "entropy",
-}
-
-
 def glrlm_features(counts: torch.Tensor, *, nv: torch.Tensor, **_) -> dict[str, torch.Tensor]:
     """The 16 IBSI GLRLM features of count matrices (..., Ng, Lmax); ``nv``: the voxels behind
     each matrix (for run percentage)."""
     generic = count_matrix_features(counts)
-    features = {name: generic[key] for name, key in GLRLM_NAMES.items()}
+    features = {name: generic[key] for name, key in count_features("rlm").items()}
     features["run_percentage"] = generic["total"] / nv
     return features
