@@ -235,7 +235,7 @@ def test_zones_are_the_connected_components_scipy_finds():
             for g in (1, 2, 3):
                 labels, n = ndimage.label(roi == g, structure=structure)
                 expected += sorted(np.bincount(labels.ravel())[1:].tolist())
-        level, cell, size, _ = found[name]
+        level, cell, size = found[name]
         ours = []
         for roi in range(2):
             for g in (1, 2, 3):

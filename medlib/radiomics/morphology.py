@@ -27,6 +27,18 @@ def correlate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfftn(fa.conj() * fb, s=a.shape[-3:], dim=dims)
 
 
+def fast_length(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: a length FFTs are quick at."""
+    while True:
+        rest = n
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return n
+        n += 1
+
+
 def _offset_weights(shape: tuple[int, int, int], spacing, device) -> torch.Tensor:
     """1 / distance of each circular offset of a grid of ``shape`` (0 at offset 0)."""
     axes = []
@@ -39,22 +51,34 @@ def _offset_weights(shape: tuple[int, int, int], spacing, device) -> torch.Tenso
 
 
 def spatial_autocorrelation(values: torch.Tensor, inside: torch.Tensor, spacing) -> dict[str, torch.Tensor]:
-    """Moran's I and Geary's C of the intensities in ``inside``, for a batch (B, Z, Y, X)."""
+    """Moran's I and Geary's C of the intensities in ``inside``, for a batch (B, Z, Y, X).
+
+    Each double sum over voxel pairs, sum_{k1,k2} w(k2 - k1) a(k1) b(k2), is the sum over
+    offsets of w times the cross-correlation of a and b; by Parseval that is
+    (1/N) sum_f W(f) conj(A(f)) B(f) over frequencies f, W being real as w is even. Grids are
+    zero-padded to at least 2n - 1 along each axis, so no pair wraps around."""
     n = inside.sum((1, 2, 3)).to(torch.float64)
     m = inside.to(torch.float64)
     mean = (values * m).sum((1, 2, 3)) / n
     d = (values - mean[:, None, None, None]) * m
-    pad = [p for s in reversed(d.shape[1:]) for p in (0, s)]
-    d, m = torch.nn.functional.pad(d, pad), torch.nn.functional.pad(m, pad)
-    w = _offset_weights(tuple(d.shape[1:]), spacing, d.device)
+    size = tuple(fast_length(2 * s - 1) for s in d.shape[1:])
+    dims = (1, 2, 3)
+    w = torch.fft.rfftn(_offset_weights(size, spacing, d.device), dim=(0, 1, 2)).real
+    # the half spectrum stands for the whole: count every frequency but 0 and Nyquist twice
+    twice = torch.full((w.shape[-1],), 2.0, dtype=torch.float64, device=d.device)
+    twice[0] = 1
+    if size[-1] % 2 == 0:
+        twice[-1] = 1
+    w = w * twice / math.prod(size)
+    fm, fd, fd2 = (torch.fft.rfftn(x, s=size, dim=dims) for x in (m, d, d ** 2))
 
     def weighted(a, b):
-        return (w * correlate(a, b)).sum((1, 2, 3))
+        return (w * (a.conj() * b).real).sum(dims)
 
-    total_weight = weighted(m, m)
-    cross = weighted(d, d)  # sum of w d1 d2 over pairs
-    squares = (d ** 2).sum((1, 2, 3))
-    differences = 2 * weighted(d ** 2, m) - 2 * cross  # sum of w (x1 - x2)^2 over pairs
+    total_weight = weighted(fm, fm)
+    cross = weighted(fd, fd)  # sum of w d1 d2 over pairs
+    squares = (d ** 2).sum(dims)
+    differences = 2 * weighted(fd2, fm) - 2 * cross  # sum of w (x1 - x2)^2 over pairs
     return {
         "morans_i": n / total_weight * cross / squares,
         "gearys_c": (n - 1) / (2 * total_weight) * differences / squares,

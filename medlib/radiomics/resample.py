@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 INTERPOLATORS = ("nearest", "linear", "cubic")
@@ -58,43 +59,41 @@ def axis_matrix(n: int, spacing: float, new_spacing: float, method: str) -> torc
     return m
 
 
-def resample(image: torch.Tensor, mask: torch.Tensor, spacing, new_spacing, interpolator: str = "linear",
-             mask_interpolator: str = "linear", threshold: float = 0.5, margin: int = 0):
+def resample(image: np.ndarray, mask: np.ndarray, box: tuple[slice, slice, slice], spacing, new_spacing,
+             interpolator: str = "linear", mask_interpolator: str = "linear", threshold: float = 0.5,
+             margin: int = 0, device="cpu"):
     """Image and mask (Z, Y, X) on the new grid, cropped to the ROI and ``margin`` voxels.
 
     Args:
+        image, mask: the whole volumes (only the part the ROI needs is read).
+        box: the ROI's bounding box in ``mask``.
         spacing: (z, y, x) in mm; ``new_spacing`` likewise, None for an axis to keep (2D
             interpolation in the slice: ``(None, 2, 2)``).
         threshold: the partial-volume fraction from which an interpolated mask voxel is in.
 
     Returns:
-        the image (float64), the mask (bool) and the new spacing.
+        the image (float64 tensor), the mask (bool tensor) and the new spacing.
     """
-    image = image.to(torch.float64)
-    matrices, spacing_out = [], []
-    for axis, (n, s, t) in enumerate(zip(image.shape, spacing, new_spacing)):
+    image_matrices, mask_matrices, reads, spacing_out = [], [], [], []
+    for n, s, t, occupied in zip(image.shape, spacing, new_spacing, box):
         t = s if t is None else t
-        method_image = interpolator if t != s else "nearest"
-        m_image = axis_matrix(n, s, t, method_image).to(image.device)
-        m_mask = axis_matrix(n, s, t, mask_interpolator if t != s else "nearest").to(image.device)
+        m_image = axis_matrix(n, s, t, interpolator if t != s else "nearest")
+        m_mask = axis_matrix(n, s, t, mask_interpolator if t != s else "nearest")
         # the ROI's old extent along this axis → the new rows that can hold it, with a margin
-        reduce = tuple(a for a in range(3) if a != axis)
-        occupied = torch.nonzero(mask.any(dim=reduce)).flatten()
-        if not len(occupied):
-            raise ValueError("the mask is empty: there is no region of interest")
-        touches = m_mask[:, occupied[0]:occupied[-1] + 1].abs().sum(1) > 0
-        rows = torch.nonzero(touches).flatten()
-        rows = torch.arange(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, m_mask.shape[0]),
-                            device=image.device)
+        rows = torch.nonzero(m_mask[:, occupied].abs().sum(1) > 0).flatten()
+        rows = slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, m_mask.shape[0]))
         m_image, m_mask = m_image[rows], m_mask[rows]
         columns = torch.nonzero((m_image.abs() > 1e-12).any(0) | (m_mask != 0).any(0)).flatten()
-        matrices.append((m_image[:, columns], m_mask[:, columns], columns))
+        read = slice(int(columns[0]), int(columns[-1]) + 1)
+        image_matrices.append(m_image[:, read].to(device))
+        mask_matrices.append(m_mask[:, read].to(device))
+        reads.append(read)
         spacing_out.append(t)
-    (iz, mz, cz), (iy, my, cy), (ix, mx, cx) = matrices
-    image = image[cz][:, cy][:, :, cx]
-    weights = mask.to(torch.float64)[cz][:, cy][:, :, cx]
-    image, fraction = _apply((iz, iy, ix), image), _apply((mz, my, mx), weights)
-    return image, fraction >= threshold - 1e-9, tuple(spacing_out)
+    reads = tuple(reads)
+    values = torch.from_numpy(np.ascontiguousarray(image[reads], dtype=np.float64)).to(device)
+    weights = torch.from_numpy(np.ascontiguousarray(mask[reads], dtype=np.float64)).to(device)
+    values, fraction = _apply(image_matrices, values), _apply(mask_matrices, weights)
+    return values, fraction >= threshold - 1e-9, tuple(spacing_out)
 
 
 def _apply(matrices, volume: torch.Tensor) -> torch.Tensor:

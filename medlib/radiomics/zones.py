@@ -1,10 +1,11 @@
 """Zone texture (IBSI 1, 3.8 GLSZM and 3.9 GLDZM), batched in torch.
 
 A zone is a set of linked ROI voxels of one grey level: 8-connected in the slice for 2D,
-26-connected for 3D. Zones are labelled by connected components over the ROI's voxels only:
-each voxel starts with its own label, then every voxel takes the smallest label among its
-linked neighbours and follows its label's label (pointer jumping) until nothing changes, a
-few dozen whole-tensor steps however large the zones. The distance of a voxel to the ROI edge
+26-connected for 3D. Zones are labelled by connected components over the ROI's voxels only,
+as a forest: each voxel starts as its own root; in each round, the larger root of every link
+between two trees is hooked under the smaller, then every voxel is pointed at its root
+(pointer jumping), and links inside one tree are dropped for good. A handful of whole-tensor
+rounds, however large the zones. The distance of a voxel to the ROI edge
 (GLDZM) is the number of 4-connected (2D) or 6-connected (3D) steps to the outside of the
 morphological mask, edge voxels being 1; a zone's distance is its voxels' smallest.
 
@@ -21,9 +22,6 @@ from .table import count_features
 from .texture import DIRECTIONS_2D, DIRECTIONS_3D, _flat, _steps, count_matrix_features
 
 AGGREGATIONS = ("2D", "2.5D", "3D")
-#: (dz, dy, dx) of the 4-connected (in-plane) and 6-connected neighbours, one of each pair.
-FACES_2D = ((0, 0, 1), (0, 1, 0))
-FACES_3D = FACES_2D + ((1, 0, 0),)
 
 
 def _components(flat: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> torch.Tensor:
@@ -39,29 +37,35 @@ def _components(flat: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> t
         sources.append(torch.arange(n, device=flat.device)[linked])
         targets.append(other[linked])
     a, b = torch.cat(sources), torch.cat(targets)
-    label = torch.arange(n, device=flat.device)
+    label = torch.arange(n, device=flat.device)  # every voxel points to a voxel of its zone; roots to themselves
     while True:
-        smallest = label.clone()
-        smallest.scatter_reduce_(0, a, label[b], "amin")
-        smallest.scatter_reduce_(0, b, label[a], "amin")
-        smallest = smallest[smallest]  # jump: follow the label's label
-        if torch.equal(smallest, label):
+        la, lb = label[a], label[b]  # the roots of each link's ends
+        apart = la != lb
+        a, b, la, lb = a[apart], b[apart], la[apart], lb[apart]  # a link within one tree stays so
+        if not len(a):
             return label
-        label = smallest
+        label.scatter_reduce_(0, torch.maximum(la, lb), torch.minimum(la, lb), "amin")  # hook the larger root
+        while True:  # point every voxel at its root
+            jumped = label[label]
+            if torch.equal(jumped, label):
+                break
+            label = jumped
 
 
-def _edge_distance(inside: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> torch.Tensor:
-    """Distance to the edge of ``inside`` (flat padded mask) for each of ``voxels``."""
-    distance = torch.zeros(inside.shape, dtype=torch.int64, device=inside.device)
-    morph = torch.nonzero(inside).flatten()
-    distance[morph] = 1
-    both = torch.tensor(steps + [-s for s in steps], device=inside.device)
-    around = morph[:, None] + both[None, :]
-    while True:
-        nearest = distance[around].amin(1) + 1  # outside is 0: edge voxels stay 1
-        if torch.equal(nearest, distance[morph]):
-            return distance[voxels]
-        distance[morph] = nearest
+def _edge_distance(inside: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """City-block distance of every voxel of ``inside`` (B, Z, Y, X), bordered by outside, to
+    the nearest voxel outside, along ``axes`` only ((2, 3): in the slice): the number of
+    erosions that removes it. One pass per axis, each a pair of running minima:
+    min_j (d_j + |i - j|) = i + cummin_{j<=i}(d_j - j), and the same from the other end."""
+    d = torch.where(inside, sum(inside.shape[1:]), 0).to(torch.int64)
+    for axis in axes:
+        shape = [1] * d.dim()
+        shape[axis] = d.shape[axis]
+        i = torch.arange(d.shape[axis], device=d.device).view(shape)
+        forward = torch.cummin(d - i, dim=axis).values + i
+        backward = torch.cummin((d + i).flip(axis), dim=axis).values.flip(axis) - i
+        d = torch.minimum(forward, backward)
+    return d
 
 
 class Zones:
@@ -72,38 +76,41 @@ class Zones:
     def __init__(self, levels: torch.Tensor, morphological: torch.Tensor | None = None):
         self.batch, self.slices = levels.shape[:2]
         flat, strides, volume = _flat(levels)
-        voxels = torch.nonzero(flat).flatten()
+        self.voxels = voxels = torch.nonzero(flat).flatten()
         self.voxels_per_slice = torch.bincount((voxels // volume) * self.slices + (voxels % volume) // strides[0] - 1,
                                                minlength=self.batch * self.slices)
         steps = _steps(strides, levels.device).tolist()
-        edge = (_flat(morphological.to(levels.dtype))[0] > 0) if morphological is not None else flat > 0
-        face_steps = {name: [sum(d * s for d, s in zip(f, strides)) for f in faces]
-                      for name, faces in (("2D", FACES_2D), ("3D", FACES_3D))}
-        self.found = {}
+        padded = torch.nn.functional.pad(morphological if morphological is not None else levels > 0, (1, 1) * 3)
+        self.morphological = padded
+        self.found, self.zone_of = {}, {}
         for name, linked in (("2D", steps[:len(DIRECTIONS_2D)]), ("3D", steps[:len(DIRECTIONS_3D)])):
             label = _components(flat, voxels, linked)
             roots = torch.nonzero(label == torch.arange(len(label), device=label.device)).flatten()
-            root_of = torch.searchsorted(roots, label)  # each voxel's zone number
-            size = torch.bincount(root_of, minlength=len(roots))
-            distance = _edge_distance(edge, voxels, face_steps[name])
-            nearest = torch.full((len(roots),), torch.iinfo(torch.int64).max, device=label.device)
-            nearest.scatter_reduce_(0, root_of, distance, "amin")
+            self.zone_of[name] = zone_of = torch.searchsorted(roots, label)  # each voxel's zone number
+            size = torch.bincount(zone_of, minlength=len(roots))
             first = voxels[roots]
             cell = (first // volume) * self.slices + (first % volume) // strides[0] - 1  # the zone's ROI and slice
-            self.found[name] = (flat[first], cell, size, nearest)
+            self.found[name] = (flat[first], cell, size)
+
+    def distances(self, name: str) -> torch.Tensor:
+        """Each zone's distance to the edge of the morphological mask, 4-connected in the slice
+        ("2D") or 6-connected ("3D"): the smallest of its voxels'."""
+        voxel = _edge_distance(self.morphological, (2, 3) if name == "2D" else (1, 2, 3)).flatten()[self.voxels]
+        zones = self.found[name][2]
+        nearest = torch.full((len(zones),), torch.iinfo(torch.int64).max, device=voxel.device)
+        return nearest.scatter_reduce_(0, self.zone_of[name], voxel, "amin")
 
     def features(self, n_levels: int, family: str) -> dict[str, dict[str, torch.Tensor]]:
         """Features per aggregation: "szm" (GLSZM, zones counted by grey level and size) or
         "dzm" (GLDZM, by grey level and distance to the ROI edge)."""
-        which = "size" if family == "szm" else "distance"
         names = count_features(family)
         b, z, ng = self.batch, self.slices, n_levels
 
         columns = {}
 
         def build(neighbourhood, per_slice):
-            level, cell, size, distance = self.found[neighbourhood]
-            count = size if which == "size" else distance
+            level, cell, size = self.found[neighbourhood]
+            count = size if family == "szm" else self.distances(neighbourhood)
             columns[neighbourhood], column = torch.unique(count, return_inverse=True)
             nc = len(columns[neighbourhood])
             group, groups = (cell, b * z) if per_slice else (cell // z, b)
