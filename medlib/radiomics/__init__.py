@@ -1,11 +1,12 @@
 """medlib.radiomics: IBSI-defined radiomic features, batched in torch on CPU or GPU.
 
     from medlib.radiomics import Settings, extract
-    table = extract(volume, mask, Settings(discretisation="fixed_bin_size", bin_width=25))
+    table = extract(volume, mask, Settings(discretisation="fixed_bin_size", bin_width=25), spacing=(3, 1, 1))
 
-Implemented so far: intensity-based statistics, intensity histogram, intensity-volume histogram,
-GLCM and GLRLM (six IBSI texture aggregations), NGTDM and NGLDM (2D, 2.5D, 3D), checked against
-every IBSI 1 digital phantom reference value of these features.
+Every IBSI 1 feature family (morphology, local intensity, intensity statistics, histogram and
+intensity-volume histogram, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM) with IBSI's image
+processing (interpolation, re-segmentation, discretisation), checked against every reference
+value of the IBSI digital phantom and of the CT phantom under configurations A–E.
 """
 
 from .extract import RadiomicsError, Settings, extract, extract_batch, extract_dataset, feature_table
