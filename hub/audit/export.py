@@ -26,6 +26,7 @@ EVENT_IDS = {
     "anonymize-run": ("110103", "DICOM Instances Accessed", "C"),
     "reidentify": ("110110", "Patient Record", "R"),
     "train-start": ("110100", "Application Activity", "E"),
+    "train-round": ("110100", "Application Activity", "E"),
     "train-end": ("110100", "Application Activity", "E"),
     "job-submit": ("110100", "Application Activity", "E"),
     "job-end": ("110100", "Application Activity", "E"),

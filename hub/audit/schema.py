@@ -22,7 +22,7 @@ ACTIONS = frozenset({
     "login", "login-failed", "logout", "spawn", "stop",
     "dataset-open", "dataset-verify", "export",
     "anonymize-run", "reidentify",
-    "train-start", "train-end", "job-submit", "job-end",
+    "train-start", "train-round", "train-end", "job-submit", "job-end",
     "admin-change", "token-created",
 })
 SOURCES = ("hub", "notebook", "batch", "cli")
