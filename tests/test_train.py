@@ -51,7 +51,7 @@ def actions(buffer: Path) -> list[str]:
     return [json.loads(line)["action"] for line in buffer.read_text().splitlines()]
 
 
-def test_ddp_on_two_workers_takes_the_steps_of_one_process_and_resumes(tmp_path: Path, audit_buffer: Path):
+def test_ddp_on_two_workers_takes_the_steps_of_one_process_and_resumes(tmp_path: Path, audit_buffer: Path, capsys):
     data = regression(64, seed=2)
     settings = dict(epochs=3, batch_size=8, lr=0.05, seed=3, progress=False)
     # the reference: one process, plain SGD over the same global batches
@@ -65,7 +65,9 @@ def test_ddp_on_two_workers_takes_the_steps_of_one_process_and_resumes(tmp_path:
             optimizer.step()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        two = fit(mlp(), data, client=client, checkpoint_dir=tmp_path / "two", **settings)
+        two = fit(mlp(), data, client=client, checkpoint_dir=tmp_path / "two", **{**settings, "progress": True})
+        bar = capsys.readouterr().err  # rank 0's losses reached the caller's progress bar
+        assert "DDP on 2 worker(s)" in bar and "24/24" in bar and "loss=" in bar
         one = fit(mlp(), data, client=client, workers=sorted(client.scheduler_info()["workers"])[:1], **settings)
         resumed = fit(mlp(), data, client=client, resume=tmp_path / "two" / "epoch-0001.pt", **settings)
         with pytest.raises(TrainError, match="does not split over 2 workers"):

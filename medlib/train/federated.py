@@ -122,6 +122,7 @@ def _site_train(site: str, path: str, load: Callable, model: torch.nn.Module, co
     from distributed import get_worker
 
     torch.set_num_threads(max(get_worker().state.nthreads, 1))
+    began = time.perf_counter()
     dataset = load(Path(path))
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     keys = _averaged_keys(global_state)
@@ -159,7 +160,8 @@ def _site_train(site: str, path: str, load: Callable, model: torch.nn.Module, co
     update = _flat(model.state_dict(), keys) - _flat(global_state, keys)
     private, public = secure.new_keys()
     _PENDING[(run, round_)] = (update * len(dataset), private)
-    return {"site": site, "samples": len(dataset), "loss": total / max(seen, 1), "public": public, "epsilon": epsilon}
+    return {"site": site, "samples": len(dataset), "loss": total / max(seen, 1), "public": public, "epsilon": epsilon,
+            "seconds": time.perf_counter() - began}
 
 
 def _site_upload(site: str, run: str, round_: int, publics: dict[str, bytes] | None) -> np.ndarray:
@@ -223,7 +225,8 @@ def federated_fit(model: torch.nn.Module, sites: dict[str, str | Path], *, clien
 
     Returns:
         the model with the final global weights, one record per round (loss, sites that took
-        part and those skipped with the reason, samples, ε with DP) and the last checkpoint.
+        part and those skipped with the reason, samples, the slowest site's local seconds, ε
+        with DP) and the last checkpoint.
     """
     if strategy not in STRATEGIES:
         raise TrainError(f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -303,7 +306,8 @@ def _round(client, model, sites, load, config, run: str, round_: int, secure_agg
         keys = _averaged_keys(state)
         model.load_state_dict(_unflat(_flat(state, keys) + total / samples, state, keys))
         record.update(sites=sorted(answers), samples=samples,
-                      loss=sum(a["loss"] * a["samples"] for a in answers.values()) / samples)
+                      loss=sum(a["loss"] * a["samples"] for a in answers.values()) / samples,
+                      site_seconds=max(a["seconds"] for a in answers.values()))
         epsilons = {s: a["epsilon"] for s, a in answers.items() if a["epsilon"] is not None}
         if epsilons:
             record["epsilon"] = epsilons
