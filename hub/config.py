@@ -15,6 +15,7 @@ from traitlets.config import Config
 
 from .audit import hooks as audit_hooks
 from .auth import OIDCAuthenticator
+from .courses import instructor_role
 from .settings import Settings
 from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
 from .state import StateDir
@@ -99,7 +100,7 @@ def configure(c: Config, settings: Settings) -> None:
     a.username_claim = oidc.username_claim
     a.auth_state_groups_key = f"oauth_user.{oidc.groups_claim}"
     a.manage_groups = True
-    a.allowed_groups = set(oidc.allowed_groups)
+    a.allowed_groups = set(settings.allowed_groups)
     a.admin_groups = set(oidc.admin_groups)
     a.enable_auth_state = True
     a.enable_pkce = True
@@ -127,6 +128,7 @@ def configure(c: Config, settings: Settings) -> None:
         s.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
     s.profiles = _profile_dicts(settings)
     s.datasets = [d.to_dict() for d in settings.datasets]
+    s.courses = [course.to_dict() for course in settings.courses]
     s.grants_key_file = str(state.grants_key)
     s.default_url = "/lab"
     s.start_timeout = hub.start_timeout
@@ -147,5 +149,6 @@ def configure(c: Config, settings: Settings) -> None:
         service, role = culler_service(settings)
         services.append(service)
         roles.append(role)
+    roles.extend(instructor_role(course) for course in settings.courses)
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles

@@ -34,7 +34,12 @@ def docker_volumes(datasets: Iterable[Dataset]) -> dict[str, dict[str, str]]:
 
 
 def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
-    """Make ``view_dir`` hold exactly one link per granted local dataset, ``<id> -> path``.
+    """Make ``view_dir`` hold exactly one link per granted local dataset, ``<id> -> path``."""
+    return link_folder(view_dir, {d.id: d.path for d in datasets if d.is_local})
+
+
+def link_folder(view_dir: Path, links: dict[str, Path]) -> Path:
+    """Make ``view_dir`` hold exactly the links ``name -> folder``.
 
     The folder is rebuilt beside the old one and swapped in, so a server never sees a
     half-made view and a revoked grant disappears at the next spawn.
@@ -44,9 +49,8 @@ def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
     fresh = view_dir.with_name(view_dir.name + ".new")
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o755)
-    for d in datasets:
-        if d.is_local:
-            (fresh / d.id).symlink_to(d.path, target_is_directory=True)
+    for name, target in links.items():
+        (fresh / name).symlink_to(target, target_is_directory=True)
     old = view_dir.with_name(view_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if view_dir.exists():

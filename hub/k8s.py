@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .courses import instructor_role
 from . import grants
 from .errors import HubConfigError
 from .catalog import Dataset, granted
@@ -123,7 +124,7 @@ def values(settings: Settings) -> dict[str, Any]:
                     "username_claim": oidc.username_claim,
                     "auth_state_groups_key": f"oauth_user.{oidc.groups_claim}",
                     "manage_groups": True,
-                    "allowed_groups": list(oidc.allowed_groups),
+                    "allowed_groups": list(settings.allowed_groups),
                     "admin_groups": list(oidc.admin_groups),
                     "enable_auth_state": True,
                     "refresh_pre_spawn": True,
@@ -136,6 +137,7 @@ def values(settings: Settings) -> dict[str, Any]:
                 "JUPYTERHUB_CRYPT_KEY": _secret_env("crypt-key"),
             },
             "extraConfig": {"medhub-dataset-grants": grants_code},
+            "loadRoles": {role["name"]: role for role in map(instructor_role, settings.courses)},
         },
         "proxy": {"service": {"type": "ClusterIP"}},
         "singleuser": {

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .catalog import Dataset, load_catalog
+from .courses import Course, parse_courses
 from .errors import HubConfigError
 from .tomlfile import Section, read_toml
 
@@ -51,6 +52,7 @@ class Profile:
     mem_limit: str | None = None
     gpus: int = 0  # 0: none, n: that many, -1: all
     default: bool = False
+    groups: tuple[str, ...] = ()  # offered only to members of these groups; empty: to everyone
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ class Settings:
     kubernetes: KubernetesSettings
     profiles: tuple[Profile, ...]
     datasets: tuple[Dataset, ...]
+    courses: tuple[Course, ...] = ()
+
+    @property
+    def allowed_groups(self) -> tuple[str, ...]:
+        """Groups whose members may log in: ``oidc.allowed_groups`` and every course's groups."""
+        extra = [g for c in self.courses for g in c.groups]
+        return tuple(dict.fromkeys(self.oidc.allowed_groups + tuple(extra)))
 
     @property
     def callback_url(self) -> str:
@@ -145,6 +154,7 @@ DEFAULT_PROFILES = (
     Profile("cpu", "CPU only", "2 CPUs, 8 GB memory, no GPU", 2, "8G", 0, True),
     Profile("gpu1", "1 GPU", "8 CPUs, 32 GB memory, one GPU", 8, "32G", 1),
     Profile("gpu-all", "All GPUs", "16 CPUs, 64 GB memory, every GPU of the node", 16, "64G", -1),
+    Profile("teaching", "Teaching", "1 CPU, 2 GB memory, no GPU: for courses", 1, "2G", 0),
 )
 
 
@@ -250,6 +260,7 @@ def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
             mem_limit=s.get("mem_limit", str, None),
             gpus=gpus,
             default=s.get("default", bool, False),
+            groups=s.strings("groups"),
         )
         if not SLUG.match(p.slug):
             raise s.error("slug", f"{p.slug!r} is not a slug (lower-case letters, digits, '-')")
@@ -290,7 +301,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     source = Path(path).expanduser().resolve()
     data = read_toml(source, "settings file")
 
-    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles"}
+    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -314,6 +325,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
     k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
     oidc = _oidc(section("oidc"))
+    course_groups = tuple(g for c in data.get("course") or () if isinstance(c, dict)
+                          for g in (c.get("instructors"), c.get("students")) if isinstance(g, str))
+    datasets = load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups + course_groups) \
+        if hub.catalog else ()
     return Settings(
         source=source,
         hub=hub,
@@ -324,5 +339,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         audit=audit_settings,
         kubernetes=k8s_settings,
         profiles=_profiles(data.get("profiles"), source),
-        datasets=load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups) if hub.catalog else (),
+        datasets=datasets,
+        courses=parse_courses(data.get("course"), source, datasets),
     )

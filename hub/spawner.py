@@ -32,6 +32,7 @@ from traitlets.config import Configurable
 
 from . import grants
 from .catalog import Dataset, granted
+from .courses import Course, materials_for
 from .settings import Profile
 
 
@@ -71,13 +72,26 @@ class ProfilesMixin(Configurable):
         help="""The hub's Ed25519 key (PEM, created if missing) that signs each server's grants
         manifest. Empty: no manifest is given (medlib.datasets then finds no grants).""",
     )
+    courses = List(
+        Dict(),
+        config=True,
+        help="""Courses (:meth:`medhub.courses.Course.to_dict`): their material is given
+        read-only to the servers of their instructors and students, at ~/courses/<name>.""",
+    )
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
         return type(self).apply_profile
 
     def _profiles(self) -> list[Profile]:
-        return [Profile(**p) for p in self.profiles]
+        """The profiles this user is offered: those without groups, and those of their groups."""
+        groups = set(self.group_names())
+        offered = [Profile(**{**p, "groups": tuple(p.get("groups", ()))}) for p in self.profiles]
+        return [p for p in offered if not p.groups or groups & set(p.groups)]
+
+    def course_materials(self) -> dict[str, Path]:
+        """Course name → material folder, for the courses this user takes or teaches."""
+        return materials_for(tuple(Course.from_dict(c) for c in self.courses), self.group_names())
 
     def _options_form(self) -> str:
         rows = []
@@ -93,7 +107,7 @@ class ProfilesMixin(Configurable):
 
     @default("options_form")
     def _default_options_form(self):
-        return lambda spawner: spawner._options_form() if len(spawner.profiles) > 1 else ""
+        return lambda spawner: spawner._options_form() if len(spawner._profiles()) > 1 else ""
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         return {"profile": formdata.get("profile", [""])[0]}
@@ -204,6 +218,8 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
 
     async def start(self):
         grants.local_view(self._view_dir(), self.granted_datasets())
+        home = Path(self.home_dir_template.format(username=self.user.name))
+        grants.link_folder(home / "courses", self.course_materials())  # read-only only in containers
         return await super().start()
 
 
@@ -233,10 +249,13 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
         return env
 
     def container_volumes(self) -> dict[str, dict[str, str]]:
-        """The home volume and the granted datasets (read-only): never any other host path."""
+        """The home volume, the granted datasets and course material (both read-only): never any
+        other host path."""
         return {
             self.home_volume: {"bind": self.home_mount, "mode": "rw"},
             **grants.docker_volumes(self.granted_datasets()),
+            **{str(path): {"bind": f"{self.home_mount}/courses/{name}", "mode": "ro"}
+               for name, path in self.course_materials().items()},
         }
 
     async def start(self):

@@ -192,15 +192,21 @@ def fit(model: torch.nn.Module, data, *, client, epochs: int, batch_size: int = 
                              allow_other_workers=False, pure=False, key=f"{config.run}-rank-{rank}")
                for rank, w in enumerate(workers)]
     monitor = TrainingMonitor(total=0, desc=f"DDP on {world} worker(s)", enabled=progress)
+    heard = time.monotonic()
     try:
         while True:
-            failed = [f for f in futures if f.status == "error"]
-            if failed:
-                raise failed[0].exception()
+            if time.monotonic() - heard > timeout:
+                states = ", ".join(f"rank {r}: {f.status}" for r, f in enumerate(futures))
+                raise TrainError(f"no word from the ranks for {timeout:.0f} s ({states}); is every worker alive?")
+            failed = [f for f in futures if f.status not in ("pending", "finished")]
+            if failed:  # erred, or cancelled or lost by the cluster
+                raise failed[0].exception() if failed[0].status == "error" else TrainError(
+                    f"rank {futures.index(failed[0])} was {failed[0].status} by the Dask cluster")
             finished = all(f.status == "finished" for f in futures)
             if not finished and not updates:
                 time.sleep(0.2)
             while updates:
+                heard = time.monotonic()
                 item = updates.popleft()
                 if item.get("done"):
                     monitor.point(item["loss"])

@@ -1,0 +1,110 @@
+"""Courses: a class working together under its instructors.
+
+A course is declared in the settings file (``[[course]]``). It names an instructors group and a
+students group (both from the identity provider), a folder of course material and the
+datasets the course uses. From it medhub makes:
+
+- a JupyterHub role for the instructors: list, read, start, stop and open the servers of the
+  course's students, and share their own server (JupyterHub 5 sharing) with the class;
+- read-only course material in the server of every member (``~/courses/<name>``);
+- nothing for students beyond JupyterHub's default: a student reaches another's server only
+  through a share, and sees only the datasets the catalog grants to the groups they are in.
+
+    [[course]]
+    name = "imaging-101"
+    instructors = "imaging-101-teachers"
+    students = "imaging-101-students"
+    materials = "/srv/courses/imaging-101"
+    datasets = ["teaching-ct"]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import Dataset
+from .errors import HubConfigError
+from .tomlfile import Section
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Course:
+    name: str
+    instructors: str
+    students: str
+    materials: Path | None = None
+    datasets: tuple[str, ...] = ()
+
+    @property
+    def groups(self) -> tuple[str, str]:
+        return self.instructors, self.students
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "instructors": self.instructors, "students": self.students,
+                "materials": str(self.materials) if self.materials else None, "datasets": list(self.datasets)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Course:
+        return cls(d["name"], d["instructors"], d["students"], Path(d["materials"]) if d.get("materials") else None,
+                   tuple(d.get("datasets", ())))
+
+
+def parse_courses(raw: Any, source: Path, datasets: tuple[Dataset, ...]) -> tuple[Course, ...]:
+    """The ``[[course]]`` tables of the settings file, validated against the catalog: a
+    course's datasets must exist and be granted to its students group."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise HubConfigError(f"{source}: [[course]] must be an array of tables")
+    by_id = {d.id: d for d in datasets}
+    courses = []
+    for i, item in enumerate(raw):
+        s = Section(item, f"course[{i}]", source)
+        course = Course(
+            name=s.get("name", str),
+            instructors=s.get("instructors", str),
+            students=s.get("students", str),
+            materials=s.path("materials", Path(".")) if "materials" in s.data else None,
+            datasets=s.strings("datasets"),
+        )
+        if not NAME.match(course.name):
+            raise s.error("name", f"{course.name!r} is not a slug (lower-case letters, digits, '-')")
+        if course.instructors == course.students:
+            raise s.error("students", "must be a different group from instructors")
+        if course.materials is not None and not course.materials.is_dir():
+            raise s.error("materials", f"{course.materials} is not a folder")
+        for dataset in course.datasets:
+            if dataset not in by_id:
+                raise s.error("datasets", f"{dataset!r} is not in the dataset catalog (hub.catalog)")
+            if course.students not in by_id[dataset].groups:
+                raise s.error("datasets", f"the catalog does not grant {dataset!r} to {course.students!r}; "
+                                          "add the group to that dataset's groups")
+        s.done()
+        courses.append(course)
+    names = [c.name for c in courses]
+    if len(set(names)) != len(names):
+        raise HubConfigError(f"{source}: [[course]] names must be unique, got {names}")
+    return tuple(courses)
+
+
+def instructor_role(course: Course) -> dict[str, Any]:
+    """The JupyterHub role of a course's instructors."""
+    students = f"group={course.students}"
+    return {
+        "name": f"course-{course.name}-instructors",
+        "description": f"Instructors of {course.name}: their students' servers, and sharing their own",
+        "scopes": [f"list:users!{students}", f"read:users!{students}", f"read:servers!{students}",
+                   f"servers!{students}", f"access:servers!{students}", f"read:groups:name!{students}",
+                   "shares!user"],
+        "groups": [course.instructors],
+    }
+
+
+def materials_for(courses: tuple[Course, ...], groups: list[str]) -> dict[str, Path]:
+    """Course name → material folder, for every course a member of ``groups`` takes or teaches."""
+    return {c.name: c.materials for c in courses if c.materials and set(c.groups) & set(groups)}
