@@ -293,7 +293,10 @@ class OIDCAuthenticator(GenericOAuthenticator):
         return {**claims, **userinfo}
 
     async def get_token_info(self, handler, params):
-        """The token response, stamped with ``expires_at`` (epoch seconds) from ``expires_in``."""
+        """The token response, stamped with ``expires_at`` (epoch seconds) from ``expires_in``.
+        The endpoints are discovered first: after a hub restart, a refresh can be the first call
+        to the issuer (it used to fail with an empty token URL, refusing every API token)."""
+        await self.discover()
         token_info = await super().get_token_info(handler, params)
         if "expires_in" in token_info:
             token_info["expires_at"] = time.time() + float(token_info["expires_in"])

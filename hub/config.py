@@ -6,6 +6,7 @@ spawners is set here once, and ``hub.spawner`` picks the spawner class.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import asdict
@@ -21,6 +22,7 @@ from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
 from .state import StateDir
 
 PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
+BATCH_SERVICE = "medhub-batch"
 
 
 def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
@@ -64,9 +66,31 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
     roles = [
         {"name": name, "scopes": ["read:users:groups", "read:users:name"], "services": [name]},
         {"name": writer, "scopes": [access], "services": [writer]},
-        {"name": "user", "scopes": ["self", access]},  # JupyterHub's default user role, plus the audit service
+        # JupyterHub's default user role, plus the audit and batch services
+        {"name": "user", "scopes": ["self", access, f"access:services!service={BATCH_SERVICE}"]},
     ]
     return services, roles
+
+
+def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The batch service (:mod:`medhub.batch.service`) and its role: it starts, reaches and
+    stops users' job servers, and writes the jobs' audit events."""
+    folder = state.path / "batch"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "folder": str(folder), "public_url": settings.hub.public_url,
+        "max_running_per_user": settings.batch.max_running_per_user, "audit_url": audit_url,
+        "profiles": [{"slug": p.slug, "groups": list(p.groups)} for p in settings.profiles],
+        "default_profile": settings.default_profile.slug,
+        "datasets": [d.to_dict() for d in settings.datasets],
+    }))
+    service = {"name": BATCH_SERVICE, "url": f"http://127.0.0.1:{settings.batch.port}", "display": False,
+               "command": [sys.executable, "-m", "medhub.batch.service"],
+               "environment": {"MEDHUB_BATCH_CONFIG": str(config)}}
+    role = {"name": BATCH_SERVICE, "services": [BATCH_SERVICE],
+            "scopes": ["read:users", "servers", "access:servers", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
+    return service, role
 
 
 def configure(c: Config, settings: Settings) -> None:
@@ -139,7 +163,14 @@ def configure(c: Config, settings: Settings) -> None:
 
     services, roles = audit_services(settings, state)
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
-    s.environment = {"MEDHUB_AUDIT_URL": audit_url}
+    s.environment = {"MEDHUB_AUDIT_URL": audit_url, "MEDHUB_URL": hub.public_url}
+    service, role = batch_service(settings, state, audit_url)
+    services.append(service)
+    roles.append(role)
+    services[0]["environment"]["MEDHUB_AUDIT_BATCH_WRITER"] = BATCH_SERVICE
+    # batch jobs run in named servers, batch-<job>; users may hold as many as jobs may run
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = settings.batch.max_running_per_user + 1
     # a server's token may reach the audit service (its own events only: the service says who)
     s.server_token_scopes = ["users:activity!user", "access:servers!server",
                              f"access:services!service={audit_hooks.AUDIT_SERVICE}"]

@@ -5,7 +5,9 @@ students group (both from the identity provider), a folder of course material an
 datasets the course uses. From it medhub makes:
 
 - a JupyterHub role for the instructors: list, read, start, stop and open the servers of the
-  course's students, and share their own server (JupyterHub 5 sharing) with the class;
+  course's students, read the class list, and share their own server (JupyterHub 5 sharing)
+  with the class (``medhub share``: with each student, since JupyterHub 5 does not honour a
+  share with a whole group when a server checks a token);
 - read-only course material in the server of every member (``~/courses/<name>``);
 - nothing for students beyond JupyterHub's default: a student reaches another's server only
   through a share, and sees only the datasets the catalog grants to the groups they are in.
@@ -99,7 +101,7 @@ def instructor_role(course: Course) -> dict[str, Any]:
         "name": f"course-{course.name}-instructors",
         "description": f"Instructors of {course.name}: their students' servers, and sharing their own",
         "scopes": [f"list:users!{students}", f"read:users!{students}", f"read:servers!{students}",
-                   f"servers!{students}", f"access:servers!{students}", f"read:groups:name!{students}",
+                   f"servers!{students}", f"access:servers!{students}", f"read:groups!{students}",
                    "shares!user"],
         "groups": [course.instructors],
     }

@@ -112,6 +112,12 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    port: int = 8092
+    max_running_per_user: int = 2  # jobs holding a server at once; more wait in the queue
+
+
+@dataclass(frozen=True)
 class KubernetesSettings:
     image: str = "medhub/notebook:latest"
     hub_image: str = "medhub/hub:latest"
@@ -134,6 +140,7 @@ class Settings:
     profiles: tuple[Profile, ...]
     datasets: tuple[Dataset, ...]
     courses: tuple[Course, ...] = ()
+    batch: BatchSettings = BatchSettings()
 
     @property
     def allowed_groups(self) -> tuple[str, ...]:
@@ -301,7 +308,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     source = Path(path).expanduser().resolve()
     data = read_toml(source, "settings file")
 
-    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course"}
+    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course", "batch"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -324,6 +331,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     if audit_settings.syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", audit_settings.syslog):
         raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
     k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
+    batch_section = section("batch")
+    batch_settings = _plain(batch_section, BatchSettings())
+    if batch_settings.max_running_per_user < 1:
+        raise batch_section.error("max_running_per_user", "must be 1 or more")
     oidc = _oidc(section("oidc"))
     course_groups = tuple(g for c in data.get("course") or () if isinstance(c, dict)
                           for g in (c.get("instructors"), c.get("students")) if isinstance(g, str))
@@ -341,4 +352,5 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         profiles=_profiles(data.get("profiles"), source),
         datasets=datasets,
         courses=parse_courses(data.get("course"), source, datasets),
+        batch=batch_settings,
     )

@@ -40,6 +40,9 @@ def make_accounts() -> dict[str, Account]:
         "erin": account("erin", "radiology-research"),  # real browser
         "frank": account("frank", "course-students"),  # audit events from a server
         "mallory": account("mallory", "visitors"),  # in no allowed group
+        "tina": account("tina", "course-tutors"),  # the imaging-101 course: its instructor (no hub admin)
+        "sara": account("sara", "course-students"),  # ... and two of its students
+        "tom": account("tom", "course-students"),
     }
 
 
@@ -79,6 +82,10 @@ class Platform:
     def spawn(self, client: httpx.Client, username: str, profile: str = "cpu", timeout: float = 90) -> dict:
         """Start ``username``'s server through the spawn form; wait until it is ready."""
         assert submit_spawn_form(client, self.url, username, profile), f"no spawn form for {username}"
+        return self.wait_ready(username, timeout)
+
+    def wait_ready(self, username: str, timeout: float = 90) -> dict:
+        """Wait until ``username``'s default server is ready; its model."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             server = self.api("GET", f"/users/{username}").json()["servers"].get("")
@@ -113,9 +120,17 @@ def write_catalog(root: Path) -> Path:
         {"id": "research-ct", "title": "Research CT", "location": str(datasets / "research-ct"),
          "groups": ["radiology-research"], **entry},
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
-         "groups": ["course-students", "course-instructors"], **entry},
+         "groups": ["course-students", "course-instructors", "course-tutors"], **entry},
     ]}))
     return catalog
+
+
+def write_materials(root: Path) -> Path:
+    """The imaging-101 course's material: one notebook."""
+    folder = root / "materials" / "imaging-101"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lesson-1.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    return folder
 
 
 def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, **hub: object) -> Path:
@@ -144,6 +159,9 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
         "local": {"home_root": str(root / "home")},
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
         "audit": {"port": free_port()},
+        "batch": {"port": free_port(), "max_running_per_user": 1},
+        "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
+                    "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }
     path = root / "medhub.toml"
     path.write_text(tomli_w.dumps(settings))

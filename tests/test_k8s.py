@@ -103,7 +103,7 @@ def test_values_file_from_the_cli(settings_file: Path, tmp_path: Path):
     assert "s" not in out.read_text().split()  # the secret is never written
     assert v["hub"]["extraEnv"]["MEDHUB_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "oidc-client-secret"
     assert v["singleuser"]["image"] == {"name": "registry.example.org/medhub/notebook", "tag": "1.2"}
-    assert [p["slug"] for p in v["singleuser"]["profileList"]] == ["cpu", "gpu1", "gpu-all"]
+    assert [p["slug"] for p in v["singleuser"]["profileList"]] == ["cpu", "gpu1", "gpu-all", "teaching"]
     assert v["cull"] == {"enabled": True, "timeout": 3600, "every": 300, "maxAge": 0, "users": False}
 
 

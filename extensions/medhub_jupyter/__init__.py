@@ -1,7 +1,9 @@
 """medhub's Jupyter server extension: what the notebook UI asks the server about medhub.
 
 ``GET <base_url>medlib/datasets``: the datasets granted to this server's user (from the hub's
-signed grants manifest), with their catalog metadata and schema.org JSON-LD. Authenticated
+signed grants manifest), with their catalog metadata and schema.org JSON-LD.
+``<base_url>medlib/batch``: notebooks run here by the ``medhub-batch`` service (:mod:`.batch`).
+Authenticated
 like every Jupyter server API: only the server's own user (through the hub) reaches it.
 Enabled by ``jupyter_server_config.d/medhub_jupyter.json``, which installing medhub puts in
 ``<prefix>/etc/jupyter``.
@@ -37,6 +39,13 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
+    from .batch import BatchHandler
+
     base = serverapp.web_app.settings["base_url"]
-    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, "medlib", "datasets"), DatasetsHandler)])
-    serverapp.log.info("medhub_jupyter: serving %smedlib/datasets", base)
+    serverapp.web_app.add_handlers(".*$", [
+        (url_path_join(base, "medlib", "datasets"), DatasetsHandler),
+        (url_path_join(base, "medlib", "batch"), BatchHandler),
+        (url_path_join(base, "medlib", "batch", r"([a-z0-9-]+)"), BatchHandler),
+        (url_path_join(base, "medlib", "batch", r"([a-z0-9-]+)", r"(output|log)"), BatchHandler),
+    ])
+    serverapp.log.info("medhub_jupyter: serving %smedlib/datasets and %smedlib/batch", base, base)

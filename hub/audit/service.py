@@ -3,7 +3,8 @@
 ``POST <prefix>events``: one event, or ``{"events": [...]}``. The caller is identified by its
 JupyterHub token (a notebook server's ``JUPYTERHUB_API_TOKEN``, a batch job's, a user's): the
 event's actor is that identity, whatever the body says. Only the hub's own writer (the service
-named by ``MEDHUB_AUDIT_HUB_WRITER``) states actors, for the hub's events (logins, spawns, …).
+named by ``MEDHUB_AUDIT_HUB_WRITER``) states actors, for the hub's events (logins, spawns, …),
+and the batch service (``MEDHUB_AUDIT_BATCH_WRITER``), for the jobs it runs for users.
 Events are chained and on disk (fsync) before the reply; requests that arrive together share
 one write (group commit). Accepted events are then forwarded to syslog if configured.
 
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,15 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
-from tornado import httpclient, web
+from tornado import web
 from tornado.ioloop import IOLoop
 
+from ..service_auth import TokenHandler
 from . import export
 from .log import AuditLog, query
 from .schema import EventError, from_client, make_event
 
 log = logging.getLogger("medhub.audit")
-GROUPS_TTL = 60.0
 
 
 class Writer:
@@ -85,45 +85,20 @@ class Writer:
             self._writing = False
 
 
-class AuditHandler(web.RequestHandler):
-    """Token-authenticated JSON API; a caller without a valid token gets 403.
-
-    The token is checked with the hub asynchronously (``HubAuth.user_for_token``, cached a
-    minute), and must hold ``access:services!service=<this service>``.
-    """
-
-    @property
-    def hub_auth(self) -> HubAuth:
-        return self.settings["hub_auth"]
-
-    async def prepare(self) -> None:
-        token = self.hub_auth.get_token(self, in_cookie=False)
-        model = await self.hub_auth.user_for_token(token, sync=False) if token else None
-        if not model or not self.hub_auth.check_scopes(self.settings["hub_scopes"], model):
-            raise web.HTTPError(403, "send a JupyterHub API token that may use this service "
-                                     "(Authorization: token ...)")
-        self.current_user = model
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
-        self.finish({"status": status_code, "message": message})
-
-    async def groups_of(self, name: str) -> list[str]:
-        """The user's groups, asked of the hub with the service's own token (cached a minute)."""
-        cache = self.settings["groups_cache"]
-        hit = cache.get(name)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
-        client = httpclient.AsyncHTTPClient()
-        response = await client.fetch(url_path_join(self.hub_auth.api_url, "users", name),
-                                      headers={"Authorization": f"token {self.hub_auth.api_token}"})
-        groups = sorted(json.loads(response.body).get("groups", []))
-        cache[name] = (time.monotonic() + GROUPS_TTL, groups)
-        return groups
+class AuditHandler(TokenHandler):
+    """The audit service's handlers: token-authenticated (:class:`medhub.service_auth.TokenHandler`)."""
 
     def is_hub_writer(self, model: dict[str, Any]) -> bool:
         return model.get("kind") == "service" and model.get("name") == self.settings["hub_writer"]
+
+    def trusted_source(self, model: dict[str, Any]) -> str | None:
+        """"hub" for the hub's writer, "batch" for the batch service: the services that state the
+        actor (a user they identified by that user's own token); None for everyone else."""
+        if self.is_hub_writer(model):
+            return "hub"
+        if model.get("kind") == "service" and model.get("name") == self.settings.get("batch_writer"):
+            return "batch"
+        return None
 
     def is_admin(self, model: dict[str, Any]) -> bool:
         """Hub admins, and API clients whose token may administer users, read everyone's events."""
@@ -149,8 +124,9 @@ class EventsHandler(AuditHandler):
             raise web.HTTPError(400, "the body is not JSON") from None
         items = body["events"] if isinstance(body, dict) and isinstance(body.get("events"), list) else [body]
         try:
-            if self.is_hub_writer(model):
-                events = [make_event(e.get("action", ""), {**e.get("actor", {}), "source": "hub"}, e.get("object"),
+            source = self.trusted_source(model)
+            if source:
+                events = [make_event(e.get("action", ""), {**e.get("actor", {}), "source": source}, e.get("object"),
                                      e.get("outcome", "success"), e.get("details"), e.get("time")) for e in items]
             else:
                 groups = await self.groups_of(model["name"]) if model.get("kind") == "user" else []
@@ -183,7 +159,7 @@ class ExportHandler(AuditHandler):
 
 
 def make_app(folder: Path, key: bytes, hub_writer: str, *, fsync: str = "always",
-             syslog: str | None = None, prefix: str = "/") -> web.Application:
+             syslog: str | None = None, prefix: str = "/", batch_writer: str | None = None) -> web.Application:
     audit_log = AuditLog(folder, key, fsync=fsync)
     forward = export.SyslogForwarder(syslog) if syslog else None
     settings = {
@@ -192,6 +168,7 @@ def make_app(folder: Path, key: bytes, hub_writer: str, *, fsync: str = "always"
         "writer": Writer(audit_log, forward),
         "folder": folder,
         "hub_writer": hub_writer,
+        "batch_writer": batch_writer,
         "groups_cache": {},
         "audit_log": audit_log,
     }
@@ -207,7 +184,7 @@ def main() -> None:
     key = bytes.fromhex(Path(env["MEDHUB_AUDIT_KEY_FILE"]).read_text().strip())
     app = make_app(Path(env["MEDHUB_AUDIT_DIR"]), key, env["MEDHUB_AUDIT_HUB_WRITER"],
                    fsync=env.get("MEDHUB_AUDIT_FSYNC", "always"), syslog=env.get("MEDHUB_AUDIT_SYSLOG") or None,
-                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"))
+                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"))
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=url.hostname)
     log.info("medhub audit service on %s, log in %s", env["JUPYTERHUB_SERVICE_URL"], env["MEDHUB_AUDIT_DIR"])

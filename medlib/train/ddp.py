@@ -17,6 +17,7 @@ dask-gateway. Models with batch normalisation keep per-rank statistics (as DDP d
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import socket
 import time
 import uuid
@@ -94,6 +95,7 @@ def _rank(rank: int, world: int, host: str, port: int, model: torch.nn.Module, d
     device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{host}:{port}", rank=rank,
                             world_size=world, timeout=dt.timedelta(seconds=config.timeout))
+    ddp = optimizer = None
     try:
         torch.manual_seed(config.seed)
         if start:
@@ -141,6 +143,10 @@ def _rank(rank: int, world: int, host: str, port: int, model: torch.nn.Module, d
                 progress({**record, "done": True})
         return ({k: v.cpu() for k, v in model.state_dict().items()}, history) if rank == 0 else None
     finally:
+        # DDP's reducer holds the process group: free it first, or the group's destructor can
+        # wait forever for threads that destroy_process_group already stopped
+        del ddp, optimizer
+        gc.collect()
         dist.destroy_process_group()
 
 

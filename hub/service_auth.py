@@ -1,0 +1,50 @@
+"""What medhub's hub services share: a JSON API authenticated by JupyterHub tokens."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from jupyterhub.services.auth import HubAuth
+from jupyterhub.utils import url_path_join
+from tornado import httpclient, web
+
+GROUPS_TTL = 60.0
+
+
+class TokenHandler(web.RequestHandler):
+    """Token-authenticated JSON API; a caller without a valid token gets 403.
+
+    The token is checked with the hub asynchronously (``HubAuth.user_for_token``, cached a
+    minute), and must hold ``access:services!service=<this service>``.
+    """
+
+    @property
+    def hub_auth(self) -> HubAuth:
+        return self.settings["hub_auth"]
+
+    async def prepare(self) -> None:
+        token = self.hub_auth.get_token(self, in_cookie=False)
+        model = await self.hub_auth.user_for_token(token, sync=False) if token else None
+        if not model or not self.hub_auth.check_scopes(self.settings["hub_scopes"], model):
+            raise web.HTTPError(403, "send a JupyterHub API token that may use this service "
+                                     "(Authorization: token ...)")
+        self.current_user = model
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
+        self.finish({"status": status_code, "message": message})
+
+    async def groups_of(self, name: str) -> list[str]:
+        """The user's groups, asked of the hub with the service's own token (cached a minute)."""
+        cache = self.settings["groups_cache"]
+        hit = cache.get(name)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        client = httpclient.AsyncHTTPClient()
+        response = await client.fetch(url_path_join(self.hub_auth.api_url, "users", name),
+                                      headers={"Authorization": f"token {self.hub_auth.api_token}"})
+        groups = sorted(json.loads(response.body).get("groups", []))
+        cache[name] = (time.monotonic() + GROUPS_TTL, groups)
+        return groups
