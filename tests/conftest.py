@@ -133,7 +133,8 @@ def write_materials(root: Path) -> Path:
     return folder
 
 
-def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, **hub: object) -> Path:
+def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, batch_limit: int = 1,
+                   **hub: object) -> Path:
     catalog = write_catalog(root)
     observer = root / "observer_config.py"
     settings = {
@@ -159,7 +160,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
         "local": {"home_root": str(root / "home")},
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
         "audit": {"port": free_port()},
-        "batch": {"port": free_port(), "max_running_per_user": 1},
+        "batch": {"port": free_port(), "max_running_per_user": batch_limit},
         "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
                     "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }
@@ -179,7 +180,7 @@ c.JupyterHub.load_roles.append({{
 """
 
 
-def start_platform(root: Path, *, issuer: str | None = None, **hub: object) -> Platform:
+def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, **hub: object) -> Platform:
     """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
@@ -203,7 +204,8 @@ def start_platform(root: Path, *, issuer: str | None = None, **hub: object) -> P
             )
             stack.start(idp_process(idp, root / "logs"))
             issuer = idp.issuer
-        settings = load(write_settings(root, issuer, client_secret, public_port=public_port, **hub))
+        settings = load(write_settings(root, issuer, client_secret, public_port=public_port, batch_limit=batch_limit,
+                                       **hub))
         stack.start(proxy_process(settings))
         hub_proc = stack.start(hub_process(settings), timeout=120)
     except BaseException:
