@@ -93,3 +93,31 @@ def test_spawn_form_offers_every_profile(spawner: MedhubDockerSpawner):
 def test_helpers():
     assert docker_device_requests(0) == []
     assert cuda_visible_devices(0) == "" and cuda_visible_devices(2) == "0,1" and cuda_visible_devices(-1) is None
+
+
+def test_profiles_kept_to_groups_are_offered_and_accepted_only_for_members(spawner: MedhubDockerSpawner,
+                                                                          tmp_path: Path):
+    from tornado import web
+
+    spawner.profiles = PROFILES + [{"slug": "onco-gpu", "display_name": "Oncology GPU", "gpus": 1,
+                                    "groups": ["oncology"]},
+                                   {"slug": "research-big", "display_name": "Research", "cpu_limit": 32,
+                                    "groups": ["radiology-research"]}]
+    offered = [p.slug for p in spawner._profiles()]
+    assert "research-big" in offered and "onco-gpu" not in offered  # alice is in radiology-research only
+    assert "onco-gpu" not in spawner._options_form()
+    with pytest.raises(web.HTTPError, match="Unknown profile 'onco-gpu'"):
+        spawner.apply_profile({"profile": "onco-gpu"})
+    spawner.apply_profile({"profile": "research-big"})
+    assert spawner.cpu_limit == 32
+
+
+def test_course_material_is_mounted_read_only_for_members(spawner: MedhubDockerSpawner, tmp_path: Path):
+    (tmp_path / "course").mkdir()
+    spawner.courses = [{"name": "imaging-101", "instructors": "course-instructors", "students": "course-students",
+                        "materials": str(tmp_path / "course"), "datasets": []},
+                       {"name": "other", "instructors": "x", "students": "y", "materials": str(tmp_path / "secret"),
+                        "datasets": []}]
+    volumes = spawner.container_volumes()
+    assert volumes[str(tmp_path / "course")] == {"bind": "/home/jovyan/courses/imaging-101", "mode": "ro"}
+    assert str(tmp_path / "secret") not in volumes
