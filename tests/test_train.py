@@ -85,10 +85,11 @@ SITES = ("site-a", "site-b", "site-c")
 
 
 def load_site(path: Path) -> torch.utils.data.TensorDataset:
-    """A site's loader: its own npz file. Marker files make it late (once) or crash (once)."""
+    """A site's loader: its own npz file. Marker files make it late (once: 15 s, past the test's
+    8 s round timeout, which a round otherwise meets with room to spare) or crash (once)."""
     if (path / "late").exists():
         (path / "late").unlink()
-        time.sleep(6)
+        time.sleep(15)
     if (path / "crash").exists():
         (path / "crash").unlink()
         os._exit(1)
@@ -130,7 +131,7 @@ def test_federated_rounds_survive_a_late_and_a_crashing_site(sites, tmp_path: Pa
                 time.sleep(0.2)
 
     result = federated_fit(mlp(), roots, client=client, rounds=6, load=load_site, lr=0.05, local_epochs=2,
-                           round_timeout=4, checkpoint_dir=tmp_path / "fed", callback=between_rounds, progress=False)
+                           round_timeout=8, checkpoint_dir=tmp_path / "fed", callback=between_rounds, progress=False)
     history = result.history
     assert [h["round"] for h in history] == list(range(6))
     assert history[1]["skipped"].get("site-b") == "no answer in time" and "site-b" not in history[1]["sites"]
