@@ -7,12 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medhub-installed
 
-.PHONY: demo test install system-packages clean
+.PHONY: demo test install system-packages docker-engine clean
 
 demo: install
 	$(BIN)/medhub demo $(ARGS)
 
-test: install system-packages
+test: install system-packages docker-engine
 	$(BIN)/python -m pytest $(ARGS)
 
 install: $(STAMP)
@@ -36,5 +36,10 @@ system-packages:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools >/dev/null; }
 
+# A Docker engine and the notebook image for tests/test_containers.py (../shared/DOCKER.md's
+# recipe: no registry). If no engine can start, the container tests skip and say why.
+docker-engine: install
+	-images/test-engine.sh $(BIN)/python
+
 clean:
-	rm -rf $(VENV) node_modules state
+	rm -rf $(VENV) node_modules state build

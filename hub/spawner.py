@@ -26,6 +26,7 @@ from typing import Any
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.utils import random_port
 from tornado import web
 from traitlets import Dict, List, Unicode, default
 from traitlets.config import Configurable
@@ -260,4 +261,12 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
 
     async def start(self):
         self.volumes = self.container_volumes()
+        if self.network_name == "host":  # containers share the host's loopback: each its own port there,
+            self.ip, self.port = "127.0.0.1", random_port()  # and no port bindings (Docker refuses them)
+            self.use_internal_ip = True
         return await super().start()
+
+    async def get_ip_and_port(self) -> tuple[str, int]:
+        if self.network_name == "host":
+            return "127.0.0.1", self.port
+        return await super().get_ip_and_port()

@@ -134,7 +134,7 @@ def write_materials(root: Path) -> Path:
 
 
 def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, batch_limit: int = 1,
-                   **hub: object) -> Path:
+                   sections: dict | None = None, **hub: object) -> Path:
     catalog = write_catalog(root)
     observer = root / "observer_config.py"
     settings = {
@@ -164,6 +164,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: 
         "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
                     "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }
+    settings.update(sections or {})
     path = root / "medhub.toml"
     path.write_text(tomli_w.dumps(settings))
     return path
@@ -180,7 +181,8 @@ c.JupyterHub.load_roles.append({{
 """
 
 
-def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, **hub: object) -> Platform:
+def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, sections: dict | None = None,
+                   **hub: object) -> Platform:
     """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
@@ -205,7 +207,7 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
             stack.start(idp_process(idp, root / "logs"))
             issuer = idp.issuer
         settings = load(write_settings(root, issuer, client_secret, public_port=public_port, batch_limit=batch_limit,
-                                       **hub))
+                                       sections=sections, **hub))
         stack.start(proxy_process(settings))
         hub_proc = stack.start(hub_process(settings), timeout=120)
     except BaseException:

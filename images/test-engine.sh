@@ -1,0 +1,38 @@
+#!/bin/sh
+# A Docker engine and the notebook image for the end-to-end container tests, without a registry
+# (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd without a bridge (containers
+# use the host's loopback), a debootstrap-made base image, and the notebook image built on it
+# from wheels made on the host. Idempotent; prints why and exits non-zero if an engine cannot
+# start, and the container tests then say so when they skip.
+#
+#   images/test-engine.sh [PYTHON]        (PYTHON: the venv's python that makes the wheels)
+set -eu
+PYTHON=${1:-.venv/bin/python}
+IMAGE=medhub/notebook:test
+SUDO=$(command -v sudo >/dev/null 2>&1 && [ "$(id -u)" != 0 ] && echo sudo || true)
+
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  $SUDO sh -c 'dockerd --bridge=none --iptables=false >/tmp/medhub-dockerd.log 2>&1 &'
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /tmp/medhub-dockerd.log" >&2; exit 1; }
+fi
+if ! docker image inspect local/debian:bookworm >/dev/null 2>&1; then
+  root=$(mktemp -d)
+  $SUDO debootstrap --variant=minbase bookworm "$root/rootfs" http://deb.debian.org/debian >/dev/null
+  $SUDO tar -C "$root/rootfs" -c . | docker import - local/debian:bookworm >/dev/null
+  $SUDO rm -rf "$root"
+fi
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || [ "${MEDHUB_REBUILD_IMAGE:-}" = 1 ]; then
+  mkdir -p build/wheels
+  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[notebook]"
+  # Debian bookworm's Python is 3.11.2: soupsieve 3 and later want 3.11.5
+  rm -f build/wheels/soupsieve-*.whl
+  "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"
+  docker build -q --network host -f images/notebook/Dockerfile --build-arg BASE=local/debian:bookworm \
+    --build-arg WHEELS=build/wheels -t "$IMAGE" . >/dev/null
+fi
+echo "docker engine up; $IMAGE ready"
