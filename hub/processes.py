@@ -129,6 +129,8 @@ def proxy_process(settings: Settings) -> ManagedProcess:
         "--error-target", hub_url + "/hub/error",
         "--log-level", "warn",
     ]
+    if settings.hub.tls_cert is not None:  # TLS at the proxy; otherwise in front of it (see README)
+        argv += ["--ssl-cert", str(settings.hub.tls_cert), "--ssl-key", str(settings.hub.tls_key)]
     return ManagedProcess(
         "configurable-http-proxy",
         argv,

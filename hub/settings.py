@@ -66,6 +66,9 @@ class HubSettings:
     start_timeout: int = 120
     extra_config: Path | None = None
     catalog: Path | None = None  # the dataset catalog (datasets.toml); none: no datasets
+    tls_cert: Path | None = None  # PEM certificate (chain) the proxy serves https with
+    tls_key: Path | None = None  # its private key
+    insecure_http: bool = False  # allow a plain-http public_url on a non-loopback host (not advised)
 
 
 @dataclass(frozen=True)
@@ -176,8 +179,11 @@ def _url(section: Section, key: str, value: str) -> str:
 
 def _hub(s: Section) -> HubSettings:
     d = HubSettings()
+    insecure = s.get("insecure_http", bool, d.insecure_http)
+    public_url = s.get("public_url", str, d.public_url)
     hub = HubSettings(
-        public_url=_url(s, "public_url", s.get("public_url", str, d.public_url)),
+        public_url=public_url.rstrip("/") if insecure and public_url.startswith("http://")
+        else _url(s, "public_url", public_url),
         hub_port=s.get("hub_port", int, d.hub_port),
         proxy_api_port=s.get("proxy_api_port", int, d.proxy_api_port),
         state_dir=s.path("state_dir", d.state_dir),
@@ -186,7 +192,18 @@ def _hub(s: Section) -> HubSettings:
         start_timeout=s.get("start_timeout", int, d.start_timeout),
         extra_config=s.path("extra_config", Path(".")) if "extra_config" in s.data else None,
         catalog=s.path("catalog", Path(".")) if "catalog" in s.data else None,
+        tls_cert=s.path("tls_cert", Path(".")) if "tls_cert" in s.data else None,
+        tls_key=s.path("tls_key", Path(".")) if "tls_key" in s.data else None,
+        insecure_http=insecure,
     )
+    if (hub.tls_cert is None) != (hub.tls_key is None):
+        raise s.error("tls_key" if hub.tls_key is None else "tls_cert", "give both tls_cert and tls_key, or neither")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(hub, key)
+        if path is not None and not path.is_file():
+            raise s.error(key, f"{path} is not a file")
+    if hub.tls_cert is not None and not hub.public_url.startswith("https://"):
+        raise s.error("public_url", "must be https:// when tls_cert is given (the proxy then serves TLS)")
     if hub.spawner not in ("local", "docker"):
         raise s.error("spawner", f"must be 'local' or 'docker', not {hub.spawner!r}")
     if hub.extra_config is not None and not hub.extra_config.is_file():

@@ -102,3 +102,58 @@ def test_profiles_accept_all_gpus(tmp_path: Path):
     data = {**MINIMAL, "profiles": [{"slug": "big", "display_name": "Big", "gpus": "all", "cpu_limit": 4}]}
     (p,) = load(write(tmp_path, data)).profiles
     assert p.gpus == -1 and p.cpu_limit == 4.0
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_tls_settings_are_checked_and_plain_http_off_loopback_needs_saying_so(tmp_path: Path):
+    cert, key = self_signed(tmp_path)
+    with pytest.raises(HubConfigError, match="hub.tls_key.*give both"):
+        load(write(tmp_path, with_("hub", public_url="https://hub.example.org", tls_cert=str(cert))))
+    with pytest.raises(HubConfigError, match="must be https:// when tls_cert"):
+        load(write(tmp_path, with_("hub", public_url="http://127.0.0.1:8000", tls_cert=str(cert), tls_key=str(key))))
+    with pytest.raises(HubConfigError, match="plain http on a non-loopback host"):
+        load(write(tmp_path, with_("hub", public_url="http://hub.example.org")))
+    insecure = load(write(tmp_path, with_("hub", public_url="http://hub.example.org", insecure_http=True)))
+    assert insecure.hub.public_url == "http://hub.example.org" and insecure.hub.insecure_http
+
+
+def test_the_proxy_serves_tls_with_the_configured_certificate(tmp_path: Path):
+    import httpx
+
+    from medhub.processes import Stack, free_port, proxy_process
+
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    settings = load(write(tmp_path, with_("hub", public_url=f"https://127.0.0.1:{port}", tls_cert=str(cert),
+                                          tls_key=str(key), proxy_api_port=free_port(), hub_port=free_port(),
+                                          state_dir=str(tmp_path / "state"))))
+    with Stack() as stack:
+        stack.start(proxy_process(settings))
+        answer = httpx.get(f"https://127.0.0.1:{port}/hub/", verify=str(cert), timeout=10)
+        assert answer.status_code in (502, 503)  # TLS accepted by the proxy; no hub behind it here
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/hub/", timeout=10)  # no plain http on that port
