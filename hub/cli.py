@@ -210,12 +210,12 @@ def cmd_share(args: argparse.Namespace) -> int:
     5 keeps group shares out of the scopes it gives a server when it checks a token."""
     import httpx
 
-    from .batch.client import BatchClient
+    from .batch.client import hub_address
 
-    client = BatchClient(args.hub, args.token)  # the same address and token rules
-    api = client.base.rsplit("/services/", 1)[0] + "/hub/api"
-    me = httpx.get(f"{api}/user", headers=client.headers, timeout=30)
-    group = httpx.get(f"{api}/groups/{args.group}", headers=client.headers, timeout=30)
+    hub, headers = hub_address(args.hub, args.token)
+    api = hub + "/hub/api"
+    me = httpx.get(f"{api}/user", headers=headers, timeout=30)
+    group = httpx.get(f"{api}/groups/{args.group}", headers=headers, timeout=30)
     if me.status_code != 200 or group.status_code != 200:
         raise BatchError(f"cannot read your identity or group {args.group!r} (HTTP {me.status_code}, "
                          f"{group.status_code}): are you an instructor of a course with that group?")
@@ -224,8 +224,7 @@ def cmd_share(args: argparse.Namespace) -> int:
     for user in group.json()["users"]:
         if user == owner:
             continue
-        response = httpx.post(f"{api}/shares/{owner}/{args.server}", json={"user": user}, headers=client.headers,
-                              timeout=30)
+        response = httpx.post(f"{api}/shares/{owner}/{args.server}", json={"user": user}, headers=headers, timeout=30)
         if response.status_code != 200:
             raise BatchError(f"sharing with {user} failed (HTTP {response.status_code}): {response.text[:200]}")
         shared += 1

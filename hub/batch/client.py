@@ -22,16 +22,22 @@ class BatchError(RuntimeError):
     """The batch service refused or could not be reached; the message says why."""
 
 
+def hub_address(hub: str | None = None, token: str | None = None) -> tuple[str, dict[str, str]]:
+    """The hub's public URL and the request headers carrying the user's token, from the
+    arguments or the environment."""
+    hub = hub or os.environ.get("MEDHUB_URL")
+    token = token or os.environ.get("MEDHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not hub:
+        raise BatchError("give the hub's address: --hub https://hub.example.org, or set MEDHUB_URL")
+    if not token:
+        raise BatchError("give a JupyterHub API token (hub → Token page): --token, or set MEDHUB_TOKEN")
+    return hub.rstrip("/"), {"Authorization": f"token {token}"}
+
+
 class BatchClient:
     def __init__(self, hub: str | None = None, token: str | None = None):
-        hub = hub or os.environ.get("MEDHUB_URL")
-        token = token or os.environ.get("MEDHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
-        if not hub:
-            raise BatchError("give the hub's address: --hub https://hub.example.org, or set MEDHUB_URL")
-        if not token:
-            raise BatchError("give a JupyterHub API token (hub → Token page): --token, or set MEDHUB_TOKEN")
-        self.base = hub.rstrip("/") + SERVICE_PATH
-        self.headers = {"Authorization": f"token {token}"}
+        hub, self.headers = hub_address(hub, token)
+        self.base = hub + SERVICE_PATH
 
     def _call(self, method: str, path: str = "", **kwargs) -> httpx.Response:
         try:

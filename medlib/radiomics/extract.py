@@ -198,13 +198,12 @@ def _ivh_levels(values, inside, levels, n_levels: int, settings: Settings):
     dev = dict(dtype=torch.float64, device=values.device)
     method = settings.ivh_discretisation
     if method == "texture":
-        method = settings.discretisation
-        width, bins = settings.bin_width, settings.bins
+        method, width = settings.discretisation, settings.bin_width
     else:
-        width, bins = settings.ivh_bin_width, settings.ivh_bins
+        width = settings.ivh_bin_width
         if method != "none":
-            levels, n_levels = _discretise(values, inside, replace(settings, discretisation=method, bins=bins,
-                                                                   bin_width=width))
+            levels, n_levels = _discretise(values, inside, replace(settings, discretisation=method,
+                                                                   bins=settings.ivh_bins, bin_width=width))
     big = torch.finfo(torch.float64).max
     low = torch.where(inside, values, big).amin((1, 2, 3))
     high = torch.where(inside, values, -big).amax((1, 2, 3))
@@ -213,7 +212,7 @@ def _ivh_levels(values, inside, levels, n_levels: int, settings: Settings):
         if np.isfinite(settings.resegment_range[1]):
             high = torch.full_like(high, settings.resegment_range[1])
     ones = torch.ones(b, **dev)
-    if method == "none" and settings.ivh_discretisation != "texture":  # calibrated discrete intensities
+    if method == "none":  # discrete intensities (CT, or grey levels as given) stand for themselves, interval 1
         roi = values[inside]
         if not torch.equal(roi, roi.round()):
             raise RadiomicsError("ivh_discretisation 'none' needs integer intensities (round them, or use "
@@ -223,8 +222,6 @@ def _ivh_levels(values, inside, levels, n_levels: int, settings: Settings):
         k = torch.arange(1, n_levels + 1, **dev)
         return levels, n_levels, low[:, None] + k - 1, torch.stack([ones, high - low + 1], 1)
     k = torch.arange(1, n_levels + 1, **dev)
-    if method == "none":  # grey levels as given: they stand for themselves, over [min, max]
-        return levels, n_levels, k.expand(b, n_levels), torch.stack([low, high], 1)
     if method == "fixed_bin_size":  # bin centres over [min + w/2, max - w/2]
         return levels, n_levels, low[:, None] + (k - 0.5) * width, torch.stack([ones, (high - low) / width], 1)
     return levels, n_levels, k.expand(b, n_levels), torch.stack([ones, ones * n_levels], 1)

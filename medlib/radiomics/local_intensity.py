@@ -12,8 +12,6 @@ import math
 
 import torch
 
-from .morphology import correlate
-
 RADIUS_MM = 10 * (3 / (4 * math.pi)) ** (1 / 3)
 
 
@@ -41,10 +39,18 @@ def local_intensity(values: torch.Tensor, image: torch.Tensor, inside: torch.Ten
     kernel[:sphere.shape[0], :sphere.shape[1], :sphere.shape[2]] = sphere
     pad = [p for r in reversed(reach) for p in (r, r)]
     present = image.to(torch.float64)
-    total = correlate(kernel, torch.nn.functional.pad(torch.where(image, values, 0.0), pad))
-    count = correlate(kernel, torch.nn.functional.pad(present, pad))
-    # correlate(kernel, a)[o] sums a over the sphere's box placed at o in the padded frame: the
-    # box of the sphere centred on voxel v starts at v - reach, which is v in the padded frame
+    dims = (-3, -2, -1)
+    sphere_spectrum = torch.fft.rfftn(kernel, dim=dims).conj()
+
+    def sphere_sums(a: torch.Tensor) -> torch.Tensor:
+        """sum_k kernel(k) a(k + o) for every offset o (circular cross-correlation by FFT): the
+        sum of ``a`` over the sphere's box placed at o in the padded frame. The box of the
+        sphere centred on voxel v starts at v - reach, which is v in the padded frame; the
+        padding keeps anything from wrapping around."""
+        padded = torch.nn.functional.pad(a, pad)
+        return torch.fft.irfftn(sphere_spectrum * torch.fft.rfftn(padded, dim=dims), s=padded.shape[-3:], dim=dims)
+
+    total, count = sphere_sums(torch.where(image, values, 0.0)), sphere_sums(present)
     crop = tuple(slice(0, n) for n in values.shape[1:])
     mean = (total / count.clamp(min=0.5))[(slice(None), *crop)]
     big = torch.finfo(torch.float64).max

@@ -18,15 +18,6 @@ import numpy as np
 import torch
 
 
-def correlate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Circular cross-correlation over the last three axes, ``sum_k a(k) b(k + o)`` for every
-    offset ``o``: give inputs zero-padded to twice their extent so that nothing wraps."""
-    dims = (-3, -2, -1)
-    fa = torch.fft.rfftn(a, dim=dims)
-    fb = fa if b is a else torch.fft.rfftn(b, dim=dims)
-    return torch.fft.irfftn(fa.conj() * fb, s=a.shape[-3:], dim=dims)
-
-
 def fast_length(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n: a length FFTs are quick at."""
     while True:
