@@ -14,6 +14,7 @@ from typing import Any
 
 from traitlets.config import Config
 
+from . import child
 from .audit import hooks as audit_hooks
 from .auth import OIDCAuthenticator
 from .courses import instructor_role
@@ -32,14 +33,12 @@ def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
 def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The idle-culler hub service and its role, from ``[culler]``."""
     cull = settings.culler
-    command = [
-        sys.executable,
-        "-m",
+    command = child.command(
         "jupyterhub_idle_culler",
         f"--timeout={cull.timeout}",
         f"--cull-every={cull.every}",
         f"--max-age={cull.max_age}",
-    ]
+    )
     if cull.cull_users:
         command.append("--cull-users=true")
     scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -56,7 +55,7 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
     name, writer = audit_hooks.AUDIT_SERVICE, audit_hooks.HUB_WRITER
     services = [
         {"name": name, "url": f"http://127.0.0.1:{settings.audit.port}", "display": False,
-         "command": [sys.executable, "-m", "medhub.audit.service"],
+         "command": child.command("medhub.audit.service"),
          "environment": {"MEDHUB_AUDIT_DIR": str(state.audit_dir), "MEDHUB_AUDIT_KEY_FILE": str(state.audit_key_file),
                          "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
                          "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog}},
@@ -86,7 +85,7 @@ def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[
         "datasets": [d.to_dict() for d in settings.datasets],
     }))
     service = {"name": BATCH_SERVICE, "url": f"http://127.0.0.1:{settings.batch.port}", "display": False,
-               "command": [sys.executable, "-m", "medhub.batch.service"],
+               "command": child.command("medhub.batch.service"),
                "environment": {"MEDHUB_BATCH_CONFIG": str(config)}}
     role = {"name": BATCH_SERVICE, "services": [BATCH_SERVICE],
             "scopes": ["read:users", "servers", "access:servers", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}

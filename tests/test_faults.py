@@ -1,4 +1,4 @@
-"""Faults: the IdP down, a misconfigured issuer or client, and a hub restart."""
+"""Faults: the IdP down, a misconfigured issuer or client, a hub restart, a killed hub."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import tomli_w
 import tomllib
@@ -45,6 +46,21 @@ def test_hub_runs_and_says_so_when_the_idp_is_unreachable(tmp_path: Path):
         assert "did not answer" in check.stdout
     finally:
         stop_platform(p)
+
+
+def test_the_hubs_services_stop_when_the_hub_is_killed(tmp_path: Path):
+    p = start_platform(tmp_path, issuer=f"http://127.0.0.1:{free_port()}")
+    hub = psutil.Process(p.hub.proc.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while len(services := hub.children()) < 3 and time.monotonic() < deadline:  # audit, batch, culler
+            time.sleep(0.2)
+        assert len(services) == 3, [s.cmdline() for s in services]
+        hub.kill()  # no chance to stop anything
+        gone, alive = psutil.wait_procs(services, timeout=15)
+        assert not alive, f"orphaned services: {[s.cmdline() for s in alive]}"
+    finally:
+        p.stack.stop()
 
 
 @pytest.mark.parametrize(
