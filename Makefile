@@ -36,7 +36,7 @@ system-packages:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools >/dev/null; }
 
-# A Docker engine and the notebook image for tests/test_containers.py (../shared/DOCKER.md's
+# A Docker engine and the notebook and hub images for tests/test_containers.py (../shared/DOCKER.md's
 # recipe: no registry). If no engine can start, the container tests skip and say why.
 docker-engine: install
 	-images/test-engine.sh $(BIN)/python

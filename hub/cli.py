@@ -56,6 +56,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from .single_node import up
+
+    settings = load(args.settings)
+    outcome = up(settings, image=args.image, name=args.name)
+    print(f"medhub is {'already ' if outcome == 'unchanged' else ''}up at {settings.hub.public_url}/ "
+          f"(container {args.name}; its log: docker logs {args.name}; stop it: medhub down)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .single_node import down
+
+    if down(load(args.settings), name=args.name):
+        print(f"stopped and removed container {args.name}; users' home volumes are kept")
+    else:
+        print(f"no container {args.name}: nothing to stop")
+    return 0
+
+
 def cmd_k8s_values(args: argparse.Namespace) -> int:
     from .k8s import values
 
@@ -252,6 +272,16 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the hub from a settings file")
     _settings_arg(run)
     run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("up", help="single node: run the hub image on the local Docker engine (servers as containers)")
+    _settings_arg(up)
+    up.add_argument("--image", help="the hub image (default: docker.hub_image of the settings)")
+    up.add_argument("--name", default="medhub", help="container name (default: medhub)")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop and remove the container `medhub up` started")
+    _settings_arg(down)
+    down.add_argument("--name", default="medhub", help="container name (default: medhub)")
+    down.set_defaults(func=cmd_down)
 
     check = sub.add_parser("check", help="validate settings; check issuer and client (exit 3: issuer unreachable)")
     _settings_arg(check)

@@ -83,6 +83,7 @@ class OIDCSettings:
     admin_groups: tuple[str, ...] = ()
     refresh_age: int = 300
     login_service: str = "your institution"
+    client_secret_file: Path | None = None  # where the secret was read from, if from a file
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class LocalSettings:
 @dataclass(frozen=True)
 class DockerSettings:
     image: str = "medhub/notebook:latest"
+    hub_image: str = "medhub/hub:latest"  # what `medhub up` runs
     home_volume: str = "medhub-home-{username}"
     home_mount: str = "/home/jovyan"
     network: str = "host"
@@ -217,7 +219,8 @@ def _hub(s: Section) -> HubSettings:
     return hub
 
 
-def _client_secret(s: Section) -> str:
+def _client_secret(s: Section) -> tuple[str, Path | None]:
+    """The client secret, and the file it was read from (None: inline or from the environment)."""
     inline = s.get("client_secret", str, "")
     path = s.get("client_secret_file", str, "")
     if inline and path:
@@ -230,21 +233,23 @@ def _client_secret(s: Section) -> str:
         except OSError as e:
             raise s.error("client_secret_file", f"cannot read {file}: {e.strerror}") from None
     else:
-        secret = os.environ.get(CLIENT_SECRET_ENV, inline)
+        file, secret = None, os.environ.get(CLIENT_SECRET_ENV, inline)
     if not secret:
         raise s.error(
             "client_secret_file",
             f"no client secret: set oidc.client_secret_file or the {CLIENT_SECRET_ENV} environment variable",
         )
-    return secret
+    return secret, file
 
 
 def _oidc(s: Section) -> OIDCSettings:
     d = OIDCSettings("", "", "")
+    secret, secret_file = _client_secret(s)
     oidc = OIDCSettings(
         issuer=_url(s, "issuer", s.get("issuer", str)),
         client_id=s.get("client_id", str),
-        client_secret=_client_secret(s),
+        client_secret=secret,
+        client_secret_file=secret_file,
         scopes=s.strings("scopes", d.scopes),
         username_claim=s.get("username_claim", str, d.username_claim),
         groups_claim=s.get("groups_claim", str, d.groups_claim),
@@ -347,7 +352,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         raise audit_section.error("fsync", "must be 'always' (production) or 'never' (tests only)")
     if audit_settings.syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", audit_settings.syslog):
         raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
-    k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image))
+    k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image, hub_image=docker_settings.hub_image))
     batch_section = section("batch")
     batch_settings = _plain(batch_section, BatchSettings())
     if batch_settings.max_running_per_user < 1:

@@ -1,14 +1,15 @@
 #!/bin/sh
-# A Docker engine and the notebook image for the end-to-end container tests, without a registry
-# (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd without a bridge (containers
-# use the host's loopback), a debootstrap-made base image, and the notebook image built on it
-# from wheels made on the host. Idempotent; prints why and exits non-zero if an engine cannot
+# A Docker engine and the notebook and hub images for the end-to-end container tests, without a
+# registry (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd without a bridge
+# (containers use the host's loopback), a debootstrap-made base image, and both images built on
+# it from wheels made on the host (the hub image's npm install trusts the host's CA bundle). Idempotent; prints why and exits non-zero if an engine cannot
 # start, and the container tests then say so when they skip.
 #
 #   images/test-engine.sh [PYTHON]        (PYTHON: the venv's python that makes the wheels)
 set -eu
 PYTHON=${1:-.venv/bin/python}
 IMAGE=medhub/notebook:test
+HUB_IMAGE=medhub/hub:test
 SUDO=$(command -v sudo >/dev/null 2>&1 && [ "$(id -u)" != 0 ] && echo sudo || true)
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
@@ -26,13 +27,20 @@ if ! docker image inspect local/debian:bookworm >/dev/null 2>&1; then
   $SUDO tar -C "$root/rootfs" -c . | docker import - local/debian:bookworm >/dev/null
   $SUDO rm -rf "$root"
 fi
-if ! docker image inspect "$IMAGE" >/dev/null 2>&1 || [ "${MEDHUB_REBUILD_IMAGE:-}" = 1 ]; then
-  mkdir -p build/wheels
-  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[notebook]"
+# Wheels of every dependency, made once per pyproject.toml; the images are rebuilt on every run
+# (Docker's cache makes that quick when nothing changed) so that they hold the current code.
+stamp=$(sha256sum pyproject.toml | cut -c1-16)
+if [ "$(cat build/wheels/.made 2>/dev/null)" != "$stamp" ]; then
+  rm -rf build/wheels && mkdir -p build/wheels
+  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,notebook]"
   # Debian bookworm's Python is 3.11.2: soupsieve 3 and later want 3.11.5
   rm -f build/wheels/soupsieve-*.whl
   "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"
-  docker build -q --network host -f images/notebook/Dockerfile --build-arg BASE=local/debian:bookworm \
-    --build-arg WHEELS=build/wheels -t "$IMAGE" . >/dev/null
+  echo "$stamp" > build/wheels/.made
 fi
-echo "docker engine up; $IMAGE ready"
+docker build -q --network host -f images/notebook/Dockerfile --build-arg BASE=local/debian:bookworm \
+  --build-arg WHEELS=build/wheels -t "$IMAGE" . >/dev/null
+cp /etc/ssl/certs/ca-certificates.crt build/ca.pem
+docker build -q --network host -f images/hub/Dockerfile --build-arg BASE=local/debian:bookworm \
+  --build-arg WHEELS=build/wheels --build-arg CA_BUNDLE=build/ca.pem -t "$HUB_IMAGE" . >/dev/null
+echo "docker engine up; $IMAGE and $HUB_IMAGE ready"

@@ -6,7 +6,9 @@ are started with the same functions ``medhub run`` and ``medhub demo`` use.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import httpx
 import pytest
 import tomli_w
 
+from medhub import single_node
 from medhub.idp import Account, Client, DevIdentityProvider
 from medhub.idp.browser import scripted_login, submit_spawn_form
 from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
@@ -56,7 +59,7 @@ class Platform:
     accounts: dict[str, Account]
     observer_token: str
     stack: Stack
-    hub: ManagedProcess
+    hub: ManagedProcess | HubContainer
     clients: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -181,9 +184,39 @@ c.JupyterHub.load_roles.append({{
 """
 
 
+class HubContainer:
+    """``medhub up``'s container in place of the hub process: what Platform and Stack use of one."""
+
+    name = "hub container"
+
+    def __init__(self, settings: Settings, image: str, container: str) -> None:
+        self.settings, self.image, self.container = settings, image, container
+
+    def start(self, timeout: float = 120) -> HubContainer:
+        state = self.settings.hub.state_dir
+        state.mkdir(mode=0o700, exist_ok=True)
+        if os.getuid() == 0:  # the hub never runs as root: give its state to the image's account
+            os.chown(state, 999, 100)
+        single_node.up(self.settings, image=self.image, name=self.container, timeout=timeout)
+        return self
+
+    def running(self) -> bool:
+        inspect = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container],
+                                 capture_output=True, text=True)
+        return inspect.stdout.strip() == "true"
+
+    def stop(self) -> None:
+        single_node.down(self.settings, name=self.container)
+
+    def log_tail(self, lines: int = 30) -> str:
+        logs = subprocess.run(["docker", "logs", "--tail", str(lines), self.container], capture_output=True, text=True)
+        return logs.stdout + logs.stderr
+
+
 def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, sections: dict | None = None,
-                   **hub: object) -> Platform:
-    """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``."""
+                   hub_image: str | None = None, **hub: object) -> Platform:
+    """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``; with
+    ``hub_image``, the hub runs in a container of that image (``medhub up``) instead."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
     client_secret = secrets.token_urlsafe(24)
@@ -208,8 +241,11 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
             issuer = idp.issuer
         settings = load(write_settings(root, issuer, client_secret, public_port=public_port, batch_limit=batch_limit,
                                        sections=sections, **hub))
-        stack.start(proxy_process(settings))
-        hub_proc = stack.start(hub_process(settings), timeout=120)
+        if hub_image:
+            hub_proc = stack.start(HubContainer(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)
+        else:
+            stack.start(proxy_process(settings))
+            hub_proc = stack.start(hub_process(settings), timeout=120)
     except BaseException:
         stack.stop()
         raise

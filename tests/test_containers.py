@@ -1,39 +1,46 @@
 """Real containers: a user logs in through the real IdP and MedhubDockerSpawner starts their
-server as a container of the notebook image (built by images/test-engine.sh on a local Docker
-engine, ../shared/DOCKER.md). Skipped, saying why, only where no engine runs."""
+server as a container of the notebook image; and the single-node production path, where the
+hub itself runs as a container of the hub image (``medhub up``). Both images are built by
+images/test-engine.sh on a local Docker engine (../shared/DOCKER.md). Skipped, saying why,
+only where no engine runs."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import start_platform, stop_platform
+from medhub import single_node
 
 IMAGE = "medhub/notebook:test"
+HUB_IMAGE = "medhub/hub:test"
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
 
 
-def engine_problem() -> str | None:
+def engine_problem(*images: str) -> str | None:
     """Why the container tests cannot run here, or None."""
     if shutil.which("docker") is None:
         return "no docker client: run images/test-engine.sh (make test does)"
     if docker("info", check=False).returncode != 0:
         return "no Docker engine answers: run images/test-engine.sh (make test does)"
-    if docker("image", "inspect", IMAGE, check=False).returncode != 0:
-        return f"no {IMAGE} image: run images/test-engine.sh (make test does)"
+    for image in images:
+        if docker("image", "inspect", image, check=False).returncode != 0:
+            return f"no {image} image: run images/test-engine.sh (make test does)"
     return None
 
 
 @pytest.fixture(scope="module")
 def docker_platform(tmp_path_factory):
-    problem = engine_problem()
+    problem = engine_problem(IMAGE)
     if problem:
         pytest.skip(problem)
     p = start_platform(tmp_path_factory.mktemp("docker-platform"), spawner="docker",
@@ -82,3 +89,54 @@ def test_a_server_is_an_unprivileged_container_with_only_its_grants(docker_platf
     assert docker("volume", "inspect", "medhub-test-home-alice", check=False).returncode == 0  # the home stays
     kept = docker("run", "--rm", "--network", "none", "-v", "medhub-test-home-alice:/h", IMAGE, "cat", "/h/note.txt")
     assert kept.stdout.strip() == "kept"
+
+
+@pytest.fixture(scope="module")
+def hub_container_platform():
+    problem = engine_problem(IMAGE, HUB_IMAGE)
+    if problem:
+        pytest.skip(problem)
+    # the hub runs as uid 999: its files must be readable by others (pytest's own tmp is root's only)
+    root = Path(tempfile.mkdtemp(prefix="medhub-up-"))
+    root.chmod(0o755)
+    p = start_platform(root, spawner="docker", hub_image=HUB_IMAGE,
+                       sections={"docker": {"image": IMAGE, "network": "host",
+                                            "home_volume": "medhub-test-up-home-{username}"}})
+    try:
+        yield p
+    finally:
+        stop_platform(p)
+        docker("volume", "rm", "-f", "medhub-test-up-home-bob", check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_medhub_up_runs_the_hub_and_its_services_in_an_unprivileged_container(hub_container_platform):
+    p = hub_container_platform
+    container = p.hub.container
+    config = json.loads(docker("inspect", container).stdout)[0]
+    assert config["Config"]["User"] == "999:100"  # the state folder's owner, not root
+    assert config["HostConfig"]["NetworkMode"] == "host"
+    binds = {b.split(":")[1]: b.split(":")[2] for b in config["HostConfig"]["Binds"]}
+    assert binds[str(p.settings.hub.state_dir)] == "rw"
+    for read_only in (p.settings.source, p.settings.hub.catalog, *(d.path for d in p.settings.datasets)):
+        assert binds[str(read_only)] == "ro"
+    programs = ("configurable-http-proxy", "jupyterhub", "medhub.audit.service", "medhub.batch.service",
+                "jupyterhub_idle_culler")  # the culler, which listens nowhere, may start after up returned
+    for _ in range(60):
+        processes = docker("top", container, "-eo", "pid,uid,args").stdout.splitlines()[1:]
+        if all(any(program in line for line in processes) for program in programs):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"not all of {programs} run in the hub's container: {processes}")
+    assert {line.split()[1] for line in processes} == {"999"}  # nothing in it runs as root
+
+    browser = p.browser()
+    assert p.login(browser, "bob").status_code == 200
+    p.spawn(browser, "bob", "cpu", timeout=180)  # a sibling container, through the engine's socket
+    assert p.server_status(browser, "bob").status_code == 200
+    assert docker("exec", "jupyter-bob", "ls", "/datasets").stdout.split() == ["teaching-ct"]
+    assert p.api("GET", "/users/bob").json()["servers"][""]["ready"]  # the containerised hub's API
+
+    # up again with the same settings keeps the running hub; a changed image would replace it
+    assert single_node.up(p.settings, image=HUB_IMAGE, name=container) == "unchanged"
