@@ -50,8 +50,7 @@ def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The audit service (the log's only writer), the hub's writer identity, and their roles;
-    every user may reach the audit service (to read their own events)."""
+    """The audit service (the log's only writer), the hub's writer identity, and their roles."""
     name, writer = audit_hooks.AUDIT_SERVICE, audit_hooks.HUB_WRITER
     services = [
         {"name": name, "url": f"http://127.0.0.1:{settings.audit.port}", "display": False,
@@ -65,8 +64,6 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
     roles = [
         {"name": name, "scopes": ["read:users:groups", "read:users:name"], "services": [name]},
         {"name": writer, "scopes": [access], "services": [writer]},
-        # JupyterHub's default user role, plus the audit and batch services
-        {"name": "user", "scopes": ["self", access, f"access:services!service={BATCH_SERVICE}"]},
     ]
     return services, roles
 
@@ -161,6 +158,9 @@ def configure(c: Config, settings: Settings) -> None:
     s.post_stop_hook = audit_hooks.post_stop
 
     services, roles = audit_services(settings, state)
+    # every user, on top of JupyterHub's default user role, may reach the audit and batch services
+    c.JupyterHub.extra_user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}",
+                                      f"access:services!service={BATCH_SERVICE}"}
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
     s.environment = {"MEDHUB_AUDIT_URL": audit_url, "MEDHUB_URL": hub.public_url}
     service, role = batch_service(settings, state, audit_url)

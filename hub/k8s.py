@@ -1,26 +1,40 @@
-"""Scale-out: Zero to JupyterHub ``values.yaml`` generated from the same settings file.
+"""Scale-out: Helm values generated from the same settings file.
 
-``medhub k8s-values`` writes the Helm values for the Zero to JupyterHub chart: the hub
-image with medhub's OIDC authenticator, one ``profileList`` entry per profile (CPU and
-memory limits, ``nvidia.com/gpu`` resource limits), per-user storage, the idle culler, and
-a hub hook that mounts each granted dataset's PersistentVolumeClaim read-only at
-``/datasets/<id>``. Secrets never go into the file: the client secret and the crypt key come
-from the Kubernetes Secret named in :data:`SECRET_NAME`.
+``medhub k8s-values`` writes the values for the Zero to JupyterHub chart: the hub image with
+medhub's OIDC authenticator, one ``profileList`` entry per profile (CPU and memory limits,
+``nvidia.com/gpu`` resource limits), per-user storage, the idle culler, and a hub hook that
+mounts each granted dataset's PersistentVolumeClaim read-only at ``/datasets/<id>``. Secrets
+never go into the file: the client secret and the crypt key come from the Kubernetes Secret
+named in :data:`SECRET_NAME`.
+
+``medhub k8s-values --chart dask-gateway`` writes the values for the dask-gateway chart, for
+users who outgrow one machine: Dask clusters of the notebook image, authenticated by the hub,
+sized by the same profiles and seeing the same grants (:mod:`medhub.gateway_options`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .courses import instructor_role
 from . import grants
 from .errors import HubConfigError
 from .catalog import Dataset, granted
-from .settings import Settings
+from .settings import Profile, Settings
 
 SECRET_NAME = "medhub-secrets"
+NOTEBOOK_UID, NOTEBOOK_GID = 1000, 100  # the notebook image's unprivileged account
+GATEWAY_SERVICE = "dask-gateway"  # its name as a hub service, and its path: /services/dask-gateway
+GATEWAY_OPTIONS_SOURCE = Path(__file__).with_name("gateway_options.py")
+#: A server token's default scopes, plus access to the gateway, which it checks. (The gateway
+#: reads the user's name and groups from /hub/api/user, which any token may read of its owner.)
+GATEWAY_SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server",
+                               f"access:services!service={GATEWAY_SERVICE}"]
+#: Added to JupyterHub's default user role (a token has only its owner's scopes).
+GATEWAY_USER_SCOPES = [f"access:services!service={GATEWAY_SERVICE}"]
 
 
 def _image(ref: str) -> dict[str, str]:
@@ -32,9 +46,18 @@ def _secret_env(key: str) -> dict[str, Any]:
     return {"valueFrom": {"secretKeyRef": {"name": SECRET_NAME, "key": key}}}
 
 
+def gpu_count(settings: Settings, profile: Profile) -> int:
+    """The GPUs ``profile`` asks for on a node ("all" is ``kubernetes.gpus_per_node``)."""
+    if profile.gpus >= 0:
+        return profile.gpus
+    if not settings.kubernetes.gpus_per_node:
+        raise HubConfigError(f"{settings.source}: profiles '{profile.slug}' asks for all GPUs; set "
+                             "kubernetes.gpus_per_node to the GPU count of a node")
+    return settings.kubernetes.gpus_per_node
+
+
 def profile_list(settings: Settings) -> list[dict[str, Any]]:
     """KubeSpawner ``profile_list`` entries for the settings' profiles."""
-    gpus_per_node = settings.kubernetes.gpus_per_node
     profiles = []
     for p in settings.profiles:
         override: dict[str, Any] = {}
@@ -42,14 +65,7 @@ def profile_list(settings: Settings) -> list[dict[str, Any]]:
             override["cpu_limit"] = p.cpu_limit
         if p.mem_limit is not None:
             override["mem_limit"] = p.mem_limit
-        gpus = p.gpus
-        if gpus < 0:
-            if not gpus_per_node:
-                raise HubConfigError(
-                    f"{settings.source}: profiles '{p.slug}' asks for all GPUs; set "
-                    "kubernetes.gpus_per_node to the GPU count of a node"
-                )
-            gpus = gpus_per_node
+        gpus = gpu_count(settings, p)
         if gpus:
             override["extra_resource_limits"] = {"nvidia.com/gpu": str(gpus)}
             override["extra_resource_guarantees"] = {"nvidia.com/gpu": str(gpus)}
@@ -63,6 +79,18 @@ def profile_list(settings: Settings) -> list[dict[str, Any]]:
             entry["default"] = True
         profiles.append(entry)
     return profiles
+
+
+def profiles_for_groups(profiles: list[dict[str, Any]], groups_by_slug: dict[str, list[str]]
+                        ) -> Callable[[Any], list[dict[str, Any]]]:
+    """A KubeSpawner ``profile_list`` callable: ``profiles`` (the chart's ``profileList``)
+    without those whose ``groups_by_slug`` entry names none of the user's groups."""
+
+    def offered(spawner: Any) -> list[dict[str, Any]]:
+        member = {g.name for g in spawner.user.groups}
+        return [p for p in profiles if not groups_by_slug.get(p["slug"]) or member & set(groups_by_slug[p["slug"]])]
+
+    return offered
 
 
 def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
@@ -111,7 +139,14 @@ def values(settings: Settings) -> dict[str, Any]:
         f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({json.dumps(datasets)}, "
         f"{json.dumps(k8s.datasets_claim_prefix)}, {json.dumps(k8s.grants_key_file)})\n"
     )
-    return {
+    extra_config = {"medhub-dataset-grants": grants_code}
+    restricted = {p.slug: list(p.groups) for p in settings.profiles if p.groups}
+    if restricted:  # the chart has set c.KubeSpawner.profile_list from singleuser.profileList
+        extra_config["medhub-profile-groups"] = (
+            "from medhub.k8s import profiles_for_groups\n"
+            f"c.KubeSpawner.profile_list = profiles_for_groups(c.KubeSpawner.profile_list, {restricted!r})\n"
+        )
+    result = {
         "hub": {
             "image": _image(k8s.hub_image),
             "config": {
@@ -136,14 +171,14 @@ def values(settings: Settings) -> dict[str, Any]:
                 "MEDHUB_OIDC_CLIENT_SECRET": _secret_env("oidc-client-secret"),
                 "JUPYTERHUB_CRYPT_KEY": _secret_env("crypt-key"),
             },
-            "extraConfig": {"medhub-dataset-grants": grants_code},
+            "extraConfig": extra_config,
             "loadRoles": {role["name"]: role for role in map(instructor_role, settings.courses)},
         },
         "proxy": {"service": {"type": "ClusterIP"}},
         "singleuser": {
             "image": _image(k8s.image),
-            "uid": 1000,
-            "fsGid": 100,
+            "uid": NOTEBOOK_UID,
+            "fsGid": NOTEBOOK_GID,
             "defaultUrl": "/lab",
             "storage": {"type": "dynamic", "capacity": k8s.storage_capacity,
                         "homeMountPath": settings.docker.home_mount},
@@ -156,4 +191,66 @@ def values(settings: Settings) -> dict[str, Any]:
             "maxAge": settings.culler.max_age,
             "users": settings.culler.cull_users,
         },
+    }
+    if settings.dask_gateway.enabled:
+        service = settings.dask_gateway.service
+        # the hub authenticates users for the gateway (its token: the chart's Secret "hub") and
+        # routes /services/dask-gateway/ to the gateway's proxy
+        result["hub"]["services"] = {GATEWAY_SERVICE: {"display": False, "url": f"http://{service}"}}
+        result["hub"]["config"]["JupyterHub"]["extra_user_scopes"] = GATEWAY_USER_SCOPES
+        extra_config["medhub-dask-gateway-access"] = \
+            f"c.KubeSpawner.server_token_scopes = {GATEWAY_SERVER_TOKEN_SCOPES!r}\n"
+        result["singleuser"]["extraEnv"] = {
+            "DASK_GATEWAY__ADDRESS": f"http://proxy-public/services/{GATEWAY_SERVICE}",
+            "DASK_GATEWAY__PUBLIC_ADDRESS": f"/services/{GATEWAY_SERVICE}/",
+            "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{service}:80",
+            "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        }
+    return result
+
+
+def gateway_spec(settings: Settings) -> dict[str, Any]:
+    """The data :func:`medhub.gateway_options.make_options` works from (see its module)."""
+    return {
+        "profiles": [{"slug": p.slug, "display_name": p.display_name, "cpu_limit": p.cpu_limit,
+                      "mem_limit": p.mem_limit, "gpus": gpu_count(settings, p), "groups": list(p.groups)}
+                     for p in settings.profiles],
+        "default_profile": settings.default_profile.slug,
+        "datasets": [{"id": d.id, "readers": list(d.readers())} for d in settings.datasets if d.is_local],
+        "claim_prefix": settings.kubernetes.datasets_claim_prefix,
+        "mount_root": grants.CONTAINER_ROOT,
+        "uid": NOTEBOOK_UID,
+        "gid": NOTEBOOK_GID,
+    }
+
+
+def gateway_values(settings: Settings) -> dict[str, Any]:
+    """Values of the dask-gateway Helm chart, installed in the hub's namespace beside it.
+
+    Schedulers and workers run the notebook image (the same Python, torch and medlib as the
+    user's server), unprivileged; the cluster options are the hub's profiles, and workers see
+    the user's granted datasets read-only (:mod:`medhub.gateway_options`, embedded).
+    """
+    gateway = settings.dask_gateway
+    if not gateway.enabled:
+        raise HubConfigError(f"{settings.source}: [dask_gateway] enabled is false; set it to true to "
+                             "give users Dask clusters (and regenerate the hub's values: they register it)")
+    options = (
+        GATEWAY_OPTIONS_SOURCE.read_text()
+        + f"\nc.Backend.cluster_options = make_options({gateway_spec(settings)!r})\n"
+        + 'c.ClusterConfig.scheduler_cmd = ["dask", "scheduler"]\n'
+        + 'c.ClusterConfig.worker_cmd = ["dask", "worker"]\n'
+        + f"c.ClusterConfig.idle_timeout = {gateway.idle_timeout}\n"
+        + f"c.ClusterConfig.cluster_max_workers = {gateway.max_workers}\n"
+        # tokens must carry access to this service (GATEWAY_SERVER_TOKEN_SCOPES gives servers theirs)
+        + f"c.JupyterHubAuthenticator.jupyterhub_service_name = {GATEWAY_SERVICE!r}\n"
+    )
+    return {
+        "gateway": {
+            "prefix": f"/services/{GATEWAY_SERVICE}",
+            "auth": {"type": "jupyterhub"},
+            "backend": {"image": _image(settings.kubernetes.image)},
+            "extraConfig": {"medhub-cluster-options": options},
+        },
+        "traefik": {"service": {"type": "ClusterIP"}},
     }

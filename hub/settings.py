@@ -133,6 +133,14 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True)
+class DaskGatewaySettings:
+    enabled: bool = False  # Kubernetes: users get Dask clusters from a dask-gateway beside the hub
+    service: str = "traefik-dask-gateway"  # the gateway's proxy Service, in the hub's namespace
+    idle_timeout: int = 1800  # seconds before an unused cluster is shut down (0: never)
+    max_workers: int = 16  # per cluster
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     hub: HubSettings
@@ -146,6 +154,7 @@ class Settings:
     datasets: tuple[Dataset, ...]
     courses: tuple[Course, ...] = ()
     batch: BatchSettings = BatchSettings()
+    dask_gateway: DaskGatewaySettings = DaskGatewaySettings()
 
     @property
     def allowed_groups(self) -> tuple[str, ...]:
@@ -330,7 +339,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     source = Path(path).expanduser().resolve()
     data = read_toml(source, "settings file")
 
-    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course", "batch"}
+    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course", "batch",
+             "dask_gateway"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -357,6 +367,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     batch_settings = _plain(batch_section, BatchSettings())
     if batch_settings.max_running_per_user < 1:
         raise batch_section.error("max_running_per_user", "must be 1 or more")
+    gateway_section = section("dask_gateway")
+    gateway_settings = _plain(gateway_section, DaskGatewaySettings())
+    if gateway_settings.max_workers < 1:
+        raise gateway_section.error("max_workers", "must be 1 or more")
     oidc = _oidc(section("oidc"))
     course_groups = tuple(g for c in data.get("course") or () if isinstance(c, dict)
                           for g in (c.get("instructors"), c.get("students")) if isinstance(g, str))
@@ -375,4 +389,5 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         datasets=datasets,
         courses=parse_courses(data.get("course"), source, datasets),
         batch=batch_settings,
+        dask_gateway=gateway_settings,
     )

@@ -214,16 +214,17 @@ class HubContainer:
 
 
 def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, sections: dict | None = None,
-                   hub_image: str | None = None, **hub: object) -> Platform:
+                   hub_image: str | None = None, extra_config: str = "", **hub: object) -> Platform:
     """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``; with
-    ``hub_image``, the hub runs in a container of that image (``medhub up``) instead."""
+    ``hub_image``, the hub runs in a container of that image (``medhub up``) instead.
+    ``extra_config`` is JupyterHub configuration loaded last (``hub.extra_config``)."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
     client_secret = secrets.token_urlsafe(24)
     public_port = free_port()
     public_url = f"http://127.0.0.1:{public_port}"
     observer_token = secrets.token_hex(16)
-    (root / "observer_config.py").write_text(OBSERVER_CONFIG.format(token=observer_token))
+    (root / "observer_config.py").write_text(OBSERVER_CONFIG.format(token=observer_token) + extra_config)
     stack = Stack()
     idp = None
     try:

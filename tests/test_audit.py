@@ -288,7 +288,7 @@ def test_concurrent_writers_store_every_event_once(platform: Platform, frank: di
     copy = platform.root / "audit-copy"  # the CLI names a record edited in a copy
     shutil.copytree(state.audit_dir, copy)
     segment = sorted(copy.glob("segment-*.jsonl"))[0]
-    rewrite(segment, lambda text: text.__setitem__(0, text[0].replace("frank", "frenk")))
+    rewrite(segment, lambda text: text.__setitem__(0, text[0].replace('"user":"', '"user":"x', 1)))  # a name edited
     tampered = subprocess.run([sys.executable, "-m", "medhub.cli", "audit", "verify", "--settings",
                                str(platform.settings.source), "--folder", str(copy)], capture_output=True, text=True)
     assert tampered.returncode == 1 and "line 1" in tampered.stdout

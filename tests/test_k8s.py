@@ -1,7 +1,10 @@
-"""Zero to JupyterHub values generated from the settings, validated on a real KubeSpawner.
+"""Helm values generated from the settings, validated on the real components that read them.
 
-No cluster runs here: the profiles and the dataset hook are applied to a KubeSpawner in
-its test mode, and the pod manifest it would submit is checked.
+No cluster runs here. Zero to JupyterHub: the profiles and the dataset hook are applied to a
+KubeSpawner in its test mode, and the pod manifest it would submit is checked, and validated
+against the Kubernetes API schema (kubernetes-validate, strict: unknown fields fail).
+dask-gateway: the generated configuration runs in a real dask-gateway-server configuration,
+and the worker pod its Kubernetes controller would create is checked and validated the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 import kubernetes_asyncio.config.kube_config
+import kubernetes_validate
 import pytest
 import tomli_w
 import yaml
@@ -21,7 +25,7 @@ from traitlets.config import Config
 
 from medhub.cli import main as medhub_main
 from medhub.errors import HubConfigError
-from medhub.k8s import values
+from medhub.k8s import gateway_values, values
 from medhub.settings import load
 from medlib.datasets.grants import read_grants
 from medlib.manifest import write_manifest
@@ -81,8 +85,18 @@ def kube_spawner(groups: list[str], config: Config | None = None) -> KubeSpawner
     return KubeSpawner(_mock=True, user=User(user, {}), config=config or Config())
 
 
+def valid(resource: dict) -> dict:
+    """``resource``, after checking it against the Kubernetes API schema (strict)."""
+    try:
+        kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as e:
+        raise AssertionError(f"{resource['kind']} invalid at {'.'.join(map(str, e.path))}: {e.message}") from None
+    return resource
+
+
 def pod_manifest(groups: list[str], prepare, config: Config | None = None):
-    """The pod KubeSpawner would create for a member of ``groups`` after ``prepare(spawner)``."""
+    """The pod KubeSpawner would create for a member of ``groups`` after ``prepare(spawner)``,
+    checked against the Kubernetes API schema."""
 
     async def build():
         spawner = kube_spawner(groups, config)  # KubeSpawner needs a running event loop
@@ -90,7 +104,7 @@ def pod_manifest(groups: list[str], prepare, config: Config | None = None):
         async with ApiClient() as api:
             return api.sanitize_for_serialization(await spawner.get_pod_manifest())
 
-    return asyncio.run(build())
+    return valid(asyncio.run(build()))
 
 
 def test_values_file_from_the_cli(settings_file: Path, tmp_path: Path):
@@ -139,3 +153,127 @@ def test_all_gpus_needs_the_node_size(settings_file: Path):
     settings_file.write_text(text)
     with pytest.raises(HubConfigError, match="kubernetes.gpus_per_node"):
         values(load(settings_file))
+
+
+def test_hub_config_names_only_real_traits(settings_file: Path):
+    from jupyterhub.app import JupyterHub
+
+    from medhub.auth import OIDCAuthenticator
+
+    config = values(load(enable_gateway(settings_file)))["hub"]["config"]
+    assert set(config) == {"JupyterHub", "OIDCAuthenticator"}
+    assert set(config["OIDCAuthenticator"]) <= set(OIDCAuthenticator.class_trait_names(config=True))
+    assert set(config["JupyterHub"]) == {"authenticator_class", "extra_user_scopes"}
+    assert set(config["JupyterHub"]) <= set(JupyterHub.class_trait_names(config=True))
+
+
+def enable_gateway(settings_file: Path) -> Path:
+    text = settings_file.read_text() + '\n[dask_gateway]\nenabled = true\nmax_workers = 8\n\n[[profiles]]\n' \
+        'slug = "cpu"\ndisplay_name = "CPU"\ncpu_limit = 2\nmem_limit = "8G"\ndefault = true\n\n[[profiles]]\n' \
+        'slug = "gpu1"\ndisplay_name = "1 GPU"\ncpu_limit = 8\nmem_limit = "32G"\ngpus = 1\n' \
+        'groups = ["radiology-research"]\n'
+    settings_file.write_text(text)
+    return settings_file
+
+
+def gateway_worker_pod(settings_file: Path, profile: str, groups: list[str]) -> dict:
+    """The worker pod dask-gateway's Kubernetes controller would create for a member of
+    ``groups`` asking for ``profile``, from the generated chart values."""
+    from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
+    from dask_gateway_server.backends.kubernetes.controller import KubeController
+    from dask_gateway_server.models import User
+
+    gateway = gateway_values(load(settings_file))["gateway"]
+    c = Config()
+    exec(gateway["extraConfig"]["medhub-cluster-options"], {"c": c})  # as the chart's config file does
+    options = c.Backend.cluster_options
+    overrides = options.get_configuration({"profile": profile}, User("alice", groups))
+    config = KubeClusterConfig(config=c, image="registry.example.org/medhub/notebook:1.2", **overrides)
+    controller = KubeController(api_url="http://api-dask-gateway:8000/api", gateway_instance="medhub")
+    return valid(controller.make_pod("medhub", "c0ffee", config, is_worker=True))
+
+
+def test_dask_gateway_workers_get_the_profile_and_only_the_granted_datasets(settings_file: Path):
+    pod = gateway_worker_pod(enable_gateway(settings_file), "gpu1", ["radiology-research"])
+    (worker,) = pod["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["resources"]["limits"]["cpu"] == "8.000"
+    assert worker["resources"]["limits"]["memory"] == str(32 * 2**30)
+    assert worker["args"][:2] == ["dask", "worker"]
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"dataset-research-ct": {"claimName": "medhub-dataset-research-ct", "readOnly": True}}
+    mounts = {m["mountPath"]: m.get("readOnly") for m in worker["volumeMounts"]}
+    assert mounts["/datasets/research-ct"] is True and "/datasets/teaching-ct" not in mounts
+    security = worker["securityContext"]
+    assert security["runAsUser"] == 1000 and security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
+
+    student = gateway_worker_pod(settings_file, "cpu", ["course-students"])
+    (worker,) = student["spec"]["containers"]
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
+    assert [m["mountPath"] for m in worker["volumeMounts"] if m["mountPath"].startswith("/datasets")] == \
+        ["/datasets/teaching-ct"]
+
+
+def test_dask_gateway_refuses_a_profile_outside_the_users_groups(settings_file: Path):
+    with pytest.raises(ValueError, match="worker profile 'gpu1' is for members of radiology-research"):
+        gateway_worker_pod(enable_gateway(settings_file), "gpu1", ["course-students"])
+
+
+def test_dask_gateway_is_registered_with_the_hub_and_in_users_environment(settings_file: Path, tmp_path: Path):
+    assert "services" not in values(load(settings_file))["hub"]
+    with pytest.raises(HubConfigError, match=r"\[dask_gateway\] enabled is false"):
+        gateway_values(load(settings_file))
+    v = values(load(enable_gateway(settings_file)))
+    assert v["hub"]["services"] == {"dask-gateway": {"display": False, "url": "http://traefik-dask-gateway"}}
+    assert v["hub"]["config"]["JupyterHub"]["extra_user_scopes"] == ["access:services!service=dask-gateway"]
+    assert v["singleuser"]["extraEnv"]["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+    out = tmp_path / "gateway.yaml"
+    assert medhub_main(["k8s-values", "--settings", str(settings_file), "--chart", "dask-gateway", "-o", str(out)]) == 0
+    g = yaml.safe_load(out.read_text())
+    assert g["gateway"]["auth"] == {"type": "jupyterhub"}
+    assert g["gateway"]["prefix"] == "/services/dask-gateway"
+    assert g["gateway"]["backend"]["image"] == {"name": "registry.example.org/medhub/notebook", "tag": "1.2"}
+    assert "c.ClusterConfig.cluster_max_workers = 8" in g["gateway"]["extraConfig"]["medhub-cluster-options"]
+
+
+@pytest.mark.parametrize("groups, allowed", [(["radiology-research"], True), (["course-students"], False)])
+def test_profiles_of_some_groups_are_offered_only_to_them(settings_file: Path, groups: list[str], allowed: bool):
+    v = values(load(enable_gateway(settings_file)))  # gpu1 is for radiology-research only
+    config = Config()
+    config.KubeSpawner.profile_list = v["singleuser"]["profileList"]  # as the chart does, before extraConfig
+    exec(v["hub"]["extraConfig"]["medhub-profile-groups"], {"c": config})
+
+    async def choose(slug: str):
+        spawner = kube_spawner(groups, config)
+        offered = [p["slug"] for p in spawner.profile_list(spawner)]
+        spawner.user_options = {"profile": slug}
+        await spawner.load_user_options()
+        return offered, spawner.extra_resource_limits
+
+    if allowed:
+        assert asyncio.run(choose("gpu1")) == (["cpu", "gpu1"], {"nvidia.com/gpu": "1"})
+    else:
+        with pytest.raises(ValueError, match="gpu1"):
+            asyncio.run(choose("gpu1"))
+        assert asyncio.run(choose("cpu"))[0] == ["cpu"]
+
+
+EXAMPLES = Path(__file__).parents[1] / "images" / "k8s"
+
+
+@pytest.mark.parametrize("chart, file", [("jupyterhub", "values.yaml"), ("dask-gateway", "dask-gateway.yaml")])
+def test_the_example_values_in_images_k8s_are_current(chart: str, file: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MEDHUB_OIDC_CLIENT_SECRET", "in-the-cluster-it-comes-from-the-secret")
+    out = tmp_path / file
+    assert medhub_main(["k8s-values", "-s", str(EXAMPLES / "medhub.toml"), "--chart", chart, "-o", str(out)]) == 0
+    assert out.read_text() == (EXAMPLES / file).read_text(), \
+        f"images/k8s/{file} is stale: regenerate it (the command is in images/k8s/medhub.toml)"
+
+
+def test_the_example_dataset_volume_and_claim_are_valid_kubernetes():
+    resources = list(yaml.safe_load_all((EXAMPLES / "dataset-pvc.yaml").read_text()))
+    assert [r["kind"] for r in map(valid, resources)] == ["PersistentVolume", "PersistentVolumeClaim"]
+    volume, claim = resources
+    assert claim["metadata"]["name"] == "medhub-dataset-research-ct"  # what the hub's hook mounts
+    assert volume["spec"]["accessModes"] == claim["spec"]["accessModes"] == ["ReadOnlyMany"]
