@@ -1,10 +1,12 @@
 """Container spawn latency: login → server ready with DockerSpawner against the local spawner.
 
-Both run in the same invocation, one after the other, on the real platform of the tests
-(development IdP, proxy, hub on 127.0.0.1; ``tests/conftest.py``): a user logs in through the
-IdP's pages, submits the spawn form with the CPU profile, and the clock stops when the hub
-reports the server ready; then the server is stopped. DockerSpawner uses the image
-``images/test-engine.sh`` builds (a Debian base with the notebook image's software).
+Three setups run in the same invocation, one after the other, on the real platform of the
+tests (development IdP, proxy, hub on 127.0.0.1; ``tests/conftest.py``): the local spawner;
+DockerSpawner with the hub as a process; DockerSpawner with the hub in its own container
+(``medhub up``, the single-node production path). A user logs in through the IdP's pages,
+submits the spawn form with the CPU profile, and the clock stops when the hub reports the
+server ready; then the server is stopped. The images are those ``images/test-engine.sh``
+builds (a Debian base with the notebook and hub images' software).
 
     python benchmarks/spawn_docker.py [--rounds 3] [--record]
 """
@@ -23,6 +25,7 @@ from conftest import start_platform, stop_platform  # noqa: E402
 from results import append as record  # noqa: E402
 
 IMAGE = "medhub/notebook:test"
+HUB_IMAGE = "medhub/hub:test"
 
 
 def measure(root: Path, rounds: int, **options) -> list[float]:
@@ -48,14 +51,21 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--record", action="store_true", help="append the result to benchmarks/README.md")
     args = p.parse_args()
+    docker = {"spawner": "docker", "sections": {"docker": {"image": IMAGE, "network": "host",
+                                                           "home_volume": "medhub-bench-home-{username}"}}}
     with tempfile.TemporaryDirectory(prefix="medhub-spawn-bench-") as tmp:
-        local = measure(Path(tmp) / "local", args.rounds)
-        docker = measure(Path(tmp) / "docker", args.rounds, spawner="docker",
-                         sections={"docker": {"image": IMAGE, "network": "host",
-                                              "home_volume": "medhub-bench-home-{username}"}})
+        Path(tmp).chmod(0o755)  # the containerised hub runs as uid 999 and reads the settings here
+        runs = {
+            "local process (MedhubLocalSpawner)": measure(Path(tmp) / "local", args.rounds),
+            "container (MedhubDockerSpawner)": measure(Path(tmp) / "docker", args.rounds, **docker),
+            "container, hub in its container (medhub up)": measure(Path(tmp) / "up", args.rounds,
+                                                                   hub_image=HUB_IMAGE, **docker),
+        }
+    local = runs["local process (MedhubLocalSpawner)"]
     rows = ["| spawner | login → ready, median s | all rounds s |", "|---|---|---|"]
-    for name, times in (("local process (MedhubLocalSpawner)", local), ("container (MedhubDockerSpawner)", docker)):
+    for name, times in runs.items():
         rows.append(f"| {name} | {statistics.median(times):.2f} | {', '.join(f'{t:.2f}' for t in times)} |")
+    docker = runs["container (MedhubDockerSpawner)"]
     rows.append(f"| ratio container / local | {statistics.median(docker) / statistics.median(local):.2f} | |")
     text = "\n".join(rows)
     print(text)
