@@ -43,6 +43,7 @@ class HubContainer:
     binds: dict[str, dict[str, str]]
     group_add: list[str]
     environment: dict[str, str] = field(default_factory=dict)
+    files_digest: str = ""  # of the files the hub reads at start: an edit means a restart
 
     @property
     def spec_hash(self) -> str:
@@ -123,6 +124,10 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
             raise HubConfigError(f"{settings.source}: {path} does not exist; the hub's container needs it")
         if not any(_inside(path, Path(bound)) for bound in binds):
             binds[str(path)] = {"bind": str(path), "mode": "ro"}
+    digest = hashlib.sha256()
+    for path in read_only_paths(settings):
+        if path.is_file():
+            digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     environment = {}
     if settings.oidc.client_secret_file is None and CLIENT_SECRET_ENV in os.environ:
         environment[CLIENT_SECRET_ENV] = os.environ[CLIENT_SECRET_ENV]
@@ -134,6 +139,7 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
         binds=binds,
         group_add=[str(socket.stat().st_gid)],  # the socket's group: to spawn users' containers
         environment=environment,
+        files_digest=digest.hexdigest(),
     )
 
 
@@ -150,8 +156,9 @@ def _client():
 
 def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME, timeout: float | None = None,
        say: Callable[[str], None] = print) -> str:
-    """Start (or keep, when unchanged) the hub's container; wait until the hub and its audit
-    and batch services answer.
+    """Start the hub's container, or keep it when nothing changed (its binds, the image, the
+    contents of the files the settings name); wait until the hub and its audit and batch
+    services answer.
 
     Returns ``"started"``, ``"recreated"`` or ``"unchanged"``.
 
@@ -164,7 +171,7 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
     spec = hub_container(settings, image, name)
     client = _client()
     try:
-        client.images.get(spec.image)
+        image_id = client.images.get(spec.image).id
     except docker.errors.ImageNotFound:
         raise HubConfigError(f"no image {spec.image} on this engine: build it (images/README.md) or "
                              "set docker.hub_image") from None
@@ -174,10 +181,13 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
     except docker.errors.NotFound:
         existing = None
     if existing is not None:
-        if existing.status == "running" and existing.labels.get(SPEC_LABEL) == spec.spec_hash:
+        if existing.status != "running":
+            say(f"removing the stopped container {spec.name} …")
+        elif existing.labels.get(SPEC_LABEL) == spec.spec_hash and existing.image.id == image_id:
             outcome = "unchanged"
         else:
-            say(f"replacing container {spec.name} (its settings or image changed) …")
+            say(f"replacing container {spec.name}: its settings or its image ({spec.image}) changed …")
+        if outcome != "unchanged":
             _stop(existing, settings)
             outcome = "recreated"
     container = existing if outcome == "unchanged" else client.containers.run(**spec.run_kwargs())

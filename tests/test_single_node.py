@@ -71,6 +71,8 @@ def test_the_container_sees_what_the_settings_name_read_only_and_its_state_read_
     assert kwargs["security_opt"] == ["no-new-privileges"]
     assert hub_container(settings).spec_hash == spec.spec_hash  # stable: `up` keeps an unchanged container
     assert hub_container(settings, image="medhub/hub:other").spec_hash != spec.spec_hash
+    settings.hub.catalog.write_text(settings.hub.catalog.read_text() + "\n# edited\n")
+    assert hub_container(settings).spec_hash != spec.spec_hash  # an edited file needs a restart
 
 
 def test_a_path_inside_a_bound_folder_is_not_bound_twice(tmp_path, engine_socket):
