@@ -4,7 +4,7 @@ seeing the user's granted datasets read-only, unprivileged like the user's own s
 This file runs inside the dask-gateway server on Kubernetes (the dask-gateway Helm chart's
 ``gateway.extraConfig``), where medhub is not installed: it imports only the standard library
 and ``dask_gateway_server``. :func:`medhub.k8s.gateway_values` embeds its source followed by
-``c.Backend.cluster_options = make_options(SPEC)``, SPEC being computed from the settings:
+``c.Backend.cluster_options = make_options(SPEC, ...)``, SPEC being computed from the settings:
 
 - ``profiles``: ``[{"slug", "display_name", "cpu_limit", "mem_limit", "gpus", "groups"}]``
   (``gpus`` already resolved to a count);
@@ -25,8 +25,10 @@ def _security_context(spec: dict[str, Any]) -> dict[str, Any]:
             "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def cluster_config(spec: dict[str, Any], slug: str, groups: set[str]) -> dict[str, Any]:
-    """``KubeClusterConfig`` values for a member of ``groups`` asking for profile ``slug``.
+def cluster_config(spec: dict[str, Any], slug: str, groups: set[str],
+                   environment: dict[str, str] | None = None) -> dict[str, Any]:
+    """``KubeClusterConfig`` values for a member of ``groups`` asking for profile ``slug``;
+    ``environment`` is the one configured for every cluster, which these values extend.
 
     Raises:
         ValueError: the profile is not offered to these groups (the user sees the message).
@@ -47,7 +49,8 @@ def cluster_config(spec: dict[str, Any], slug: str, groups: set[str]) -> dict[st
         "worker_extra_container_config": worker,
         "worker_extra_pod_config": {"volumes": volumes},
         "scheduler_extra_container_config": {"securityContext": _security_context(spec)},
-        "environment": {"MEDHUB_WORKER_PROFILE": slug, "MEDHUB_DATASETS_DIR": spec["mount_root"]},
+        "environment": {**(environment or {}), "MEDHUB_WORKER_PROFILE": slug,
+                        "MEDHUB_DATASETS_DIR": spec["mount_root"]},
     }
     if profile["cpu_limit"]:
         config["worker_cores"] = config["worker_cores_limit"] = float(profile["cpu_limit"])
@@ -57,10 +60,11 @@ def cluster_config(spec: dict[str, Any], slug: str, groups: set[str]) -> dict[st
     return config
 
 
-def make_options(spec: dict[str, Any]) -> Options:
-    """The options users choose from (``gateway.cluster_options()``): the worker profile."""
+def make_options(spec: dict[str, Any], environment: dict[str, str] | None = None) -> Options:
+    """The options users choose from (``gateway.cluster_options()``): the worker profile.
+    ``environment``: the chart's ``gateway.backend.environment``, kept for every cluster."""
     return Options(
         Select("profile", [p["slug"] for p in spec["profiles"]], default=spec["default_profile"],
                label="Worker size (the hub's profiles)"),
-        handler=lambda options, user: cluster_config(spec, options.profile, set(user.groups)),
+        handler=lambda options, user: cluster_config(spec, options.profile, set(user.groups), environment),
     )

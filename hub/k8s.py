@@ -237,7 +237,8 @@ def gateway_values(settings: Settings) -> dict[str, Any]:
                              "give users Dask clusters (and regenerate the hub's values: they register it)")
     options = (
         GATEWAY_OPTIONS_SOURCE.read_text()
-        + f"\nc.Backend.cluster_options = make_options({gateway_spec(settings)!r})\n"
+        + f"\nc.Backend.cluster_options = make_options({gateway_spec(settings)!r},\n"
+        + '    dict(c.KubeClusterConfig.get("environment", {})))  # the chart\'s backend.environment\n'
         + 'c.ClusterConfig.scheduler_cmd = ["dask", "scheduler"]\n'
         + 'c.ClusterConfig.worker_cmd = ["dask", "worker"]\n'
         + f"c.ClusterConfig.idle_timeout = {gateway.idle_timeout}\n"

@@ -185,6 +185,7 @@ def gateway_worker_pod(settings_file: Path, profile: str, groups: list[str]) -> 
 
     gateway = gateway_values(load(settings_file))["gateway"]
     c = Config()
+    c.KubeClusterConfig.environment = {"HOSPITAL_PROXY": "http://proxy:3128"}  # the chart's backend.environment
     exec(gateway["extraConfig"]["medhub-cluster-options"], {"c": c})  # as the chart's config file does
     options = c.Backend.cluster_options
     overrides = options.get_configuration({"profile": profile}, User("alice", groups))
@@ -204,6 +205,8 @@ def test_dask_gateway_workers_get_the_profile_and_only_the_granted_datasets(sett
     assert claims == {"dataset-research-ct": {"claimName": "medhub-dataset-research-ct", "readOnly": True}}
     mounts = {m["mountPath"]: m.get("readOnly") for m in worker["volumeMounts"]}
     assert mounts["/datasets/research-ct"] is True and "/datasets/teaching-ct" not in mounts
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["MEDHUB_WORKER_PROFILE"] == "gpu1" and env["HOSPITAL_PROXY"] == "http://proxy:3128"
     security = worker["securityContext"]
     assert security["runAsUser"] == 1000 and security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
 
