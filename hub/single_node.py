@@ -70,6 +70,19 @@ def read_only_paths(settings: Settings) -> list[Path]:
     return [Path(p).resolve() for p in paths if p is not None]
 
 
+def readable(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid:gid`` (no other groups) may read ``path``, and list it if a folder."""
+    st = path.stat()
+    need = 0o5 if path.is_dir() else 0o4
+    if uid == st.st_uid:
+        bits = st.st_mode >> 6
+    elif gid == st.st_gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -119,13 +132,17 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
     if not socket.exists():
         raise HubConfigError(f"no Docker engine socket at {socket}: start the engine (systemctl start docker)")
     binds = {str(state): {"bind": str(state), "mode": "rw"}, str(socket): {"bind": str(socket), "mode": "rw"}}
+    digest = hashlib.sha256()
     for path in read_only_paths(settings):
         if not path.exists():
             raise HubConfigError(f"{settings.source}: {path} does not exist; the hub's container needs it")
+        if not readable(path, owner.st_uid, owner.st_gid):
+            raise HubConfigError(
+                f"{path}: the hub's container runs as {owner.st_uid}:{owner.st_gid} (the owner of hub.state_dir) "
+                f"and could not read it; e.g. chgrp {owner.st_gid} {path} && chmod g+r{'x' if path.is_dir() else ''} "
+                f"{path} (or make the hub's account its owner)")
         if not any(_inside(path, Path(bound)) for bound in binds):
             binds[str(path)] = {"bind": str(path), "mode": "ro"}
-    digest = hashlib.sha256()
-    for path in read_only_paths(settings):
         if path.is_file():
             digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     environment = {}

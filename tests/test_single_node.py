@@ -107,3 +107,11 @@ def test_up_says_where_the_engine_socket_is_missing(tmp_path, engine_socket, mon
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nowhere.sock")
     with pytest.raises(HubConfigError, match="no Docker engine socket"):
         hub_container(load(write(tmp_path)))
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give the key to another account than the hub's")
+def test_up_says_which_file_the_unprivileged_hub_could_not_read(tmp_path, engine_socket):
+    path = write(tmp_path)
+    (tmp_path / "tls.key").chmod(0o600)  # root's key, readable by root only
+    with pytest.raises(HubConfigError, match=r"tls\.key: the hub's container runs as 999:100 .* chgrp 100"):
+        hub_container(load(path))
