@@ -86,9 +86,11 @@ def profiles_for_groups(profiles: list[dict[str, Any]], groups_by_slug: dict[str
     """A KubeSpawner ``profile_list`` callable: ``profiles`` (the chart's ``profileList``)
     without those whose ``groups_by_slug`` entry names none of the user's groups."""
 
+    limited = {slug: Profile(slug, slug, groups=tuple(groups)) for slug, groups in groups_by_slug.items()}
+
     def offered(spawner: Any) -> list[dict[str, Any]]:
-        member = {g.name for g in spawner.user.groups}
-        return [p for p in profiles if not groups_by_slug.get(p["slug"]) or member & set(groups_by_slug[p["slug"]])]
+        member = [g.name for g in spawner.user.groups]
+        return [p for p in profiles if p["slug"] not in limited or limited[p["slug"]].offered_to(member)]
 
     return offered
 

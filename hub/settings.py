@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ class Profile:
     gpus: int = 0  # 0: none, n: that many, -1: all
     default: bool = False
     groups: tuple[str, ...] = ()  # offered only to members of these groups; empty: to everyone
+
+    def offered_to(self, groups: Iterable[str]) -> bool:
+        """Whether a member of ``groups`` may pick this profile."""
+        return not self.groups or not set(self.groups).isdisjoint(groups)
 
 
 @dataclass(frozen=True)

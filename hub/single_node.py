@@ -29,7 +29,6 @@ from .settings import CLIENT_SECRET_ENV, Settings
 
 CONTAINER_NAME = "medhub"
 SPEC_LABEL = "org.medhub.spec"  # hash of the container's spec: `medhub up` recreates it when it changes
-SETTINGS_LABEL = "org.medhub.settings"
 
 
 @dataclass
@@ -56,7 +55,7 @@ class HubContainer:
             "volumes": self.binds, "group_add": self.group_add, "environment": self.environment,
             "network_mode": "host", "detach": True, "restart_policy": {"Name": "unless-stopped"},
             "security_opt": ["no-new-privileges"], "cap_drop": ["ALL"],
-            "labels": {SPEC_LABEL: self.spec_hash, SETTINGS_LABEL: self.command[-1]},
+            "labels": {SPEC_LABEL: self.spec_hash},
         }
 
 

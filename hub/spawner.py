@@ -86,9 +86,9 @@ class ProfilesMixin(Configurable):
 
     def _profiles(self) -> list[Profile]:
         """The profiles this user is offered: those without groups, and those of their groups."""
-        groups = set(self.group_names())
-        offered = [Profile(**{**p, "groups": tuple(p.get("groups", ()))}) for p in self.profiles]
-        return [p for p in offered if not p.groups or groups & set(p.groups)]
+        groups = self.group_names()
+        profiles = [Profile(**{**p, "groups": tuple(p.get("groups", ()))}) for p in self.profiles]
+        return [p for p in profiles if p.offered_to(groups)]
 
     def course_materials(self) -> dict[str, Path]:
         """Course name → material folder, for the courses this user takes or teaches."""

@@ -59,7 +59,7 @@ class Platform:
     accounts: dict[str, Account]
     observer_token: str
     stack: Stack
-    hub: ManagedProcess | HubContainer
+    hub: ManagedProcess | ContainerisedHub
     clients: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -184,7 +184,7 @@ c.JupyterHub.load_roles.append({{
 """
 
 
-class HubContainer:
+class ContainerisedHub:
     """``medhub up``'s container in place of the hub process: what Platform and Stack use of one."""
 
     name = "hub container"
@@ -192,7 +192,7 @@ class HubContainer:
     def __init__(self, settings: Settings, image: str, container: str) -> None:
         self.settings, self.image, self.container = settings, image, container
 
-    def start(self, timeout: float = 120) -> HubContainer:
+    def start(self, timeout: float = 120) -> ContainerisedHub:
         state = self.settings.hub.state_dir
         state.mkdir(mode=0o700, exist_ok=True)
         if os.getuid() == 0:  # the hub never runs as root: give its state to the image's account
@@ -243,7 +243,7 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
         settings = load(write_settings(root, issuer, client_secret, public_port=public_port, batch_limit=batch_limit,
                                        sections=sections, **hub))
         if hub_image:
-            hub_proc = stack.start(HubContainer(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)
+            hub_proc = stack.start(ContainerisedHub(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)
         else:
             stack.start(proxy_process(settings))
             hub_proc = stack.start(hub_process(settings), timeout=120)

@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import start_platform, stop_platform
+from conftest import Platform, start_platform, stop_platform
 from medhub import single_node
 
 IMAGE = "medhub/notebook:test"
@@ -38,19 +40,26 @@ def engine_problem(*images: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def docker_platform(tmp_path_factory):
-    problem = engine_problem(IMAGE)
+@contextmanager
+def spawning_containers(root: Path, home_volume: str, *images: str, **options) -> Iterator[Platform]:
+    """The platform with servers as containers of IMAGE, homes in volumes ``<home_volume>-<user>``
+    (removed afterwards); skipped, saying why, where no engine or no image is there."""
+    problem = engine_problem(IMAGE, *images)
     if problem:
         pytest.skip(problem)
-    p = start_platform(tmp_path_factory.mktemp("docker-platform"), spawner="docker",
-                       sections={"docker": {"image": IMAGE, "network": "host",
-                                            "home_volume": "medhub-test-home-{username}"}})
+    p = start_platform(root, spawner="docker", **options, sections={
+        "docker": {"image": IMAGE, "network": "host", "home_volume": home_volume + "-{username}"}})
     try:
         yield p
     finally:
         stop_platform(p)
-        docker("volume", "rm", "-f", "medhub-test-home-alice", check=False)
+        docker("volume", "rm", "-f", *(f"{home_volume}-{user}" for user in p.accounts), check=False)
+
+
+@pytest.fixture(scope="module")
+def docker_platform(tmp_path_factory):
+    with spawning_containers(tmp_path_factory.mktemp("docker-platform"), "medhub-test-home") as p:
+        yield p
 
 
 def test_a_server_is_an_unprivileged_container_with_only_its_grants(docker_platform):
@@ -93,20 +102,13 @@ def test_a_server_is_an_unprivileged_container_with_only_its_grants(docker_platf
 
 @pytest.fixture(scope="module")
 def hub_container_platform():
-    problem = engine_problem(IMAGE, HUB_IMAGE)
-    if problem:
-        pytest.skip(problem)
     # the hub runs as uid 999: its files must be readable by others (pytest's own tmp is root's only)
     root = Path(tempfile.mkdtemp(prefix="medhub-up-"))
     root.chmod(0o755)
-    p = start_platform(root, spawner="docker", hub_image=HUB_IMAGE,
-                       sections={"docker": {"image": IMAGE, "network": "host",
-                                            "home_volume": "medhub-test-up-home-{username}"}})
     try:
-        yield p
+        with spawning_containers(root, "medhub-test-up-home", HUB_IMAGE, hub_image=HUB_IMAGE) as p:
+            yield p
     finally:
-        stop_platform(p)
-        docker("volume", "rm", "-f", "medhub-test-up-home-bob", check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 
