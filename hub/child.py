@@ -5,7 +5,7 @@ the kernel (``PR_SET_PDEATHSIG``) to send SIGTERM when the hub process exits, ho
 exits: killed, or stopped while still starting its services, which JupyterHub then never
 stops. Without it such services live on as orphans holding their ports. ``PARENT_PID`` is the
 hub's pid, so that a hub gone before this process got this far is noticed too. Off Linux the
-module only runs MODULE.
+module only runs MODULE (with SIGINT heeded, as the hub's way to stop it expects).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2 or not argv[0].isdigit():
         raise SystemExit("usage: python -m medhub.child PARENT_PID MODULE [ARG ...]")
     bind_to_parent(int(argv[0]))
+    # JupyterHub stops a service with SIGINT, then waits 30 s before SIGTERM. A hub started in
+    # the background (`medhub run &`, nohup) passes SIGINT on ignored: listen to it again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.argv = [argv[1], *argv[2:]]
     runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,17 +52,59 @@ def test_hub_runs_and_says_so_when_the_idp_is_unreachable(tmp_path: Path):
 
 def test_the_hubs_services_stop_when_the_hub_is_killed(tmp_path: Path):
     p = start_platform(tmp_path, issuer=f"http://127.0.0.1:{free_port()}")
-    hub = psutil.Process(p.hub.proc.pid)
     try:
-        deadline = time.monotonic() + 60
-        while len(services := hub.children()) < 3 and time.monotonic() < deadline:  # audit, batch, culler
-            time.sleep(0.2)
-        assert len(services) == 3, [s.cmdline() for s in services]
-        hub.kill()  # no chance to stop anything
+        services = hub_services(p)
+        psutil.Process(p.hub.proc.pid).kill()  # no chance to stop anything
         gone, alive = psutil.wait_procs(services, timeout=15)
         assert not alive, f"orphaned services: {[s.cmdline() for s in alive]}"
     finally:
         p.stack.stop()
+
+
+def test_the_hubs_services_heed_sigint_when_the_hub_was_started_in_the_background(tmp_path: Path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `medhub run &` or nohup leave it
+    try:
+        p = start_platform(tmp_path, issuer=f"http://127.0.0.1:{free_port()}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        services = hub_services(p)
+        deadline = time.monotonic() + 30
+        while any(map(ignores_sigint, services)) and time.monotonic() < deadline:  # still starting
+            time.sleep(0.2)
+        for service in services:  # how JupyterHub stops them (SIGTERM follows only 30 s later)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                service.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while (alive := [s for s in services if running(s)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"services ignoring SIGINT: {[s.cmdline() for s in alive]}"
+    finally:
+        p.stack.stop()
+
+
+def hub_services(p: Platform) -> list[psutil.Process]:
+    """The hub's managed services' processes: audit, batch and culler, once all are started."""
+    hub = psutil.Process(p.hub.proc.pid)
+    deadline = time.monotonic() + 60
+    while len(services := hub.children()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(services) == 3, [s.cmdline() for s in services]
+    return services
+
+
+def ignores_sigint(process: psutil.Process) -> bool:
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored & 1 << (signal.SIGINT - 1))
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive: neither gone nor exited (a zombie until its parent, the hub, reaps it)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize(
