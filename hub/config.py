@@ -69,14 +69,16 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
 
 
 def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The batch service (:mod:`medhub.batch.service`) and its role: it starts, reaches and
-    stops users' job servers, and writes the jobs' audit events."""
+    """The batch service (:mod:`medhub.batch.service`) and its role: it starts and stops users'
+    job servers, makes each job a token of its user that reaches only the job's server (its own
+    token never goes to a server), and writes the jobs' audit events."""
     folder = state.path / "batch"
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config.json"
     config.write_text(json.dumps({
         "folder": str(folder), "public_url": settings.hub.public_url,
         "max_running_per_user": settings.batch.max_running_per_user, "audit_url": audit_url,
+        "job_token_ttl": settings.batch.job_token_ttl,
         "profiles": [{"slug": p.slug, "groups": list(p.groups)} for p in settings.profiles],
         "default_profile": settings.default_profile.slug,
         "datasets": [d.to_dict() for d in settings.datasets],
@@ -85,7 +87,7 @@ def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[
                "command": child.command("medhub.batch.service"),
                "environment": {"MEDHUB_BATCH_CONFIG": str(config)}}
     role = {"name": BATCH_SERVICE, "services": [BATCH_SERVICE],
-            "scopes": ["read:users", "servers", "access:servers", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
+            "scopes": ["read:users", "servers", "tokens", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
     return service, role
 
 

@@ -125,6 +125,7 @@ class AuditSettings:
 class BatchSettings:
     port: int = 8092
     max_running_per_user: int = 2  # jobs holding a server at once; more wait in the queue
+    job_token_ttl: int = 3600  # seconds a job server's token lives (renewed while the job runs)
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     batch_settings = _plain(batch_section, BatchSettings())
     if batch_settings.max_running_per_user < 1:
         raise batch_section.error("max_running_per_user", "must be 1 or more")
+    if batch_settings.job_token_ttl < 60:
+        raise batch_section.error("job_token_ttl", "must be 60 seconds or more")
     gateway_section = section("dask_gateway")
     gateway_settings = _plain(gateway_section, DaskGatewaySettings())
     if gateway_settings.max_workers < 1:

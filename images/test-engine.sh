@@ -17,7 +17,7 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker.io debootstrap >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
-  $SUDO sh -c 'dockerd --bridge=none --iptables=false >/tmp/medhub-dockerd.log 2>&1 &'
+  $SUDO sh -c 'dockerd >/tmp/medhub-dockerd.log 2>&1 &'
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /tmp/medhub-dockerd.log" >&2; exit 1; }
 fi

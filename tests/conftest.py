@@ -46,6 +46,8 @@ def make_accounts() -> dict[str, Account]:
         "tina": account("tina", "course-tutors"),  # the imaging-101 course: its instructor (no hub admin)
         "sara": account("sara", "course-students"),  # ... and two of its students
         "tom": account("tom", "course-students"),
+        "eve": account("eve", "course-students"),  # the red team (test_isolation): an ordinary user ...
+        "victor": account("victor", "radiology-research"),  # ... and the user she attacks
     }
 
 

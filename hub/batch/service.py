@@ -9,6 +9,11 @@ or **failed** (the executed notebook is kept here; a failed cell's error is the 
 job from what the database, the hub and the server say, so a restart of the service or the hub
 loses nothing. Every submission and every outcome is an audit event (source ``batch``).
 
+The job's server runs code its user controls, so the service's own token never goes there: what
+the server receives is a token of the job's user that can only reach that one server
+(``access:servers!server=<user>/batch-<id>``), made for the job, short-lived (``[batch]
+job_token_ttl``, renewed while the job runs) and revoked when the job ends.
+
 REST API (``/services/medhub-batch/``, a JupyterHub token of the user):
 ``POST jobs`` {notebook, name, parameters, profile, datasets} · ``GET jobs`` · ``GET jobs/<id>`` ·
 ``GET jobs/<id>/output`` · ``GET jobs/<id>/log`` · ``DELETE jobs/<id>`` (cancel).
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -38,18 +44,21 @@ SERVICE = "medhub-batch"
 
 
 class Runner:
-    """Advances jobs: talks to the hub's REST API and to the job servers, with the service's token."""
+    """Advances jobs: talks to the hub's REST API with the service's token, and to each job's
+    server with that job's own token (:meth:`job_token`)."""
 
     def __init__(self, store: JobStore, hub_api: str, public_url: str, token: str, limit: int,
-                 audit_url: str | None):
+                 audit_url: str | None, token_ttl: int = 3600):
         self.store, self.hub_api, self.public_url, self.token = store, hub_api, public_url.rstrip("/"), token
-        self.limit, self.audit_url = limit, audit_url
+        self.limit, self.audit_url, self.token_ttl = limit, audit_url, token_ttl
         self.http = httpclient.AsyncHTTPClient()
         self.busy = False
 
-    async def call(self, method: str, url: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202, 204)):
-        """A JSON request with the service's token; returns (status, decoded body or None)."""
-        request = httpclient.HTTPRequest(url, method=method, headers={"Authorization": f"token {self.token}",
+    async def call(self, method: str, url: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202, 204),
+                   token: str | None = None):
+        """A JSON request with ``token`` (the service's own if None); returns (status, decoded
+        body or None)."""
+        request = httpclient.HTTPRequest(url, method=method, headers={"Authorization": f"token {token or self.token}",
                                                                        "Content-Type": "application/json"},
                                          body=json.dumps(body) if body is not None else None,
                                          allow_nonstandard_methods=True, request_timeout=60)
@@ -63,6 +72,33 @@ class Runner:
 
     def server_url(self, job: dict, *parts: str) -> str:
         return url_path_join(self.public_url, "user", quote(job["user"]), job["server"], "medlib", "batch", *parts)
+
+    async def on_server(self, method: str, job: dict, *parts: str, body: Any = None,
+                        ok: tuple[int, ...] = (200, 201, 202, 204)):
+        """A request to the job's server, with the job's token."""
+        return await self.call(method, self.server_url(job, *parts), body, ok, token=await self.job_token(job))
+
+    async def job_token(self, job: dict) -> str:
+        """The job's token: its user's, good only for the job's server, renewed when a quarter
+        of its life is left (the old one is revoked)."""
+        token, token_id, expires = self.store.token(job["id"])
+        if token and expires - time.time() > self.token_ttl / 4:
+            return token
+        code, model = await self.call("POST", url_path_join(self.hub_api, "users", quote(job["user"]), "tokens"), {
+            "scopes": [f"access:servers!server={job['user']}/{job['server']}"], "expires_in": self.token_ttl,
+            "note": f"medhub-batch job {job['id']}: its server only"})
+        if code != 201:
+            raise RuntimeError(f"the hub refused a token for job {job['id']} (HTTP {code})")
+        self.store.update(job["id"], token=model["token"], token_id=model["id"], token_expires=time.time() + self.token_ttl)
+        if token_id:
+            await self.revoke(job, token_id)
+        return model["token"]
+
+    async def revoke(self, job: dict, token_id: str) -> None:
+        code, _ = await self.call("DELETE", url_path_join(self.hub_api, "users", quote(job["user"]), "tokens", token_id),
+                                  ok=(200, 204, 404))
+        if code not in (200, 204, 404):
+            log.error("job %s: could not revoke its token %s (HTTP %s)", job["id"], token_id, code)
 
     async def audit(self, action: str, job: dict, outcome: str = "success", **details: Any) -> None:
         if not self.audit_url:
@@ -103,28 +139,28 @@ class Runner:
                 await self.finish(job, "failed", "the job's server stopped before it was ready")
             elif server.get("ready"):
                 notebook = json.loads(self.store.notebook(job["id"], "input").read_text())
-                code, _ = await self.call("POST", self.server_url(job), {"id": job["id"], "notebook": notebook,
-                                                                       "parameters": job["parameters"]})
+                code, _ = await self.on_server("POST", job, body={"id": job["id"], "notebook": notebook,
+                                                                  "parameters": job["parameters"]})
                 if code in (200, 202):
                     self.store.update(job["id"], status="running")
         elif status == "running":
-            code, state = await self.call("GET", self.server_url(job, job["id"]))
+            code, state = await self.on_server("GET", job, job["id"])
             if code != 200:
                 if await self.server(job) is None:
                     await self.finish(job, "failed", "the job's server stopped while the notebook ran")
                 return
             if state.get("status") in ("succeeded", "failed"):
-                code, output = await self.call("GET", self.server_url(job, job["id"], "output"))
+                code, output = await self.on_server("GET", job, job["id"], "output")
                 if code == 200:
                     self.store.notebook(job["id"], "output").write_text(
                         output if isinstance(output, str) else json.dumps(output))
-                _, text = await self.call("GET", self.server_url(job, job["id"], "log"))
+                _, text = await self.on_server("GET", job, job["id"], "log")
                 if isinstance(text, str):
                     (self.store.folder / job["id"] / "log.txt").write_text(text)
                 await self.finish(job, state["status"], state.get("error"))
         elif status == "cancelling":
             if await self.server(job) is not None:  # stop the run itself, then its server
-                await self.call("DELETE", self.server_url(job, job["id"]), ok=(200, 404))
+                await self.on_server("DELETE", job, job["id"], ok=(200, 404))
             await self.finish(job, "cancelled", None)
 
     async def server(self, job: dict) -> dict | None:
@@ -135,7 +171,10 @@ class Runner:
     async def finish(self, job: dict, status: str, error: str | None) -> None:
         await self.call("DELETE", url_path_join(self.hub_api, "users", quote(job["user"]), "servers", job["server"]),
                         {"remove": True}, ok=(202, 204, 404))
-        job = self.store.update(job["id"], status=status, error=error)
+        _, token_id, _ = self.store.token(job["id"])
+        if token_id:
+            await self.revoke(job, token_id)
+        job = self.store.update(job["id"], status=status, error=error, token=None, token_id=None, token_expires=None)
         await self.audit("job-end", job, "success" if status == "succeeded" else "failure", status=status,
                          error=error)
         log.info("job %s of %s: %s%s", job["id"], job["user"], status, f" ({error})" if error else "")
@@ -231,7 +270,7 @@ def main() -> None:
     config = json.loads(Path(env["MEDHUB_BATCH_CONFIG"]).read_text())
     store = JobStore(Path(config["folder"]))
     runner = Runner(store, env["JUPYTERHUB_API_URL"], config["public_url"], env["JUPYTERHUB_API_TOKEN"],
-                    config["max_running_per_user"], config.get("audit_url"))
+                    config["max_running_per_user"], config.get("audit_url"), config["job_token_ttl"])
     app = make_app(store, runner, config, prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"))
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=url.hostname)

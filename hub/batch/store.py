@@ -16,9 +16,12 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL, parameters TEXT NOT NULL,
     profile TEXT NOT NULL, datasets TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
-    server TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL
+    server TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
+    token TEXT, token_id TEXT, token_expires REAL
 )
 """
+#: Columns added after the first release, with their types: added to an older database on open.
+ADDED_COLUMNS = {"token": "TEXT", "token_id": "TEXT", "token_expires": "REAL"}
 
 
 class JobStore:
@@ -31,6 +34,10 @@ class JobStore:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def notebook(self, job_id: str, which: str) -> Path:
         """The ``input`` or ``output`` notebook of a job."""
@@ -41,7 +48,8 @@ class JobStore:
         path = self.notebook(job_id, "input")
         path.parent.mkdir()
         path.write_text(json.dumps(notebook))
-        self.db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, 'queued', NULL, ?, ?, NULL, NULL)",
+        self.db.execute("INSERT INTO jobs (id, user, name, parameters, profile, datasets, status, server, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                         (job_id, user, name, json.dumps(parameters), profile, json.dumps(datasets), f"batch-{job_id}",
                          time.time()))
         return self.get(job_id)
@@ -73,9 +81,14 @@ class JobStore:
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
         return self.get(job_id)
 
+    def token(self, job_id: str) -> tuple[str | None, str | None, float]:
+        """The job's server token: (token, its id in the hub, when it expires); Nones if none."""
+        row = self.db.execute("SELECT token, token_id, token_expires FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return (row[0], row[1], row[2] or 0.0) if row else (None, None, 0.0)
+
     @staticmethod
     def _job(row: sqlite3.Row) -> dict[str, Any]:
-        job = dict(row)
+        job = {k: row[k] for k in row.keys() if k not in ADDED_COLUMNS}  # the token never leaves the service
         job["parameters"] = json.loads(job["parameters"])
         job["datasets"] = json.loads(job["datasets"])
         return job
