@@ -16,6 +16,7 @@ from traitlets.config import Config
 
 from . import child
 from .audit import hooks as audit_hooks
+from .audit.service import READ_ALL
 from .auth import OIDCAuthenticator
 from .courses import instructor_role
 from .settings import Settings
@@ -64,6 +65,8 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
     roles = [
         {"name": name, "scopes": ["read:users:groups", "read:users:name"], "services": [name]},
         {"name": writer, "scopes": [access], "services": [writer]},
+        {"name": "medhub-auditors", "description": "Read everyone's audit events (a token must hold the scope itself)",
+         "scopes": [READ_ALL, access], "groups": list(settings.auditor_groups)},
     ]
     return services, roles
 
@@ -159,6 +162,7 @@ def configure(c: Config, settings: Settings) -> None:
     s.pre_spawn_hook = audit_hooks.pre_spawn
     s.post_stop_hook = audit_hooks.post_stop
 
+    c.JupyterHub.custom_scopes = {READ_ALL: {"description": "Read every user's audit events, and export them."}}
     services, roles = audit_services(settings, state)
     # every user, on top of JupyterHub's default user role, may reach the audit and batch services
     c.JupyterHub.extra_user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}",

@@ -82,11 +82,11 @@ class GrantSigner:
         raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return base64.b64encode(raw).decode()
 
-    def manifest(self, user: str, groups: Iterable[str], catalog: Iterable[Dataset], root: str) -> str:
-        """The signed grants manifest of ``user`` (member of ``groups``), with granted local
-        datasets under ``root`` and others at their URL: base64 of ``{"payload", "signature"}``."""
-        catalog = list(catalog)
-        mine = granted(catalog, groups)
+    def manifest(self, user: str, groups: Iterable[str], catalog: Iterable[Dataset], mine: Iterable[Dataset],
+                 root: str) -> str:
+        """The signed grants manifest of ``user`` (member of ``groups``) for a server that sees
+        ``mine`` (local ones under ``root``, others at their URL): base64 of ``{"payload", "signature"}``."""
+        catalog, mine = list(catalog), list(mine)
         payload = {
             "version": 1,
             "user": user,

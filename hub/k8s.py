@@ -108,7 +108,8 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
 
     def hook(spawner: Any) -> None:
         groups = sorted(g.name for g in spawner.user.groups)
-        for d in granted(catalog, groups):
+        mine = granted(catalog, groups)
+        for d in mine:
             if not d.is_local:
                 continue
             volume = f"dataset-{d.id}"
@@ -124,7 +125,7 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
             **spawner.environment,
             "MEDHUB_GROUPS": ",".join(groups),
             "MEDHUB_DATASETS_DIR": grants.CONTAINER_ROOT,
-            grants.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, grants.CONTAINER_ROOT),
+            grants.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, grants.CONTAINER_ROOT),
             grants.GRANTS_KEY_ENV: signer.public_key,
         }
 

@@ -119,6 +119,7 @@ class AuditSettings:
     port: int = 8082  # the audit service, on 127.0.0.1
     fsync: str = "always"  # "always": each event is on disk before it is acknowledged
     syslog: str = ""  # forward every event to udp://host:port or tcp://host:port (RFC 5424)
+    auditor_groups: tuple[str, ...] = ()  # whose tokens may read everyone's events; empty: oidc.admin_groups
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,12 @@ class Settings:
         """Groups whose members may log in: ``oidc.allowed_groups`` and every course's groups."""
         extra = [g for c in self.courses for g in c.groups]
         return tuple(dict.fromkeys(self.oidc.allowed_groups + tuple(extra)))
+
+    @property
+    def auditor_groups(self) -> tuple[str, ...]:
+        """Groups whose tokens may read everyone's audit events: ``audit.auditor_groups``, or
+        ``oidc.admin_groups`` when that is empty."""
+        return self.audit.auditor_groups or self.oidc.admin_groups
 
     @property
     def callback_url(self) -> str:
@@ -321,10 +328,12 @@ def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
 
 
 def _plain(s: Section, defaults: Any) -> Any:
-    """A section whose keys are the fields of a dataclass of str, int and bool values, all
-    optional; ``defaults`` is an instance holding each field's default."""
-    values = {f.name: s.get(f.name, type(getattr(defaults, f.name)), getattr(defaults, f.name))
-              for f in fields(defaults)}
+    """A section whose keys are the fields of a dataclass of str, int, bool and tuple-of-str
+    values, all optional; ``defaults`` is an instance holding each field's default."""
+    def value(name: str, default: Any) -> Any:
+        return s.strings(name, default) if isinstance(default, tuple) else s.get(name, type(default), default)
+
+    values = {f.name: value(f.name, getattr(defaults, f.name)) for f in fields(defaults)}
     s.done()
     return replace(defaults, **values)
 
@@ -384,6 +393,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
                           for g in (c.get("instructors"), c.get("students")) if isinstance(g, str))
     datasets = load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups + course_groups) \
         if hub.catalog else ()
+    profiles = _profiles(data.get("profiles"), source)
     return Settings(
         source=source,
         hub=hub,
@@ -393,9 +403,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         culler=culler_settings,
         audit=audit_settings,
         kubernetes=k8s_settings,
-        profiles=_profiles(data.get("profiles"), source),
+        profiles=profiles,
         datasets=datasets,
-        courses=parse_courses(data.get("course"), source, datasets),
+        courses=parse_courses(data.get("course"), source, datasets, tuple(p.slug for p in profiles)),
         batch=batch_settings,
         dask_gateway=gateway_settings,
     )

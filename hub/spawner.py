@@ -33,7 +33,7 @@ from traitlets.config import Configurable
 
 from . import grants
 from .catalog import Dataset, granted
-from .courses import Course, materials_for
+from .courses import Course, check_start_by, courses_of, materials_for
 from .settings import Profile
 
 
@@ -55,6 +55,8 @@ def cuda_visible_devices(gpus: int) -> str | None:
 
 class ProfilesMixin(Configurable):
     """Profiles, identity and grants shared by every medhub spawner."""
+
+    mounts_read_only: bool  # whether the datasets reach the server read-only (each spawner says)
 
     profiles = List(
         Dict(),
@@ -90,9 +92,18 @@ class ProfilesMixin(Configurable):
         profiles = [Profile(**{**p, "groups": tuple(p.get("groups", ()))}) for p in self.profiles]
         return [p for p in profiles if p.offered_to(groups)]
 
+    def _courses(self) -> tuple[Course, ...]:
+        return tuple(Course.from_dict(c) for c in self.courses)
+
+    def teaching_courses(self) -> tuple[Course, ...]:
+        """The user's courses whose profile this server was started with: none unless it is a
+        teaching server."""
+        return tuple(c for c in courses_of(self._courses(), self.group_names()) if c.profile == self.profile.slug)
+
     def course_materials(self) -> dict[str, Path]:
-        """Course name → material folder, for the courses this user takes or teaches."""
-        return materials_for(tuple(Course.from_dict(c) for c in self.courses), self.group_names())
+        """Course name → material folder: a teaching server's courses, or every course this user
+        takes or teaches."""
+        return materials_for(self.teaching_courses() or courses_of(self._courses(), self.group_names()))
 
     def _options_form(self) -> str:
         rows = []
@@ -130,6 +141,8 @@ class ProfilesMixin(Configurable):
         by_slug = {p.slug: p for p in self._profiles()}
         if slug not in by_slug:
             raise web.HTTPError(400, f"Unknown profile {slug!r}; choose one of {', '.join(by_slug)}")
+        check_start_by(self._courses(), getattr(self.handler, "current_user", None) if self.handler else None,
+                       self.user.name, self.group_names(), slug)
         self._profile = by_slug[slug]
         self.cpu_limit = self._profile.cpu_limit
         self.mem_limit = self._profile.mem_limit
@@ -148,6 +161,16 @@ class ProfilesMixin(Configurable):
     def granted_datasets(self) -> list[Dataset]:
         return granted(self.catalog(), self.group_names())
 
+    def mounted_datasets(self) -> list[Dataset]:
+        """What this server sees: a teaching server its courses' datasets (of those granted),
+        any other server every dataset granted to its user."""
+        courses = self.teaching_courses()
+        mine = self.granted_datasets()
+        if not courses:
+            return mine
+        used = {d for c in courses for d in c.datasets}
+        return [d for d in mine if d.id in used]
+
     def medhub_env(self, datasets_dir: str) -> dict[str, str]:
         env = {
             "MEDHUB_USER": self.user.name,
@@ -157,7 +180,8 @@ class ProfilesMixin(Configurable):
         }
         if self.grants_key_file:
             signer = grants.GrantSigner(self.grants_key_file)
-            env[grants.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(), datasets_dir)
+            env[grants.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(),
+                                                     self.mounted_datasets(), datasets_dir)
             env[grants.GRANTS_KEY_ENV] = signer.public_key
         return env
 
@@ -181,6 +205,7 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
         Empty: servers run as root (demo machines only).""",
     )
     _cuda_visible_devices: str | None = ""
+    mounts_read_only = False  # links to the datasets: only their files' modes keep them unchanged
 
     def apply_gpus(self, gpus: int) -> None:
         self._cuda_visible_devices = cuda_visible_devices(gpus)
@@ -218,7 +243,7 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
         return args
 
     async def start(self):
-        grants.local_view(self._view_dir(), self.granted_datasets())
+        grants.local_view(self._view_dir(), self.mounted_datasets())
         home = Path(self.home_dir_template.format(username=self.user.name))
         grants.link_folder(home / "courses", self.course_materials())  # read-only only in containers
         return await super().start()
@@ -233,6 +258,7 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
         help="Name of the per-user Docker volume mounted as home; it survives the container.",
     )
     home_mount = Unicode("/home/jovyan", config=True, help="Where the home volume is mounted in the container.")
+    mounts_read_only = True  # read-only bind mounts
 
     @default("remove")
     def _remove_default(self):
@@ -254,7 +280,7 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
         other host path."""
         return {
             self.home_volume: {"bind": self.home_mount, "mode": "rw"},
-            **grants.docker_volumes(self.granted_datasets()),
+            **grants.docker_volumes(self.mounted_datasets()),
             **{str(path): {"bind": f"{self.home_mount}/courses/{name}", "mode": "ro"}
                for name, path in self.course_materials().items()},
         }

@@ -48,6 +48,7 @@ def make_accounts() -> dict[str, Account]:
         "tom": account("tom", "course-students"),
         "eve": account("eve", "course-students"),  # the red team (test_isolation): an ordinary user ...
         "victor": account("victor", "radiology-research"),  # ... and the user she attacks
+        "uma": account("uma", "course-students", "radiology-research"),  # a student with research grants too
     }
 
 
@@ -180,7 +181,8 @@ c.JupyterHub.services.append({{"name": "test-observer", "api_token": "{token}"}}
 c.JupyterHub.load_roles.append({{
     "name": "test-observer",
     "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state",
-               "admin:groups", "list:services", "read:services", "access:services", "tokens"],
+               "admin:groups", "list:services", "read:services", "access:services", "tokens",
+               "custom:audit:read-all"],
     "services": ["test-observer"],
 }})
 """

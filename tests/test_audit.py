@@ -129,12 +129,18 @@ def test_clients_cannot_choose_their_identity():
     event = from_client({"action": "export", "object": {"dataset": "x"}, "actor": {"user": "mallory"}},
                         "frank", ["course-students"])
     assert event["actor"] == {"user": "frank", "groups": ["course-students"], "source": "notebook"}
-    with pytest.raises(EventError, match="only the hub"):
-        from_client({"action": "login", "source": "hub"}, "frank", [])
+    for claimed in ("hub", "batch"):
+        with pytest.raises(EventError, match=f"not '{claimed}'; 'hub' and 'batch' events come from those services"):
+            from_client({"action": "login", "source": claimed}, "frank", [])
     with pytest.raises(EventError, match="action 'format-disk' is not one of"):
         from_client({"action": "format-disk"}, "frank", [])
     with pytest.raises(EventError, match="unknown field"):
         from_client({"action": "export", "who": "x"}, "frank", [])
+
+
+def test_every_action_has_its_dicom_event_id():
+    from medhub.audit.schema import ACTIONS
+    assert set(export.EVENT_IDS) == ACTIONS
 
 
 def test_exports_are_fhir_dicom_and_syslog():
@@ -258,7 +264,8 @@ def test_events_wait_while_the_service_is_down_and_arrive_after(platform: Platfo
     assert not (tmp_path / "buffer.jsonl").exists()
     stored = [e for e in admin_query(platform, user="frank", action="dataset-verify") if "n" in e["object"]]
     assert [e["object"]["n"] for e in stored] == [0, 1, 2, 3, 4]  # each once, in order
-    assert [e["time"] for e in stored] == [e["time"] for e in sent]
+    assert [e["details"]["reported_time"] for e in stored] == [e["time"] for e in sent]
+    assert all(e["time"] >= e["details"]["reported_time"] for e in stored)  # the service's clock, on arrival
 
 
 def test_concurrent_writers_store_every_event_once(platform: Platform, frank: dict[str, str]):

@@ -96,7 +96,7 @@ def test_grants_manifest_is_signed_and_lists_only_the_users_grants(tmp_path: Pat
         tmp_path, id="teaching-ct", groups=["course-students"])), GROUPS)
     signer = GrantSigner(tmp_path / "grants.pem")
     assert (tmp_path / "grants.pem").stat().st_mode & 0o777 == 0o600
-    document = signer.manifest("alice", ["course-students"], catalog, "/datasets")
+    document = signer.manifest("alice", ["course-students"], catalog, granted(catalog, ["course-students"]), "/datasets")
     grants = read_grants(document, signer.public_key)
     assert grants["user"] == "alice"
     assert [(d["id"], d["path"]) for d in grants["granted"]] == [("teaching-ct", "/datasets/teaching-ct")]

@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 
 import medlib.datasets as mds
-from medhub.catalog import load_catalog
+from medhub.catalog import granted, load_catalog
 from medhub.grants import GrantSigner
 from medlib.manifest import write_manifest
 from medlib.synthetic import write_ct_series
@@ -57,7 +57,7 @@ def as_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog):
             if d.is_local and set(groups) & set(d.readers()) and not (view / d.id).exists():
                 (view / d.id).symlink_to(d.path)
         monkeypatch.setenv("JUPYTERHUB_USER", user)
-        monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest(user, groups, catalog, str(view)))
+        monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest(user, groups, catalog, granted(catalog, groups), str(view)))
         monkeypatch.setenv("MEDHUB_GRANTS_KEY", signer.public_key)
 
     return become

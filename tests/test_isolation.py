@@ -72,3 +72,76 @@ def test_what_a_batch_job_sends_to_its_server_is_good_for_nothing_else(platform,
         assert as_(token, "POST", audit, json=forged).status_code == 403
         assert as_(token, "GET", f"{api}/user").status_code == 403  # revoked when the job ended
     platform.api("DELETE", "/users/victor/server")
+
+
+# -- instructors' powers stop at their course ---------------------------------------------
+
+def test_an_instructor_shares_only_with_the_class_and_sees_only_the_course_in_a_students_server(platform):
+    for name in ("tina", "uma", "victor"):
+        assert platform.login(platform.browser(), name).status_code == 200
+    tina = platform.api("POST", "/users/tina/tokens", json={"note": "red team"}).json()["token"]
+    api = f"{platform.url}/hub/api"
+    # sharing her server with someone outside the course is refused, saying why
+    for target in ({"user": "victor"}, {"group": "radiology-research"}):
+        refused = as_(tina, "POST", f"{api}/shares/tina/", json=target)
+        assert refused.status_code == 403 and "share with" in refused.json()["message"], refused.text
+    # uma, a student, may also read research data: a server tina starts for her is for teaching only
+    started = as_(tina, "POST", f"{api}/users/uma/server", json={"profile": "cpu"})
+    assert started.status_code == 403 and "only as a teaching server" in started.json()["message"], started.text
+    assert as_(tina, "POST", f"{api}/users/uma/server", json={"profile": "teaching"}).status_code in (201, 202)
+    platform.wait_ready("uma")
+    browser = platform.browser()
+    assert platform.login(browser, "tina").status_code == 200
+    from test_teaching import status_in
+    assert status_in(browser, platform, "uma") == 200
+    seen = browser.get(f"{platform.url}/user/uma/medlib/datasets").json()
+    assert [d["id"] for d in seen["datasets"]] == ["teaching-ct"]  # not research-ct, which uma may read
+    view = Path(platform.settings.hub.state_dir) / "views" / "uma"
+    assert sorted(p.name for p in view.iterdir()) == ["teaching-ct"]
+    platform.api("DELETE", "/users/uma/server")
+
+
+# -- the audit service trusts tokens, not account flags ------------------------------------
+
+def events_url(platform) -> str:
+    return f"{platform.url}/services/medhub-audit/events"
+
+
+def test_reading_everyones_events_takes_a_scope_on_the_token_not_an_admin_account(platform, eve):
+    assert platform.login(platform.browser(), "alice").status_code == 200  # alice is a hub admin
+    server_like = platform.api("POST", "/users/alice/tokens", json={"note": "down-scoped", "scopes": [
+        "users:activity!user", "access:servers!server=alice/", "access:services!service=medhub-audit"]}).json()["token"]
+    refused = as_(server_like, "GET", events_url(platform), params={"user": "victor"})
+    assert refused.status_code == 403 and "only your own" in refused.json()["message"]
+    assert as_(server_like, "GET", events_url(platform).replace("events", "export")).status_code == 403
+    auditor = as_(platform.observer_token, "GET", events_url(platform), params={"user": "victor"})
+    assert auditor.status_code == 200 and auditor.json()["events"]  # the scope itself: custom:audit:read-all
+
+
+def test_a_user_can_neither_back_date_an_event_nor_claim_another_source(platform, eve):
+    posted = as_(eve, "POST", events_url(platform), json={"action": "export", "object": {"dataset": "teaching-ct"},
+                                                          "time": "2020-01-01T00:00:00.000000Z"})
+    assert posted.status_code == 201
+    (seq,) = posted.json()["seqs"]
+    (stored,) = [e for e in as_(eve, "GET", events_url(platform), params={"action": "export"}).json()["events"]
+                 if e["seq"] == seq]
+    assert stored["time"] > "2026" and stored["details"]["reported_time"] == "2020-01-01T00:00:00.000000Z"
+    for source in ("batch", "hub"):
+        claimed = as_(eve, "POST", events_url(platform), json={"action": "job-end", "source": source})
+        assert claimed.status_code == 400 and "come from those services" in claimed.json()["message"]
+
+
+def test_the_hub_itself_records_each_dataset_a_server_is_given(platform):
+    assert platform.login(platform.browser(), "victor").status_code == 200
+    assert platform.api("POST", "/users/victor/servers/mounts").status_code in (201, 202)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mounts = [e for e in as_(platform.observer_token, "GET", events_url(platform),
+                                 params={"user": "victor", "action": "dataset-mount"}).json()["events"]
+                  if e["object"].get("server") == "mounts"]
+        if mounts:
+            break
+        time.sleep(0.3)
+    assert [(e["object"]["dataset"], e["actor"]["source"]) for e in mounts] == [("research-ct", "hub")]
+    assert mounts[0]["details"]["read_only"] is False  # the local spawner's links: said as it is
+    platform.api("DELETE", "/users/victor/servers/mounts", json={"remove": True})

@@ -91,6 +91,7 @@ def test_an_instructor_runs_the_class_and_shares_a_server(platform):
     ({"name": "c", "instructors": "t", "students": "t"}, "different group from instructors"),
     ({"name": "c", "instructors": "t", "students": "s", "datasets": ["nope"]}, "not in the dataset catalog"),
     ({"name": "c", "instructors": "t", "students": "s", "datasets": ["lung"]}, "does not grant 'lung' to 's'"),
+    ({"name": "c", "instructors": "t", "students": "s", "profile": "gpu9"}, "'gpu9' is not a profile; choose one of"),
 ])
 def test_course_errors_name_the_setting(tmp_path: Path, course: dict, message: str):
     (tmp_path / "lung").mkdir()
@@ -104,7 +105,7 @@ def test_course_errors_name_the_setting(tmp_path: Path, course: dict, message: s
 
 
 def test_a_course_lets_its_groups_log_in_and_profiles_can_be_kept_to_groups(tmp_path: Path):
-    data = {**MINIMAL, "course": [{"name": "c", "instructors": "teachers", "students": "pupils"}],
+    data = {**MINIMAL, "course": [{"name": "c", "instructors": "teachers", "students": "pupils", "profile": "cpu"}],
             "profiles": [{"slug": "cpu", "display_name": "CPU"},
                          {"slug": "gpu1", "display_name": "GPU", "gpus": 1, "groups": ["radiology-research"]}]}
     settings = load(write(tmp_path, data))

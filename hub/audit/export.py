@@ -22,6 +22,7 @@ EVENT_IDS = {
     "stop": ("110100", "Application Activity", "E"),
     "dataset-open": ("110103", "DICOM Instances Accessed", "R"),
     "dataset-verify": ("110103", "DICOM Instances Accessed", "R"),
+    "dataset-mount": ("110103", "DICOM Instances Accessed", "R"),
     "export": ("110106", "Export", "R"),
     "anonymize-run": ("110103", "DICOM Instances Accessed", "C"),
     "reidentify": ("110110", "Patient Record", "R"),

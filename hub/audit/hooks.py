@@ -2,8 +2,9 @@
 
 - logins and failed logins: :meth:`medhub.auth.OIDCAuthenticator.get_authenticated_user`;
 - logouts: :class:`medhub.auth.OIDCLogoutHandler`;
-- spawns (with profile and granted datasets) and stops: the spawners' ``pre_spawn_hook`` and
-  ``post_stop_hook`` (:func:`pre_spawn`, :func:`post_stop`);
+- spawns (with profile and mounted datasets), one ``dataset-mount`` per dataset a server is
+  given (so the access record never depends on code inside the user's server), and stops: the
+  spawners' ``pre_spawn_hook`` and ``post_stop_hook`` (:func:`pre_spawn`, :func:`post_stop`);
 - changes made through the REST API (users, groups, roles, servers of others) and token
   creation: the hub's tornado ``log_function`` (:func:`log_request`), which sees every
   finished request with its user and status.
@@ -62,10 +63,14 @@ def _report(future) -> None:
 
 
 def pre_spawn(spawner) -> None:
-    """``pre_spawn_hook``: the spawn, with its profile and the datasets it will see."""
-    granted = [d.id for d in spawner.granted_datasets()] if hasattr(spawner, "granted_datasets") else []
+    """``pre_spawn_hook``: the spawn, with its profile, and each dataset it is given."""
+    mounted = spawner.mounted_datasets() if hasattr(spawner, "mounted_datasets") else []
     profile = spawner.profile.slug if hasattr(spawner, "profile") else ""
-    record("spawn", spawner.user, {"server": spawner.name or "", "profile": profile}, datasets=granted)
+    server = spawner.name or ""
+    record("spawn", spawner.user, {"server": server, "profile": profile}, datasets=[d.id for d in mounted])
+    for d in mounted:
+        record("dataset-mount", spawner.user, {"dataset": d.id, "server": server},
+               read_only=spawner.mounts_read_only, sensitivity=d.sensitivity)
 
 
 def post_stop(spawner) -> None:

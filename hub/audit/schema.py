@@ -10,7 +10,11 @@ An event::
      "details": {...}}                                  # anything else, free form
 
 The actor's user and groups come from the hub (a token or the hub itself), never from the
-client; ``source`` says which part of the platform acted.
+client; ``source`` says which part of the platform acted, and the token's kind bounds it: the hub
+and the batch service write as themselves, a user's token (a server's, a job's, the CLI's) only
+as ``notebook`` or ``cli``. ``time`` is the audit service's clock when it accepted the event; a
+time the writer reports (an event delivered late from its buffer) is kept as
+``details.reported_time``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ ACTIONS = frozenset({
     "dataset-open", "dataset-verify", "export",
     "anonymize-run", "reidentify",
     "train-start", "train-round", "train-end", "job-submit", "job-end",
-    "admin-change", "token-created",
+    "admin-change", "token-created", "dataset-mount",
 })
 SOURCES = ("hub", "notebook", "batch", "cli")
+#: The sources a user's own token may name (its code, in a server or on the command line).
+USER_SOURCES = ("notebook", "cli")
 OUTCOMES = ("success", "denied", "failure")
 #: What a client may send; ``time`` is set if missing, and ``actor`` is always replaced by the
 #: token's identity (a forged one is overwritten, never stored).
@@ -42,7 +48,8 @@ def now() -> str:
 
 def make_event(action: str, actor: dict[str, Any], object: dict[str, Any] | None = None,  # noqa: A002
                outcome: str = "success", details: dict[str, Any] | None = None, time: str | None = None) -> dict:
-    """A checked event.
+    """A checked event, stamped now; ``time``, if given, is what the writer reports
+    (``details.reported_time``).
 
     Raises:
         EventError: an unknown action, outcome or source, or fields of the wrong type.
@@ -61,16 +68,17 @@ def make_event(action: str, actor: dict[str, Any], object: dict[str, Any] | None
             dt.datetime.strptime(time, "%Y-%m-%dT%H:%M:%S.%fZ")
         except (TypeError, ValueError):
             raise EventError(f"time {time!r} is not UTC like 2026-11-23T08:51:02.123456Z") from None
-    return {"time": time or now(), "actor": {"user": actor.get("user"), "groups": sorted(actor.get("groups") or ()),
-                                             "source": actor["source"]},
-            "action": action, "object": object or {}, "outcome": outcome, "details": details or {}}
+    details = {**(details or {}), **({"reported_time": time} if time is not None else {})}
+    return {"time": now(), "actor": {"user": actor.get("user"), "groups": sorted(actor.get("groups") or ()),
+                                     "source": actor["source"]},
+            "action": action, "object": object or {}, "outcome": outcome, "details": details}
 
 
 def from_client(body: dict[str, Any], user: str, groups: list[str]) -> dict:
     """An event posted by a notebook server, batch job or CLI: the identity is the token's.
 
     Raises:
-        EventError: unknown fields, or ``source`` claiming to be the hub.
+        EventError: unknown fields, or ``source`` other than a user's (``notebook``, ``cli``).
     """
     if not isinstance(body, dict):
         raise EventError("an event must be a JSON object")
@@ -78,7 +86,8 @@ def from_client(body: dict[str, Any], user: str, groups: list[str]) -> dict:
     if unknown:
         raise EventError(f"unknown field(s) {', '.join(unknown)}; the actor is taken from your token")
     source = body.get("source", "notebook")
-    if source == "hub":
-        raise EventError("only the hub writes events with source 'hub'")
+    if source not in USER_SOURCES:
+        raise EventError(f"a user's token writes events with source {' or '.join(USER_SOURCES)}, not {source!r}; "
+                         "'hub' and 'batch' events come from those services")
     return make_event(body.get("action", ""), {"user": user, "groups": groups, "source": source},
                       body.get("object"), body.get("outcome", "success"), body.get("details"), body.get("time"))

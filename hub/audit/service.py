@@ -8,9 +8,11 @@ and the batch service (``MEDHUB_AUDIT_BATCH_WRITER``), for the jobs it runs for 
 Events are chained and on disk (fsync) before the reply; requests that arrive together share
 one write (group commit). Accepted events are then forwarded to syslog if configured.
 
-``GET <prefix>events?user=&dataset=&action=&since=&until=&limit=``: admins see everyone's
-events, everyone else only their own. ``GET <prefix>export?format=fhir|dicom`` (admins): the
-same selection as FHIR R4 ``AuditEvent`` resources (a Bundle) or DICOM audit messages.
+``GET <prefix>events?user=&dataset=&action=&since=&until=&limit=``: a token holding
+:data:`READ_ALL` (the auditor role's scope) sees everyone's events, every other token only its
+owner's; an admin account's flag counts for nothing here, so an admin's down-scoped server token
+reads only its owner's events. ``GET <prefix>export?format=fhir|dicom`` (:data:`READ_ALL`):
+the same selection as FHIR R4 ``AuditEvent`` resources (a Bundle) or DICOM audit messages.
 
 Run by the hub (``medhub.config``) as ``python -m medhub.audit.service`` with
 ``MEDHUB_AUDIT_DIR``, ``MEDHUB_AUDIT_KEY_FILE``, ``MEDHUB_AUDIT_HUB_WRITER`` and optionally
@@ -40,6 +42,8 @@ from .log import AuditLog, query
 from .schema import EventError, from_client, make_event
 
 log = logging.getLogger("medhub.audit")
+#: The custom JupyterHub scope that lets a token read everyone's events.
+READ_ALL = "custom:audit:read-all"
 
 
 class Writer:
@@ -101,8 +105,8 @@ class AuditHandler(TokenHandler):
         return None
 
     def is_admin(self, model: dict[str, Any]) -> bool:
-        """Hub admins, and API clients whose token may administer users, read everyone's events."""
-        return bool(model.get("admin")) or "admin:users" in model.get("scopes", ()) or self.is_hub_writer(model)
+        """Whether the token itself holds :data:`READ_ALL` (never the account's admin flag)."""
+        return READ_ALL in model.get("scopes", ())
 
     def selection(self, model: dict[str, Any]) -> dict[str, Any]:
         args = {k: self.get_argument(k, None) for k in ("user", "dataset", "action", "since", "until")}
@@ -145,7 +149,7 @@ class ExportHandler(AuditHandler):
     def get(self) -> None:
         model = self.current_user
         if not self.is_admin(model):
-            raise web.HTTPError(403, "exports are for admins")
+            raise web.HTTPError(403, f"exports need a token with the {READ_ALL} scope (the auditors' role)")
         events = query(self.settings["folder"], **self.selection(model))
         kind = self.get_argument("format", "fhir")
         if kind == "fhir":
