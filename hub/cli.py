@@ -143,25 +143,27 @@ def cmd_catalog_manifest(args: argparse.Namespace) -> int:
 
 
 def _audit_folder(args: argparse.Namespace):
-    """The hub's state folder and the audit log to read (the hub's, or ``--folder``)."""
+    """The settings, the hub's state folder and the audit log to read (the hub's, or ``--folder``)."""
     from .state import StateDir
 
-    state = StateDir(load(args.settings).hub.state_dir)
-    return state, Path(args.folder) if args.folder else state.audit_dir
+    settings = load(args.settings)
+    state = StateDir(settings.hub.state_dir)
+    return settings, state, Path(args.folder) if args.folder else state.audit_dir
 
 
 def _audit_selection(args: argparse.Namespace) -> tuple[Path, dict]:
     filters = {k: getattr(args, k) for k in ("user", "dataset", "action", "since", "until", "limit")}
-    return _audit_folder(args)[1], filters
+    return _audit_folder(args)[2], filters
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .audit.log import verify
 
-    state, folder = _audit_folder(args)
-    result = verify(folder, state.audit_key())
+    settings, state, folder = _audit_folder(args)
+    anchor = Path(args.anchor) if args.anchor else settings.audit_anchor
+    result = verify(folder, state.audit_key(), anchor)
     if result.ok:
-        print(f"{folder}: chain intact, {result.checked} records, checkpoints consistent")
+        print(f"{folder}: chain intact, {result.checked} records, checkpoints consistent (anchored in {anchor})")
         return 0
     print(f"{folder}: TAMPERED after {result.checked} good records: {result.problem}")
     return 1
@@ -330,6 +332,7 @@ def parser() -> argparse.ArgumentParser:
                                                    "inserted or reordered (exit 1)")
     _settings_arg(verify)
     verify.add_argument("--folder", help="a copy of the log to check (default: the hub's)")
+    verify.add_argument("--anchor", help="the folder of anchored checkpoints (default: [audit] anchor_dir's)")
     verify.set_defaults(func=cmd_audit_verify)
     for name, helptext, func in (("query", "list events (oldest first)", cmd_audit_query),
                                  ("export", "export events as FHIR R4 AuditEvents, DICOM audit messages or to syslog",

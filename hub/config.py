@@ -58,7 +58,8 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
          "command": child.command("medhub.audit.service"),
          "environment": {"MEDHUB_AUDIT_DIR": str(state.audit_dir), "MEDHUB_AUDIT_KEY_FILE": str(state.audit_key_file),
                          "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
-                         "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog}},
+                         "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(settings.audit_anchor),
+                         "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds)}},
         {"name": writer, "api_token": state.audit_writer_token(), "display": False},
     ]
     access = f"access:services!service={name}"

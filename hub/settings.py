@@ -120,6 +120,8 @@ class AuditSettings:
     fsync: str = "always"  # "always": each event is on disk before it is acknowledged
     syslog: str = ""  # forward every event to udp://host:port or tcp://host:port (RFC 5424)
     auditor_groups: tuple[str, ...] = ()  # whose tokens may read everyone's events; empty: oidc.admin_groups
+    anchor_dir: str = ""  # where checkpoints are anchored, outside the state folder; empty: <state_dir>-audit-anchor
+    checkpoint_seconds: int = 60  # a checkpoint at least this often while events come in
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,13 @@ class Settings:
         """Groups whose tokens may read everyone's audit events: ``audit.auditor_groups``, or
         ``oidc.admin_groups`` when that is empty."""
         return self.audit.auditor_groups or self.oidc.admin_groups
+
+    @property
+    def audit_anchor(self) -> Path:
+        """The folder outside the state folder where audit checkpoints are anchored."""
+        if self.audit.anchor_dir:
+            return Path(self.audit.anchor_dir)
+        return self.hub.state_dir.with_name(self.hub.state_dir.name + "-audit-anchor")
 
     @property
     def callback_url(self) -> str:
@@ -377,6 +386,14 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         raise audit_section.error("fsync", "must be 'always' (production) or 'never' (tests only)")
     if audit_settings.syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", audit_settings.syslog):
         raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
+    if audit_settings.anchor_dir:
+        anchor = audit_section.path("anchor_dir", Path("."))
+        if anchor.is_relative_to(hub.state_dir.resolve()):
+            raise audit_section.error("anchor_dir", f"{anchor} lies inside hub.state_dir; anchor checkpoints outside "
+                                                    "it, where cutting the log does not reach")
+        audit_settings = replace(audit_settings, anchor_dir=str(anchor))
+    if audit_settings.checkpoint_seconds < 1:
+        raise audit_section.error("checkpoint_seconds", "must be 1 or more")
     k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image, hub_image=docker_settings.hub_image))
     batch_section = section("batch")
     batch_settings = _plain(batch_section, BatchSettings())

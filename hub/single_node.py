@@ -130,7 +130,12 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
     socket = docker_socket()
     if not socket.exists():
         raise HubConfigError(f"no Docker engine socket at {socket}: start the engine (systemctl start docker)")
-    binds = {str(state): {"bind": str(state), "mode": "rw"}, str(socket): {"bind": str(socket), "mode": "rw"}}
+    anchor = settings.audit_anchor.resolve()  # the audit checkpoints' second home, outside the state folder
+    if not anchor.is_dir():
+        anchor.mkdir(mode=0o700, parents=True)
+        os.chown(anchor, owner.st_uid, owner.st_gid)
+    binds = {str(state): {"bind": str(state), "mode": "rw"}, str(anchor): {"bind": str(anchor), "mode": "rw"},
+             str(socket): {"bind": str(socket), "mode": "rw"}}
     digest = hashlib.sha256()
     for path in read_only_paths(settings):
         if not path.exists():

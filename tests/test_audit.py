@@ -101,7 +101,37 @@ def test_swapped_records_are_named(log_folder: Path):
 def test_records_cut_from_the_end_are_caught_by_checkpoints(log_folder: Path):
     last = sorted(log_folder.glob("segment-*.jsonl"))[-1]
     rewrite(last, lambda text: text.pop())
-    assert "records after seq 39 removed (checkpoint" in verify(log_folder, KEY).problem
+    assert "1 record(s) missing after seq 39: checkpoint" in verify(log_folder, KEY).problem
+
+
+def test_a_tail_cut_with_its_checkpoints_is_caught_by_the_anchor(tmp_path: Path):
+    folder, anchor, sent = tmp_path / "state" / "audit", tmp_path / "anchor", []
+    log = AuditLog(folder, KEY, fsync="never", checkpoint_every=1000, checkpoint_seconds=0, anchor=anchor,
+                   on_checkpoint=sent.append)
+    for n in range(40):
+        log.append([sample(n)])
+        assert log.tick()  # every 0 s: each record is anchored as it comes
+    log.close()
+    assert verify(folder, KEY, anchor).ok and [cp["seq"] for cp in sent] == list(range(1, 41))
+    segment = sorted(folder.glob("segment-*.jsonl"))[-1]
+    rewrite(segment, lambda text: text.__delitem__(slice(-10, None)))  # the last 10 records ...
+    (folder / "checkpoints.jsonl").unlink()  # ... and the checkpoints that named them
+    assert verify(folder, KEY).ok  # the folder alone cannot tell
+    problem = verify(folder, KEY, anchor).problem
+    assert "10 record(s) missing after seq 30" in problem and str(anchor) in problem
+    with pytest.raises(ValueError, match="must lie outside"):
+        AuditLog(folder, KEY, fsync="never", anchor=folder / "anchor")
+
+
+def test_a_quiet_log_is_anchored_within_checkpoint_seconds(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit", KEY, fsync="never", checkpoint_seconds=0.3, anchor=tmp_path / "anchor")
+    log.append([sample(1), sample(2)])
+    assert not log.tick()  # not yet
+    time.sleep(0.35)
+    assert log.tick() and not log.tick()  # once, then nothing new to anchor
+    anchored = [json.loads(line) for line in (tmp_path / "anchor" / "checkpoints.jsonl").read_text().splitlines()]
+    assert [cp["seq"] for cp in anchored] == [2]
+    log.close()
 
 
 def test_an_edited_checkpoint_is_named(log_folder: Path):

@@ -62,6 +62,7 @@ def test_the_container_sees_what_the_settings_name_read_only_and_its_state_read_
                    tmp_path / "materials" / "imaging-101"]
     assert spec.binds == {
         state: {"bind": state, "mode": "rw"},
+        str(settings.audit_anchor): {"bind": str(settings.audit_anchor), "mode": "rw"},  # made if missing
         str(engine_socket): {"bind": str(engine_socket), "mode": "rw"},
         **{str(p): {"bind": str(p), "mode": "ro"} for p in expected_ro},
     }

@@ -7,6 +7,7 @@ to the DICOM/FHIR outcome indicators (0 success, 4 minor failure: denied, 8 seri
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import xml.etree.ElementTree as ET
@@ -132,7 +133,15 @@ class SyslogForwarder:
         self._socket: socket.socket | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        line = syslog_line(event)
+        self.send(syslog_line(event))
+
+    def checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Anchor an audit checkpoint at the collector (:mod:`medhub.audit.log`)."""
+        body = json.dumps(checkpoint, sort_keys=True)
+        self.send(f"<{10 * 8 + 5}>1 {checkpoint['time']} {socket.gethostname()} medhub - audit-checkpoint - "
+                  f"\ufeff{body}".encode())
+
+    def send(self, line: bytes) -> None:
         try:
             if self.scheme == "udp":
                 if self._socket is None:

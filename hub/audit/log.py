@@ -4,9 +4,14 @@ HMAC-SHA-256 under a key only the hub holds.
 A record is ``{"seq": n, "prev": <mac of record n-1>, "event": {...}, "mac": <hex>}`` with
 ``mac = HMAC(key, prev || canonical JSON of [seq, event])``; the first record's ``prev`` is 64
 zeros. Records fill segments (``segment-000001.jsonl``, …) of a bounded size; the chain runs on
-across segments. Every :attr:`AuditLog.checkpoint_every` records, and when the log is closed,
-a checkpoint (seq, mac, time, its own HMAC) is appended to ``checkpoints.jsonl``: it lets
-:func:`verify` notice records cut from the end, which the chain alone cannot.
+across segments. Every :attr:`AuditLog.checkpoint_every` records, at least every
+:attr:`AuditLog.checkpoint_seconds` while records come in (:meth:`AuditLog.tick`), and when the
+log is closed, a checkpoint (seq, mac, time, its own HMAC) is appended to ``checkpoints.jsonl``:
+it lets :func:`verify` notice records cut from the end, which the chain alone cannot. Whoever
+can rewrite the folder can cut the checkpoints too, so each checkpoint is also anchored outside
+it: appended to ``checkpoints.jsonl`` in an anchor folder elsewhere, and handed to
+``on_checkpoint`` (the syslog collector, where one is configured). :func:`verify` compares the
+chain's head with the newest anchored checkpoint and says how many records are missing.
 
 Without the key nobody can write a record that verifies: an edited, removed, inserted or
 reordered record breaks the chain at that place, and :func:`verify` names it.
@@ -21,7 +26,8 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +64,14 @@ class AuditLog:
             setting) or "never" (tests of the chain only).
         segment_bytes: start a new segment beyond this size.
         checkpoint_every: records between checkpoints.
+        checkpoint_seconds: seconds after which :meth:`tick` checkpoints records not yet covered.
+        anchor: a folder outside ``folder`` where each checkpoint is also appended (None: none).
+        on_checkpoint: also called with each checkpoint (e.g. to send it to syslog).
     """
 
     def __init__(self, folder: str | os.PathLike[str], key: bytes, *, fsync: str = "always",
-                 segment_bytes: int = 64 << 20, checkpoint_every: int = 1000):
+                 segment_bytes: int = 64 << 20, checkpoint_every: int = 1000, checkpoint_seconds: float = 60,
+                 anchor: str | os.PathLike[str] | None = None, on_checkpoint: Callable[[dict], None] | None = None):
         if len(key) < 32:
             raise ValueError("the audit key needs at least 32 bytes")
         if fsync not in FSYNC_POLICIES:
@@ -70,6 +80,13 @@ class AuditLog:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._key, self.fsync = key, fsync
         self.segment_bytes, self.checkpoint_every = segment_bytes, checkpoint_every
+        self.checkpoint_seconds, self.on_checkpoint = checkpoint_seconds, on_checkpoint
+        self.anchor = Path(anchor) if anchor is not None else None
+        if self.anchor is not None:
+            if self.anchor.resolve().is_relative_to(self.folder.resolve()):
+                raise ValueError(f"the audit anchor {self.anchor} must lie outside the log's folder {self.folder}")
+            self.anchor.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._checkpointed_at = time.monotonic()
         self._lock = threading.Lock()
         self.seq, self.mac = 0, GENESIS
         existing = segments(self.folder)
@@ -123,20 +140,35 @@ class AuditLog:
                 self._file = open(self.folder / SEGMENT.format(self._segment_no), "ab")
             return seqs
 
+    def tick(self) -> bool:
+        """Checkpoint the records not yet covered if the last checkpoint is
+        :attr:`checkpoint_seconds` old; whether it did."""
+        with self._lock:
+            if self._since_checkpoint and time.monotonic() - self._checkpointed_at >= self.checkpoint_seconds:
+                self._checkpoint()
+                return True
+            return False
+
     def _checkpoint(self) -> None:
         from .schema import now
 
-        time = now()
-        line = canonical({"seq": self.seq, "mac": self.mac, "time": time,
-                          "cmac": checkpoint_mac(self._key, self.seq, self.mac, time)}) + b"\n"
-        fd = os.open(self.folder / CHECKPOINTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line)
-            if self.fsync == "always":
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._since_checkpoint = 0
+        stamp = now()
+        checkpoint = {"seq": self.seq, "mac": self.mac, "time": stamp,
+                      "cmac": checkpoint_mac(self._key, self.seq, self.mac, stamp)}
+        line = canonical(checkpoint) + b"\n"
+        for folder in (self.folder, self.anchor):
+            if folder is None:
+                continue
+            fd = os.open(folder / CHECKPOINTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                if self.fsync == "always":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(checkpoint)
+        self._since_checkpoint, self._checkpointed_at = 0, time.monotonic()
 
     def close(self) -> None:
         with self._lock:
@@ -167,8 +199,20 @@ class Verification:
         return self.problem is None
 
 
-def verify(folder: str | os.PathLike[str], key: bytes) -> Verification:
-    """Check the whole chain and the checkpoints; stop at the first problem and name it."""
+def _checkpoints(path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, checkpoint) of a checkpoints file; None for one whose HMAC is not the key's
+    (checked by the caller) or that is not a checkpoint."""
+    for n, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        try:
+            cp = json.loads(line)
+            yield n, cp if {"seq", "mac", "time", "cmac"} <= set(cp) else None
+        except ValueError:
+            yield n, None
+
+
+def verify(folder: str | os.PathLike[str], key: bytes, anchor: str | os.PathLike[str] | None = None) -> Verification:
+    """Check the whole chain, the checkpoints, and the chain's head against the newest checkpoint
+    anchored in ``anchor``; stop at the first problem and name it."""
     expected, prev, macs, checked = 1, GENESIS, {}, 0
     for segment, line, record in records(folder):
         where = f"{segment} line {line}"
@@ -188,20 +232,25 @@ def verify(folder: str | os.PathLike[str], key: bytes) -> Verification:
             return Verification(checked, f"{where}: record seq {seq} was edited (its HMAC does not match)")
         prev, expected, checked = record["mac"], expected + 1, checked + 1
         macs[seq] = record["mac"]
-    path = Path(folder) / CHECKPOINTS
-    for n, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
-        try:
-            cp = json.loads(line)
-            valid = hmac.compare_digest(cp["cmac"], checkpoint_mac(key, cp["seq"], cp["mac"], cp["time"]))
-        except (ValueError, KeyError, TypeError):
-            valid = False
-        if not valid:
-            return Verification(checked, f"{CHECKPOINTS} line {n}: checkpoint edited")
-        if cp["seq"] > checked:
-            return Verification(checked, f"records after seq {checked} removed (checkpoint {n} "
-                                         f"vouches for seq {cp['seq']})")
-        if macs.get(cp["seq"]) != cp["mac"]:
-            return Verification(checked, f"record seq {cp['seq']} differs from checkpoint {n}: replaced")
+    places = [(Path(folder) / CHECKPOINTS, "checkpoint")]
+    if anchor is not None:
+        places.append((Path(anchor) / CHECKPOINTS, f"anchored checkpoint ({Path(anchor) / CHECKPOINTS})"))
+    for path, name in places:
+        newest = (0, 0)  # (seq, line) of the newest checkpoint
+        for n, cp in _checkpoints(path):
+            try:
+                valid = cp is not None and hmac.compare_digest(cp["cmac"], checkpoint_mac(key, cp["seq"], cp["mac"],
+                                                                                          cp["time"]))
+            except TypeError:
+                valid = False
+            if not valid:
+                return Verification(checked, f"{path.name} line {n}: {name} edited")
+            if cp["seq"] <= checked and macs.get(cp["seq"]) != cp["mac"]:
+                return Verification(checked, f"record seq {cp['seq']} differs from {name} {n}: replaced")
+            newest = max(newest, (cp["seq"], n), key=lambda seq_line: seq_line[0])
+        if newest[0] > checked:
+            return Verification(checked, f"{newest[0] - checked} record(s) missing after seq {checked}: {name} "
+                                         f"{newest[1]} vouches for seq {newest[0]} (the end of the log was cut)")
     return Verification(checked)
 
 

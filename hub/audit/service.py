@@ -15,8 +15,10 @@ reads only its owner's events. ``GET <prefix>export?format=fhir|dicom`` (:data:`
 the same selection as FHIR R4 ``AuditEvent`` resources (a Bundle) or DICOM audit messages.
 
 Run by the hub (``medhub.config``) as ``python -m medhub.audit.service`` with
-``MEDHUB_AUDIT_DIR``, ``MEDHUB_AUDIT_KEY_FILE``, ``MEDHUB_AUDIT_HUB_WRITER`` and optionally
-``MEDHUB_AUDIT_SYSLOG`` (``udp://host:port`` or ``tcp://host:port``) and ``MEDHUB_AUDIT_FSYNC``.
+``MEDHUB_AUDIT_DIR``, ``MEDHUB_AUDIT_KEY_FILE``, ``MEDHUB_AUDIT_HUB_WRITER``,
+``MEDHUB_AUDIT_ANCHOR`` (the folder outside the state folder where checkpoints are anchored),
+``MEDHUB_AUDIT_CHECKPOINT_SECONDS`` and optionally ``MEDHUB_AUDIT_SYSLOG`` (``udp://host:port``
+or ``tcp://host:port``: events and checkpoints go there too) and ``MEDHUB_AUDIT_FSYNC``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from ..service_auth import TokenHandler
 from . import export
@@ -54,7 +56,7 @@ class Writer:
         self.log, self.forward = audit_log, forward
         self._pending: list[tuple[list[dict], asyncio.Future]] = []
         self._writing = False
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")  # every disk write of the log
 
     async def submit(self, events: list[dict]) -> list[int]:
         future = asyncio.get_running_loop().create_future()
@@ -70,7 +72,7 @@ class Writer:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    seqs = await loop.run_in_executor(self._thread, self.log.append,
+                    seqs = await loop.run_in_executor(self.thread, self.log.append,
                                                       [e for events, _ in batch for e in events])
                 except Exception as e:  # the disk refused: every caller learns it, nothing is acknowledged
                     log.exception("audit write failed")
@@ -163,9 +165,11 @@ class ExportHandler(AuditHandler):
 
 
 def make_app(folder: Path, key: bytes, hub_writer: str, *, fsync: str = "always",
-             syslog: str | None = None, prefix: str = "/", batch_writer: str | None = None) -> web.Application:
-    audit_log = AuditLog(folder, key, fsync=fsync)
+             syslog: str | None = None, prefix: str = "/", batch_writer: str | None = None,
+             anchor: Path | None = None, checkpoint_seconds: float = 60) -> web.Application:
     forward = export.SyslogForwarder(syslog) if syslog else None
+    audit_log = AuditLog(folder, key, fsync=fsync, anchor=anchor, checkpoint_seconds=checkpoint_seconds,
+                         on_checkpoint=forward.checkpoint if forward else None)
     settings = {
         "hub_auth": HubAuth(cache_max_age=60),
         "hub_scopes": {f"access:services!service={os.environ.get('JUPYTERHUB_SERVICE_NAME', 'medhub-audit')}"},
@@ -188,9 +192,13 @@ def main() -> None:
     key = bytes.fromhex(Path(env["MEDHUB_AUDIT_KEY_FILE"]).read_text().strip())
     app = make_app(Path(env["MEDHUB_AUDIT_DIR"]), key, env["MEDHUB_AUDIT_HUB_WRITER"],
                    fsync=env.get("MEDHUB_AUDIT_FSYNC", "always"), syslog=env.get("MEDHUB_AUDIT_SYSLOG") or None,
-                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"))
+                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"),
+                   anchor=Path(env["MEDHUB_AUDIT_ANCHOR"]), checkpoint_seconds=float(env["MEDHUB_AUDIT_CHECKPOINT_SECONDS"]))
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=url.hostname)
+    audit_log, writer = app.settings["audit_log"], app.settings["writer"]
+    PeriodicCallback(lambda: IOLoop.current().run_in_executor(writer.thread, audit_log.tick),
+                     max(1.0, audit_log.checkpoint_seconds / 4) * 1000).start()
     log.info("medhub audit service on %s, log in %s", env["JUPYTERHUB_SERVICE_URL"], env["MEDHUB_AUDIT_DIR"])
     loop = IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))  # the hub stops services so
