@@ -1,0 +1,59 @@
+"""pyproject.toml's ranges admit only versions that have what medhub uses: every JupyterHub trait
+the hub's configuration sets exists in the lowest JupyterHub the ranges allow."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+from traitlets.config import Config
+
+from medhub.config import configure
+from medhub.settings import load
+from test_settings import with_, write
+
+ROOT = Path(__file__).resolve().parents[1]
+ADDED = re.compile(r"versionadded::\s*([0-9.]+)")
+
+
+def lowest(package: str) -> dict[str, Version]:
+    """The lowest version of ``package`` each extra of pyproject.toml admits."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    found = {}
+    for extra, requirements in project["optional-dependencies"].items():
+        for line in requirements:
+            requirement = Requirement(line)
+            if requirement.name == package:
+                bounds = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
+                assert bounds, f"{extra}: {line} has no lower bound"
+                found[extra] = min(bounds)
+    return found
+
+
+def test_every_jupyterhub_trait_medhub_sets_exists_in_the_lowest_version_allowed(tmp_path: Path):
+    import jupyterhub.app
+    import jupyterhub.auth
+    import jupyterhub.spawner
+    from medhub.spawner import MedhubDockerSpawner, MedhubLocalSpawner
+
+    floor = min(lowest("jupyterhub").values())
+    classes = {"JupyterHub": jupyterhub.app.JupyterHub, "MedhubLocalSpawner": MedhubLocalSpawner,
+               "MedhubDockerSpawner": MedhubDockerSpawner}
+    checked = []
+    for spawner in ("local", "docker"):
+        c = Config()
+        configure(c, load(write(tmp_path, with_("hub", spawner=spawner, state_dir=str(tmp_path / "state")))))
+        for section, cls in classes.items():
+            for name in c[section] if section in c else ():
+                trait = cls.class_traits().get(name)
+                assert trait is not None, f"{section}.{name} is not a trait of {cls.__name__}"
+                added = ADDED.search(trait.help or "")
+                if added:
+                    assert Version(added.group(1)) <= floor, (
+                        f"{section}.{name} came with JupyterHub {added.group(1)}; pyproject.toml allows {floor}: "
+                        "raise the lower bound")
+                    checked.append(name)
+    assert "extra_user_scopes" in checked  # the check reads the docs it relies on
