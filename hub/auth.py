@@ -6,7 +6,10 @@ needed (so the hub starts even while the identity provider is down). On top of t
 OAuth 2 flow (authorization code with PKCE, encrypted and refreshed ``auth_state``) it
 verifies the id_token (RS256 signature against the issuer's JWKS, ``iss``, ``aud``, ``exp``),
 ends the identity provider's session at logout, and tells users on the login page when the
-identity provider cannot be reached.
+identity provider cannot be reached. Hub usernames are the claim's value as the issuer gives it
+(``sub`` by default): no case folding, so two accounts that differ only by case stay two users.
+Each refresh of a user's tokens checks the allowed groups again: a user the identity provider
+has removed from all of them loses the session and their servers.
 """
 
 from __future__ import annotations
@@ -302,6 +305,11 @@ class OIDCAuthenticator(GenericOAuthenticator):
             token_info["expires_at"] = time.time() + float(token_info["expires_in"])
         return token_info
 
+    def normalize_username(self, username: str) -> str:
+        """The claim's value unchanged (JupyterHub's default lower-cases it, which would make
+        ``Alice`` and ``alice`` one hub user); ``username_map`` still applies."""
+        return self.username_map.get(username, username)
+
     async def refresh_user(self, user, handler=None, **kwargs):
         """Refresh auth_state; use the refresh token as soon as the access token nears expiry.
 
@@ -309,20 +317,40 @@ class OIDCAuthenticator(GenericOAuthenticator):
         issuers that tolerate clock skew do late. Here an access token that expires within
         ``auth_refresh_age`` seconds is replaced straight away.
 
-        Returns False (log in again) when the issuer refuses the tokens. When the issuer does
+        Returns False (log in again) when the issuer refuses the tokens, and when it no longer
+        puts the user in an allowed group (their servers are stopped first). When the issuer does
         not answer (timeout, 5xx), the current auth is kept until the next refresh: an
         identity provider outage must not stop logged-in users from working.
         """
         try:
-            return await self._refresh(user, handler, **kwargs)
+            refreshed = await self._refresh(user, handler, **kwargs)
         except (IdentityProviderUnavailable, OSError) as e:
             transient = e
         except HTTPClientError as e:
             if e.code < 500:
                 raise
             transient = e
+        else:
+            if isinstance(refreshed, dict) and not await GenericOAuthenticator.check_allowed(self, user.name, refreshed):
+                await self._revoke_access(user, handler, refreshed)
+                return False
+            return refreshed
         self.log.warning("Could not refresh %s's tokens, keeping them for now: %s", user.name, transient)
         return True
+
+    async def _revoke_access(self, user, handler, auth_model: dict[str, Any]) -> None:
+        """The identity provider no longer puts ``user`` in an allowed group: stop their servers
+        (the hub then asks them to log in, which it refuses)."""
+        groups = sorted(auth_model.get("groups") or [])
+        self.log.warning("%s is in no allowed group any more (%s): stopping their servers", user.name, groups)
+        audit_hooks.record("logout", {"user": user.name, "groups": groups},
+                           reason="removed from every allowed group at the identity provider")
+        for name, spawner in list(user.spawners.items()):
+            if spawner.active:
+                if handler is not None:
+                    await handler.stop_single_user(user, name)
+                else:
+                    await user.stop(name)
 
     async def _refresh(self, user, handler=None, **kwargs):
         state = await user.get_auth_state() if self.enable_auth_state else None

@@ -102,7 +102,7 @@ def configure(c: Config, settings: Settings) -> None:
     hub = settings.hub
 
     c.JupyterHub.bind_url = hub.public_url + "/"
-    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub.hub_port}"
+    c.JupyterHub.hub_bind_url = settings.hub_url
     c.JupyterHub.db_url = f"sqlite:///{state.database}"
     c.JupyterHub.cookie_secret_file = str(state.cookie_secret)
     c.JupyterHub.pid_file = str(state.path / "jupyterhub.pid")
@@ -131,6 +131,7 @@ def configure(c: Config, settings: Settings) -> None:
     a.enable_auth_state = True
     a.enable_pkce = True
     a.refresh_pre_spawn = True
+    a.auth_refresh_strict = True  # a user the IdP refuses (or has dropped from every allowed group) is refused on API tokens too
     a.auth_refresh_age = oidc.refresh_age
     a.login_service = oidc.login_service
     a.validate_server_cert = True
@@ -140,12 +141,13 @@ def configure(c: Config, settings: Settings) -> None:
         s = c.MedhubDockerSpawner
         s.image = settings.docker.image
         s.network_name = settings.docker.network
-        s.use_internal_ip = False
+        s.use_internal_ip = settings.users_network  # the proxy reaches each server at its address there
         s.home_volume = settings.docker.home_volume
         s.home_mount = settings.docker.home_mount
         s.notebook_dir = settings.docker.home_mount
         s.extra_create_kwargs = {"user": "1000:100"}
-        s.extra_host_config = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
+        s.extra_host_config = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"],
+                               "pids_limit": settings.docker.pids_limit}
     else:
         c.JupyterHub.spawner_class = MedhubLocalSpawner
         s = c.MedhubLocalSpawner
@@ -169,7 +171,9 @@ def configure(c: Config, settings: Settings) -> None:
     c.JupyterHub.extra_user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}",
                                       f"access:services!service={BATCH_SERVICE}"}
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
-    s.environment = {"MEDHUB_AUDIT_URL": audit_url, "MEDHUB_URL": hub.public_url}
+    # servers reach the services through the proxy's public port, never at their internal ports
+    s.environment = {"MEDHUB_AUDIT_URL": f"{hub.public_url}/services/{audit_hooks.AUDIT_SERVICE}/events",
+                     "MEDHUB_URL": hub.public_url}
     service, role = batch_service(settings, state, audit_url)
     services.append(service)
     roles.append(role)

@@ -186,6 +186,9 @@ def values(settings: Settings) -> dict[str, Any]:
             "storage": {"type": "dynamic", "capacity": k8s.storage_capacity,
                         "homeMountPath": settings.docker.home_mount},
             "profileList": profile_list(settings),
+            "networkPolicy": network_policy(settings),
+            # the chart's proxy admits pods labelled so to its public port (the services' way in)
+            "extraLabels": {"hub.jupyter.org/network-access-proxy-http": "true"},
         },
         "cull": {
             "enabled": settings.culler.enabled,
@@ -210,6 +213,29 @@ def values(settings: Settings) -> dict[str, Any]:
             "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
         }
     return result
+
+
+def network_policy(settings: Settings) -> dict[str, Any]:
+    """Zero to JupyterHub's ``singleuser.networkPolicy``: the rules of medhub's Docker network on
+    Kubernetes. A user's pod is reached only by the hub and the proxy (the chart's own rules),
+    and reaches only the hub's API (the chart's rule), the proxy's public port (where the audit
+    and batch services are) and DNS; never another user's pod, a node, the cloud's metadata
+    server or any other address, private or public (``egress`` takes a site's additions)."""
+    egress = [{"to": [{"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}],
+               "ports": [{"port": 8000, "protocol": "TCP"}]}]
+    if settings.dask_gateway.enabled:  # the user's Dask clusters, through the gateway's traefik
+        egress.append({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "dask-gateway",
+                                                               "app.kubernetes.io/component": "traefik"}}}]})
+    return {
+        "enabled": True,
+        "ingress": [],
+        "allowedIngressPorts": [],
+        "interNamespaceAccessLabels": "ignore",
+        "egress": egress,
+        "egressAllowRules": {"cloudMetadataServer": False, "privateIPs": False, "nonPrivateIPs": False,
+                             "dnsPortsCloudMetadataServer": True, "dnsPortsKubeSystemNamespace": True,
+                             "dnsPortsPrivateIPs": True},
+    }
 
 
 def gateway_spec(settings: Settings) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import docker_network
 from .errors import ProcessStartError
 from .idp import DevIdentityProvider, node_tool
 from .settings import Settings
@@ -115,10 +116,14 @@ def idp_process(idp: DevIdentityProvider, logs: Path) -> ManagedProcess:
 
 
 def proxy_process(settings: Settings) -> ManagedProcess:
-    """configurable-http-proxy on ``hub.public_url``, its API on loopback."""
+    """configurable-http-proxy on ``hub.public_url``, its API on loopback. With users' servers
+    on medhub's Docker network, the network is made first: the proxy and the hub may listen on
+    its gateway."""
+    if settings.users_network:
+        docker_network.ensure(settings.docker.network, settings.docker.subnet)
     state = StateDir(settings.hub.state_dir)
     host, port = _host_port(settings.hub.public_url)
-    hub_url = f"http://127.0.0.1:{settings.hub.hub_port}"
+    hub_url = settings.hub_url
     argv = [
         node_tool("configurable-http-proxy"),
         "--ip", host,
@@ -148,7 +153,7 @@ def hub_process(settings: Settings) -> ManagedProcess:
         "jupyterhub",
         [sys.executable, "-m", "jupyterhub", "-f", str(JUPYTERHUB_CONFIG)],
         state.logs_dir / "jupyterhub.log",
-        f"http://127.0.0.1:{settings.hub.hub_port}/hub/health",
+        settings.hub_url + "/hub/health",
         env={
             "MEDHUB_SETTINGS": str(settings.source),
             "JUPYTERHUB_CRYPT_KEY": os.environ.get("JUPYTERHUB_CRYPT_KEY") or state.crypt_key(),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from . import docker_network
 from .catalog import Dataset, load_catalog
 from .courses import Course, parse_courses
 from .errors import HubConfigError
@@ -82,7 +83,8 @@ class OIDCSettings:
     client_id: str
     client_secret: str = field(repr=False)
     scopes: tuple[str, ...] = ("openid", "profile", "email", "groups")
-    username_claim: str = "preferred_username"
+    username_claim: str = "sub"  # stable and unique; another claim only with username_claim_stable
+    username_claim_stable: bool = False  # the IdP lets no user change username_claim (say so to use one)
     groups_claim: str = "groups"
     allowed_groups: tuple[str, ...] = ()
     admin_groups: tuple[str, ...] = ()
@@ -102,7 +104,10 @@ class DockerSettings:
     hub_image: str = "medhub/hub:latest"  # what `medhub up` runs
     home_volume: str = "medhub-home-{username}"
     home_mount: str = "/home/jovyan"
-    network: str = "host"
+    network: str = "medhub-users"  # the users' bridge network (medhub.docker_network), or "host"
+    subnet: str = "172.29.0.0/24"  # its addresses; the hub listens on the first (the gateway)
+    shared_host_network: bool = False  # allow network = "host" although more than one user may log in
+    pids_limit: int = 2048  # processes (and threads) a user's container may hold at once
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,18 @@ class Settings:
         return self.hub.state_dir.with_name(self.hub.state_dir.name + "-audit-anchor")
 
     @property
+    def users_network(self) -> bool:
+        """Whether users' servers are containers on medhub's own network (not the host's)."""
+        return self.hub.spawner == "docker" and self.docker.network != "host"
+
+    @property
+    def hub_url(self) -> str:
+        """Where the hub's own HTTP server listens: on the users' network's gateway when servers
+        are containers there (they call its API), else on loopback."""
+        host = docker_network.gateway(self.docker.subnet) if self.users_network else "127.0.0.1"
+        return f"http://{host}:{self.hub.hub_port}"
+
+    @property
     def callback_url(self) -> str:
         return self.hub.public_url.rstrip("/") + "/hub/oauth_callback"
 
@@ -250,6 +267,34 @@ def _hub(s: Section) -> HubSettings:
     return hub
 
 
+def _check_network(s: Section, docker: DockerSettings, hub: HubSettings) -> None:
+    """Users' containers on a network of their own, reaching the hub's public URL; the host's
+    network only where its risk is accepted."""
+    import ipaddress
+
+    if docker.pids_limit < 64:
+        raise s.error("pids_limit", "must be 64 or more (a notebook server alone runs dozens of threads)")
+    if docker.network == "host":
+        if hub.spawner == "docker" and not docker.shared_host_network:
+            raise s.error("network", "'host' puts every user's kernels, Dask schedulers (unauthenticated) and the "
+                                     "hub's internal ports (the proxy's REST API, the audit writer) on one loopback "
+                                     "that every user's code reaches. Use the default users' network "
+                                     "('medhub-users'), or, on a single-user test rig only, set "
+                                     "docker.shared_host_network = true")
+        return
+    try:
+        subnet = ipaddress.ip_network(docker.subnet)
+    except ValueError:
+        raise s.error("subnet", f"{docker.subnet!r} is not a network such as '172.29.0.0/24'") from None
+    if subnet.num_addresses < 8:
+        raise s.error("subnet", f"{docker.subnet} is too small for users' servers")
+    host = urlparse(hub.public_url).hostname
+    if hub.spawner == "docker" and host in LOOPBACK:
+        raise s.error("network", f"users' containers on {docker.network!r} cannot reach hub.public_url "
+                                 f"{hub.public_url} (loopback is each container's own): give public_url the host's "
+                                 f"name, or the network's gateway address {docker_network.gateway(docker.subnet)}")
+
+
 def _client_secret(s: Section) -> tuple[str, Path | None]:
     """The client secret, and the file it was read from (None: inline or from the environment)."""
     inline = s.get("client_secret", str, "")
@@ -283,6 +328,7 @@ def _oidc(s: Section) -> OIDCSettings:
         client_secret_file=secret_file,
         scopes=s.strings("scopes", d.scopes),
         username_claim=s.get("username_claim", str, d.username_claim),
+        username_claim_stable=s.get("username_claim_stable", bool, d.username_claim_stable),
         groups_claim=s.get("groups_claim", str, d.groups_claim),
         allowed_groups=s.strings("allowed_groups"),
         admin_groups=s.strings("admin_groups"),
@@ -291,6 +337,12 @@ def _oidc(s: Section) -> OIDCSettings:
     )
     if not oidc.client_id:
         raise s.error("client_id", "must not be empty")
+    if oidc.username_claim != "sub" and not oidc.username_claim_stable:
+        raise s.error("username_claim", f"{oidc.username_claim!r} may change or be reused at the identity provider "
+                                        "(OpenID Connect promises only 'sub' stable and unique per user): a user who "
+                                        "renames themselves there would become, or take over, another hub user. Use "
+                                        "'sub', or set oidc.username_claim_stable = true once you have made sure the "
+                                        "IdP lets no user edit this claim and never hands it to another person")
     if "openid" not in oidc.scopes:
         raise s.error("scopes", "must include 'openid'")
     if not oidc.allowed_groups and not oidc.admin_groups:
@@ -378,7 +430,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     local = section("local")
     local_settings = LocalSettings(home_root=local.path("home_root", hub.state_dir / "home"))
     local.done()
-    docker_settings = _plain(section("docker"), DockerSettings())
+    docker_section = section("docker")
+    docker_settings = _plain(docker_section, DockerSettings())
+    _check_network(docker_section, docker_settings, hub)
     culler_settings = _plain(section("culler"), CullerSettings())
     audit_section = section("audit")
     audit_settings = _plain(audit_section, AuditSettings())

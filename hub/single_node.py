@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import docker_network
 from .errors import HubConfigError, ProcessStartError
 from .processes import url_answers
 from .settings import CLIENT_SECRET_ENV, Settings
@@ -191,6 +192,8 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
 
     spec = hub_container(settings, image, name)
     client = _client()
+    if settings.users_network:  # the hub binds the network's gateway: the network comes first
+        docker_network.ensure(settings.docker.network, settings.docker.subnet, client)
     try:
         image_id = client.images.get(spec.image).id
     except docker.errors.ImageNotFound:
@@ -212,7 +215,7 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
             _stop(existing, settings)
             outcome = "recreated"
     container = existing if outcome == "unchanged" else client.containers.run(**spec.run_kwargs())
-    ready = [f"http://127.0.0.1:{settings.hub.hub_port}/hub/health",  # the hub, then its audit and batch services
+    ready = [settings.hub_url + "/hub/health",  # the hub, then its audit and batch services
              f"http://127.0.0.1:{settings.audit.port}/", f"http://127.0.0.1:{settings.batch.port}/"]
     deadline = time.monotonic() + (timeout if timeout is not None else settings.hub.start_timeout + 60)
     while not all(map(url_answers, ready)):

@@ -11,7 +11,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -49,6 +49,9 @@ def make_accounts() -> dict[str, Account]:
         "eve": account("eve", "course-students"),  # the red team (test_isolation): an ordinary user ...
         "victor": account("victor", "radiology-research"),  # ... and the user she attacks
         "uma": account("uma", "course-students", "radiology-research"),  # a student with research grants too
+        "wendy": account("wendy", "radiology-research"),  # removed from her groups at the IdP (test_isolation)
+        "zoe": account("zoe", "course-students"),  # two accounts that differ only by case
+        "Zoe": account("Zoe", "radiology-research"),
     }
 
 
@@ -107,6 +110,12 @@ class Platform:
         assert lab.status_code == 200, f"{lab.url}: {lab.status_code}"
         return client.get(f"{self.url}/user/{username}/api/status")
 
+    def change_idp_groups(self, username: str, *groups: str) -> None:
+        """What the institution's directory does: ``username`` is now in ``groups`` only."""
+        account = self.accounts[username] = replace(self.accounts[username], groups=groups)
+        idp = next(p for p in self.stack.processes if p.name == "identity provider")
+        self.idp.change_account(account, idp.proc.pid)
+
     def restart_hub(self) -> None:
         self.hub.stop()
         self.stack.processes.remove(self.hub)
@@ -139,13 +148,13 @@ def write_materials(root: Path) -> Path:
     return folder
 
 
-def write_settings(root: Path, issuer: str, client_secret: str, *, public_port: int, batch_limit: int = 1,
+def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: str, batch_limit: int = 1,
                    sections: dict | None = None, **hub: object) -> Path:
     catalog = write_catalog(root)
     observer = root / "observer_config.py"
     settings = {
         "hub": {
-            "public_url": f"http://127.0.0.1:{public_port}",
+            "public_url": public_url,
             "hub_port": free_port(),
             "proxy_api_port": free_port(),
             "state_dir": str(root / "state"),
@@ -218,15 +227,16 @@ class ContainerisedHub:
 
 
 def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, sections: dict | None = None,
-                   hub_image: str | None = None, extra_config: str = "", **hub: object) -> Platform:
+                   hub_image: str | None = None, extra_config: str = "", public_host: str = "127.0.0.1",
+                   **hub: object) -> Platform:
     """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``; with
     ``hub_image``, the hub runs in a container of that image (``medhub up``) instead.
-    ``extra_config`` is JupyterHub configuration loaded last (``hub.extra_config``)."""
+    ``extra_config`` is JupyterHub configuration loaded last (``hub.extra_config``);
+    ``public_host`` the address the proxy serves on (a users' network's gateway for containers)."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
     client_secret = secrets.token_urlsafe(24)
-    public_port = free_port()
-    public_url = f"http://127.0.0.1:{public_port}"
+    public_url = f"http://{public_host}:{free_port()}"
     observer_token = secrets.token_hex(16)
     (root / "observer_config.py").write_text(OBSERVER_CONFIG.format(token=observer_token) + extra_config)
     stack = Stack()
@@ -244,7 +254,7 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
             )
             stack.start(idp_process(idp, root / "logs"))
             issuer = idp.issuer
-        settings = load(write_settings(root, issuer, client_secret, public_port=public_port, batch_limit=batch_limit,
+        settings = load(write_settings(root, issuer, client_secret, public_url=public_url, batch_limit=batch_limit,
                                        sections=sections, **hub))
         if hub_image:
             hub_proc = stack.start(ContainerisedHub(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)

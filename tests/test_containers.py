@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Platform, start_platform, stop_platform
-from medhub import single_node
+from medhub import docker_network, single_node
+from medhub.errors import HubConfigError
 
 IMAGE = "medhub/notebook:test"
 HUB_IMAGE = "medhub/hub:test"
@@ -40,20 +41,31 @@ def engine_problem(*images: str) -> str | None:
     return None
 
 
+#: The users' networks of the container tests, one a platform (made by medhub, removed
+#: afterwards): the proxy serves on the gateway, so test traffic goes only to the host's end of a
+#: network the test made.
+NETWORK, SUBNET = "medhub-test-users", "172.29.238.0/24"
+UP_NETWORK, UP_SUBNET = "medhub-test-up-users", "172.29.237.0/24"
+
+
 @contextmanager
-def spawning_containers(root: Path, home_volume: str, *images: str, **options) -> Iterator[Platform]:
-    """The platform with servers as containers of IMAGE, homes in volumes ``<home_volume>-<user>``
-    (removed afterwards); skipped, saying why, where no engine or no image is there."""
+def spawning_containers(root: Path, home_volume: str, *images: str, network: str = NETWORK, subnet: str = SUBNET,
+                        **options) -> Iterator[Platform]:
+    """The platform with servers as containers of IMAGE on the users' network ``network``, homes
+    in volumes ``<home_volume>-<user>`` (both removed afterwards); skipped, saying why, where no
+    engine or no image is there."""
     problem = engine_problem(IMAGE, *images)
     if problem:
         pytest.skip(problem)
-    p = start_platform(root, spawner="docker", **options, sections={
-        "docker": {"image": IMAGE, "network": "host", "home_volume": home_volume + "-{username}"}})
+    p = start_platform(root, spawner="docker", insecure_http=True, public_host=docker_network.gateway(subnet),
+                       **options, sections={"docker": {"image": IMAGE, "network": network, "subnet": subnet,
+                                                       "home_volume": home_volume + "-{username}"}})
     try:
         yield p
     finally:
         stop_platform(p)
         docker("volume", "rm", "-f", *(f"{home_volume}-{user}" for user in p.accounts), check=False)
+        docker("network", "rm", network, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +112,84 @@ def test_a_server_is_an_unprivileged_container_with_only_its_grants(docker_platf
     assert kept.stdout.strip() == "kept"
 
 
+#: Run in a container: open a TCP connection to argv[1]:argv[2]; print "open" or why not.
+CONNECT = ("import socket, sys\n"
+           "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print('open')\n"
+           "except OSError as e:\n print('closed', e)")
+
+
+def test_users_containers_reach_the_hub_and_nothing_else_of_the_host_or_of_each_other(docker_platform):
+    """The red team, on the network (issue 15, item 2): eve's code in her container tries to
+    reach victor's Dask scheduler, the proxy's REST API and the audit writer's own port."""
+    p = docker_platform
+    for name in ("victor", "eve"):
+        browser = p.browser()
+        assert p.login(browser, name).status_code == 200
+        p.spawn(browser, name, "cpu", timeout=180)
+        assert p.server_status(browser, name).status_code == 200  # each reaches their own server
+    victor_ip = json.loads(docker("inspect", "jupyter-victor").stdout)[0]["NetworkSettings"]["Networks"][NETWORK][
+        "IPAddress"]
+    docker("exec", "-d", "jupyter-victor", "python", "-c",
+           "from distributed import LocalCluster; import time\n"
+           "c = LocalCluster(host='0.0.0.0', scheduler_port=8786, n_workers=0, dashboard_address=None)\n"
+           "time.sleep(300)")
+
+    def connect(container: str, host: str, port: int) -> str:
+        return docker("exec", container, "python", "-c", CONNECT, host, str(port), check=False).stdout.strip()
+
+    for _ in range(60):  # the scheduler is up: victor's own container reaches it
+        if connect("jupyter-victor", victor_ip, 8786) == "open":
+            break
+        time.sleep(0.5)
+    assert connect("jupyter-victor", victor_ip, 8786) == "open"
+    gateway, settings = docker_network.gateway(SUBNET), p.settings
+    assert connect("jupyter-eve", victor_ip, 8786).startswith("closed")  # another user's scheduler
+    assert connect("jupyter-eve", victor_ip, 8888).startswith("closed")  # ... and server
+    assert connect("jupyter-eve", gateway, settings.hub.proxy_api_port).startswith("closed")  # the proxy's API
+    assert connect("jupyter-eve", gateway, settings.audit.port).startswith("closed")  # the audit writer's port
+    assert connect("jupyter-eve", gateway, settings.batch.port).startswith("closed")
+    assert connect("jupyter-eve", gateway, settings.hub.hub_port) == "open"  # what a server needs: the hub's API
+    audit = docker("exec", "jupyter-eve", "python", "-c",
+                   "import os, urllib.request\n"
+                   "r = urllib.request.Request(os.environ['MEDHUB_AUDIT_URL'], "
+                   "headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
+                   "print(urllib.request.urlopen(r, timeout=10).status)", check=False)
+    assert audit.stdout.strip() == "200", audit.stderr  # ... and the services, through the proxy's public port
+    config = json.loads(docker("inspect", "jupyter-eve").stdout)[0]["HostConfig"]
+    assert config["NetworkMode"] == NETWORK and config["PidsLimit"] == settings.docker.pids_limit
+    for name in ("victor", "eve"):
+        p.api("DELETE", f"/users/{name}/server")
+
+
+def test_the_users_network_is_made_without_traffic_between_containers_and_a_lax_one_is_refused():
+    problem = engine_problem()
+    if problem:
+        pytest.skip(problem)
+    name, subnet = "medhub-test-netcheck", "172.29.239.0/24"
+    docker("network", "rm", name, check=False)
+    try:
+        assert docker_network.ensure(name, subnet) == "172.29.239.1"
+        made = json.loads(docker("network", "inspect", name).stdout)[0]
+        assert made["Options"][docker_network.ICC] == "false" and made["IPAM"]["Config"][0]["Subnet"] == subnet
+        assert docker_network.ensure(name, subnet) == "172.29.239.1"  # there already: kept
+        with pytest.raises(HubConfigError, match="has subnet 172.29.239.0/24, not docker.subnet 172.29.240.0/24"):
+            docker_network.ensure(name, "172.29.240.0/24")
+        docker("network", "rm", name)
+        docker("network", "create", "--subnet", subnet, name)  # Docker's default: containers reach each other
+        with pytest.raises(HubConfigError, match="lets its containers reach each other"):
+            docker_network.ensure(name, subnet)
+    finally:
+        docker("network", "rm", name, check=False)
+
+
 @pytest.fixture(scope="module")
 def hub_container_platform():
     # the hub runs as uid 999: its files must be readable by others (pytest's own tmp is root's only)
     root = Path(tempfile.mkdtemp(prefix="medhub-up-"))
     root.chmod(0o755)
     try:
-        with spawning_containers(root, "medhub-test-up-home", HUB_IMAGE, hub_image=HUB_IMAGE) as p:
+        with spawning_containers(root, "medhub-test-up-home", HUB_IMAGE, network=UP_NETWORK, subnet=UP_SUBNET,
+                                 hub_image=HUB_IMAGE) as p:
             yield p
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -138,6 +221,12 @@ def test_medhub_up_runs_the_hub_and_its_services_in_an_unprivileged_container(hu
     p.spawn(browser, "bob", "cpu", timeout=180)  # a sibling container, through the engine's socket
     assert p.server_status(browser, "bob").status_code == 200
     assert docker("exec", "jupyter-bob", "ls", "/datasets").stdout.split() == ["teaching-ct"]
+    gateway = docker_network.gateway(UP_SUBNET)  # bob's container reaches the hub's API, nothing else of it
+    reach = {port: docker("exec", "jupyter-bob", "python", "-c", CONNECT, gateway, str(port)).stdout.split()[0]
+             for port in (p.settings.hub.hub_port, p.settings.hub.proxy_api_port, p.settings.audit.port,
+                          p.settings.batch.port)}
+    assert reach == {p.settings.hub.hub_port: "open", p.settings.hub.proxy_api_port: "closed",
+                     p.settings.audit.port: "closed", p.settings.batch.port: "closed"}
     assert p.api("GET", "/users/bob").json()["servers"][""]["ready"]  # the containerised hub's API
 
     # up again with the same settings keeps the running hub; a changed image would replace it

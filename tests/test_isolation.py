@@ -145,3 +145,31 @@ def test_the_hub_itself_records_each_dataset_a_server_is_given(platform):
     assert [(e["object"]["dataset"], e["actor"]["source"]) for e in mounts] == [("research-ct", "hub")]
     assert mounts[0]["details"]["read_only"] is False  # the local spawner's links: said as it is
     platform.api("DELETE", "/users/victor/servers/mounts", json={"remove": True})
+
+
+# -- stable identities ------------------------------------------------------------------------
+
+def test_two_accounts_that_differ_only_by_case_are_two_users(platform):
+    for name in ("zoe", "Zoe"):
+        assert platform.login(platform.browser(), name).status_code == 200
+    assert platform.api("GET", "/users/zoe").json()["groups"] == ["course-students"]
+    assert platform.api("GET", "/users/Zoe").json()["groups"] == ["radiology-research"]  # not zoe's account
+
+
+def test_a_user_removed_from_every_allowed_group_loses_access_and_servers_at_the_next_refresh(platform):
+    browser = platform.browser()
+    assert platform.login(browser, "wendy").status_code == 200
+    token = platform.api("POST", "/users/wendy/tokens", json={"note": "red team"}).json()["token"]
+    assert platform.api("POST", "/users/wendy/server").status_code in (201, 202)
+    platform.wait_ready("wendy")
+    platform.change_idp_groups("wendy", "visitors")
+    try:
+        time.sleep(platform.settings.oidc.refresh_age + 1)  # the hub refreshes her auth after refresh_age
+        assert as_(token, "GET", f"{platform.url}/hub/api/user").status_code == 403
+        deadline = time.monotonic() + 30
+        while platform.api("GET", "/users/wendy").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert platform.api("GET", "/users/wendy").json()["servers"] == {}
+        assert platform.login(platform.browser(), "wendy").status_code == 403  # and she cannot log in again
+    finally:
+        platform.change_idp_groups("wendy", "radiology-research")

@@ -280,3 +280,19 @@ def test_the_example_dataset_volume_and_claim_are_valid_kubernetes():
     volume, claim = resources
     assert claim["metadata"]["name"] == "medhub-dataset-research-ct"  # what the hub's hook mounts
     assert volume["spec"]["accessModes"] == claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+
+
+def test_users_pods_are_fenced_by_a_network_policy(settings_file: Path):
+    """The Docker network's rules on Kubernetes (issue 15): reached only by the hub and the proxy,
+    reaching only the hub, the proxy's public port and DNS."""
+    policy = values(load(settings_file))["singleuser"]["networkPolicy"]
+    assert policy["enabled"] and policy["ingress"] == [] and policy["allowedIngressPorts"] == []
+    assert policy["interNamespaceAccessLabels"] == "ignore"
+    rules = policy["egressAllowRules"]
+    assert not (rules["privateIPs"] or rules["nonPrivateIPs"] or rules["cloudMetadataServer"])
+    assert [rule["ports"] for rule in policy["egress"]] == [[{"port": 8000, "protocol": "TCP"}]]  # the proxy only
+    valid({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "singleuser"},
+           "spec": {"podSelector": {"matchLabels": {"component": "singleuser-server"}}, "policyTypes": ["Egress"],
+                    "egress": policy["egress"]}})
+    gateway = values(load(enable_gateway(settings_file)))["singleuser"]["networkPolicy"]["egress"]
+    assert gateway[1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "traefik"

@@ -82,6 +82,14 @@ def test_client_secret_from_file_and_environment(tmp_path: Path, monkeypatch):
          "slugs must be unique"),
         ({**MINIMAL, "datasets": [{"id": "ct"}]}, "unknown section"),  # the catalog is a file of its own
         (with_("hub", catalog="/nonexistent/datasets.toml"), "hub.catalog: /nonexistent/datasets.toml is not a file"),
+        ({**with_("hub", spawner="docker", public_url="https://hub.example.org"), "docker": {"network": "host"}},
+         "docker.network: 'host' puts every user's kernels, Dask schedulers .* docker.shared_host_network = true"),
+        (with_("hub", spawner="docker"), "docker.network: users' containers on 'medhub-users' cannot reach "
+                                         "hub.public_url .* gateway address 172.29.0.1"),
+        (with_("docker", subnet="172.29.0.0/30"), "docker.subnet: 172.29.0.0/30 is too small"),
+        (with_("docker", subnet="nets"), "docker.subnet: 'nets' is not a network"),
+        (with_("docker", pids_limit=10), "docker.pids_limit: must be 64 or more"),
+        (with_("audit", anchor_dir="state/anchor"), "audit.anchor_dir: .* lies inside hub.state_dir"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, data: dict, message: str):
@@ -157,3 +165,12 @@ def test_the_proxy_serves_tls_with_the_configured_certificate(tmp_path: Path):
         assert answer.status_code in (502, 503)  # TLS accepted by the proxy; no hub behind it here
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/hub/", timeout=10)  # no plain http on that port
+
+
+def test_host_networking_only_where_its_risk_is_accepted(tmp_path: Path):
+    data = {**with_("hub", spawner="docker", public_url="https://hub.example.org"),
+            "docker": {"network": "host", "shared_host_network": True}}
+    assert load(write(tmp_path, data)).users_network is False
+    settings = load(write(tmp_path, with_("hub", spawner="docker", public_url="https://hub.example.org")))
+    assert settings.users_network and settings.hub_url == "http://172.29.0.1:8081"  # the hub on the gateway
+    assert load(write(tmp_path, MINIMAL)).hub_url == "http://127.0.0.1:8081"  # local servers: loopback

@@ -110,6 +110,15 @@ class DevIdentityProvider:
         os.replace(tmp, self.config_file)
         return self.config_file
 
+    def change_account(self, account: Account, pid: int) -> None:
+        """Replace the account of ``account.username`` (its groups, say) in the running provider
+        ``pid``: the configuration is rewritten and the provider reads it again (SIGHUP)."""
+        import signal
+
+        self.accounts = tuple(account if a.username == account.username else a for a in self.accounts)
+        self.write_config()
+        os.kill(pid, signal.SIGHUP)
+
     def command(self) -> list[str]:
         node = shutil.which("node")
         if not node:

@@ -5,7 +5,7 @@
 // flow with PKCE, RS256 id_tokens, userinfo, refresh tokens and RP-initiated logout are the
 // library's own implementation. Only the login and consent pages are ours.
 //
-// Usage: node server.mjs CONFIG.json
+// Usage: node server.mjs CONFIG.json   (SIGHUP reloads the accounts from it)
 // CONFIG.json (written by medhub.idp.DevIdentityProvider):
 //   { "issuer": "http://127.0.0.1:9000", "host": "127.0.0.1", "port": 9000,
 //     "keys_file": ".../idp-keys.json", "cookie_secret": "...",
@@ -20,6 +20,12 @@ import Provider from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const accounts = new Map(config.accounts.map((a) => [a.username, a]));
+// SIGHUP: read the accounts again, as a directory's change of group membership reaches a real
+// IdP; the hub sees the new groups at its next refresh of the user's tokens.
+process.on('SIGHUP', () => {
+  accounts.clear();
+  for (const a of JSON.parse(readFileSync(process.argv[2], 'utf8')).accounts) accounts.set(a.username, a);
+});
 
 // Signing keys persist across restarts so that issued tokens stay verifiable.
 function signingKeys(path) {
