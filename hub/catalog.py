@@ -12,7 +12,7 @@ Example::
     id = "lung-ct-2024"
     title = "Lung CT, 2024 screening cohort"
     description = "Low-dose chest CT, one series per participant."
-    location = "/data/lung-ct-2024"       # a local folder, or an fsspec URL (s3://bucket/prefix)
+    location = "/data/lung-ct-2024"       # a local folder, or an fsspec URL of open data (open_access)
     modality = "CT"
     licence = "CC-BY-4.0"
     identifier = "https://doi.org/10.5281/zenodo.0000000"
@@ -24,6 +24,10 @@ Example::
 
 An ``identifiable`` dataset is granted only to groups that its entry also lists in
 ``identifiable_groups``: naming a group once is never enough to hand it identifiable data.
+
+A dataset at a URL is catalogued only as open data (``open_access = true``, anonymized): the hub
+has no way to give a server a credential that reads only the datasets granted to its user, so it
+never relies on one; data that needs a credential is catalogued as a local folder instead.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Dataset:
     contact: str = ""
     identifiable_groups: tuple[str, ...] = ()
     manifest: str = MANIFEST
+    open_access: bool = False  # a URL anyone may read without a credential (anonymized open data)
 
     @property
     def is_local(self) -> bool:
@@ -141,6 +146,7 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         contact=s.get("contact", str, ""),
         identifiable_groups=s.strings("identifiable_groups"),
         manifest=s.get("manifest", str, MANIFEST),
+        open_access=s.get("open_access", bool, False),
     )
     s.done()
     if not SLUG.match(d.id):
@@ -170,7 +176,17 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         if not (Path(d.location) / d.manifest).is_file():
             raise s.error("manifest", f"{Path(d.location) / d.manifest} is missing; make it with "
                                       f"`medhub catalog manifest {d.location}`")
+        if d.open_access:
+            raise s.error("open_access", "is for datasets at a URL; a local folder is mounted read-only per grant")
     else:
+        if not d.open_access:
+            raise s.error("location", f"{d.location} would be read with whatever credential a server's environment "
+                                      "holds, and the hub cannot issue one that reads only this dataset, for one "
+                                      "user, for a short time. Catalogue the data as a local folder (mounted "
+                                      "read-only per grant), or, if it is open data that needs no credential, set "
+                                      "open_access = true")
+        if d.sensitivity != "anonymized":
+            raise s.error("open_access", f"open-access data must be anonymized, not {d.sensitivity}")
         _check_protocol(s, d.location)
     return d
 

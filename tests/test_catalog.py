@@ -42,7 +42,12 @@ def write(tmp_path: Path, *entries: dict, **tables) -> Path:
     ({"colour": "blue"}, r"\[dataset\[0\] \(lung-ct\)\] has unknown setting\(s\) colour"),
     ({"location": "/nonexistent/lung"}, r"dataset\[0\] \(lung-ct\).location: /nonexistent/lung is not a directory"),
     ({"location": "relative/lung"}, r"location: 'relative/lung' must be an absolute path"),
-    ({"location": "nosuchproto://bucket/x"}, r"location: cannot read nosuchproto://bucket/x"),
+    ({"location": "nosuchproto://bucket/x", "open_access": True}, r"location: cannot read nosuchproto://bucket/x"),
+    ({"location": "s3://hospital-bucket/lung"}, r"location: s3://hospital-bucket/lung would be read with whatever "
+                                                r"credential .* set open_access = true"),
+    ({"location": "s3://open/lung", "open_access": True, "sensitivity": "pseudonymized"},
+     r"open_access: open-access data must be anonymized"),
+    ({"open_access": True}, r"open_access: is for datasets at a URL"),
     ({"groups": ["radiology-research", "cardiology"]}, r"groups: no such group: cardiology"),
     ({"groups": []}, r"groups: name the groups"),
     ({"sensitivity": "secret"}, r"sensitivity: must be one of identifiable, pseudonymized, anonymized"),
@@ -77,7 +82,7 @@ def test_identifiable_data_goes_only_to_groups_cleared_twice(tmp_path: Path):
 
 def test_entries_are_schema_org_datasets(tmp_path: Path):
     local, remote = load_catalog(write(tmp_path, entry(tmp_path), entry(
-        tmp_path, id="public-mr", location="memory://bucket/mr", sensitivity="pseudonymized", identifier="")), GROUPS)
+        tmp_path, id="public-mr", location="memory://bucket/mr", open_access=True, identifier="")), GROUPS)
     doc = local.jsonld()
     assert doc["@context"] == "https://schema.org/" and doc["@type"] == "Dataset"
     assert doc["@id"] == doc["identifier"] == "https://doi.org/10.5281/zenodo.1"

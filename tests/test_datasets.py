@@ -37,7 +37,7 @@ def catalog(tmp_path: Path):
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(root / "teaching-ct"),
          "groups": ["course-students"], **common},
         {"id": "teaching-url", "title": "Teaching CT, by URL", "location": f"file://{root / 'teaching-ct'}",
-         "groups": ["course-students"], **common},
+         "groups": ["course-students"], "open_access": True, **common},
     ]}))
     return load_catalog(path, GROUPS)
 

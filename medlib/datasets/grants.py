@@ -2,7 +2,11 @@
 
 The hub signs it with its Ed25519 key (``medhub.grants.GrantSigner``) and passes it with the
 public key in the environment (``MEDHUB_GRANTS``, ``MEDHUB_GRANTS_KEY``). A manifest that does
-not verify is refused: nothing is granted on the strength of an edited environment.
+not verify is refused, which catches a damaged or foreign manifest. It is not what keeps a
+user from other datasets: the server's code, environment and this library are the user's to
+change, so a verification done here proves nothing to the platform. What a server can read is
+decided outside it: the read-only mounts of exactly its grants (Docker, Kubernetes), and
+datasets at a URL only when they are open data (``open_access`` in the catalog).
 """
 
 from __future__ import annotations
