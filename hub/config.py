@@ -82,7 +82,8 @@ def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[
     config.write_text(json.dumps({
         "folder": str(folder), "public_url": settings.hub.public_url,
         "max_running_per_user": settings.batch.max_running_per_user, "audit_url": audit_url,
-        "job_token_ttl": settings.batch.job_token_ttl,
+        "job_token_ttl": settings.batch.job_token_ttl, "max_output_mb": settings.batch.max_output_mb,
+        "min_free_mb": settings.batch.min_free_mb,
         "profiles": [{"slug": p.slug, "groups": list(p.groups)} for p in settings.profiles],
         "default_profile": settings.default_profile.slug,
         "datasets": [d.to_dict() for d in settings.datasets],

@@ -134,6 +134,8 @@ class BatchSettings:
     port: int = 8092
     max_running_per_user: int = 2  # jobs holding a server at once; more wait in the queue
     job_token_ttl: int = 3600  # seconds a job server's token lives (renewed while the job runs)
+    max_output_mb: int = 100  # an executed notebook or log beyond this fails its job
+    min_free_mb: int = 1024  # the state folder's disk (the audit log's) keeps this free from jobs' results
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     batch_settings = _plain(batch_section, BatchSettings())
     if batch_settings.max_running_per_user < 1:
         raise batch_section.error("max_running_per_user", "must be 1 or more")
+    if batch_settings.max_output_mb < 1:
+        raise batch_section.error("max_output_mb", "must be 1 or more")
+    if batch_settings.min_free_mb < 0:
+        raise batch_section.error("min_free_mb", "must be 0 or more")
     if batch_settings.job_token_ttl < 60:
         raise batch_section.error("job_token_ttl", "must be 60 seconds or more")
     gateway_section = section("dask_gateway")

@@ -175,7 +175,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: s
         "local": {"home_root": str(root / "home")},
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
         "audit": {"port": free_port()},
-        "batch": {"port": free_port(), "max_running_per_user": batch_limit},
+        "batch": {"port": free_port(), "max_running_per_user": batch_limit, "max_output_mb": 2},
         "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
                     "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medhub.batch.client import BatchClient
+from medhub.batch.client import BatchClient, BatchError
 from test_batch import notebook
 
 #: A server configuration eve plants in her home: it records the headers of every request her
@@ -37,7 +37,15 @@ def eve(platform):
     for name in ("eve", "victor"):
         assert platform.login(platform.browser(), name).status_code == 200
     token = platform.api("POST", "/users/eve/tokens", json={"note": "red team"}).json()["token"]
-    return token
+    deadline = time.monotonic() + 60
+    while True:  # the hub starts its services without waiting for them to listen
+        try:
+            BatchClient(platform.url, token).jobs()
+            return token
+        except BatchError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_what_a_batch_job_sends_to_its_server_is_good_for_nothing_else(platform, eve, tmp_path: Path):
@@ -45,15 +53,7 @@ def test_what_a_batch_job_sends_to_its_server_is_good_for_nothing_else(platform,
     (home / ".jupyter").mkdir(parents=True, exist_ok=True)
     (home / ".jupyter" / "jupyter_server_config.py").write_text(HEADER_RECORDER)
     client = BatchClient(platform.url, eve)
-    deadline = time.monotonic() + 60
-    while True:  # the batch service may still be starting
-        try:
-            job = client.submit(notebook(tmp_path / "quick.ipynb", "print(x)"), {"x": 3})
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    job = client.submit(notebook(tmp_path / "quick.ipynb", "print(x)"), {"x": 3})
     assert client.wait(job["id"], timeout=180, every=0.5)["status"] == "succeeded"
     captured = [json.loads(line) for line in (home / "captured.jsonl").read_text().splitlines()]
     tokens = {c["authorization"].split()[-1] for c in captured
@@ -173,3 +173,25 @@ def test_a_user_removed_from_every_allowed_group_loses_access_and_servers_at_the
         assert platform.login(platform.browser(), "wendy").status_code == 403  # and she cannot log in again
     finally:
         platform.change_idp_groups("wendy", "radiology-research")
+
+
+# -- limits against exhaustion ----------------------------------------------------------------
+
+def test_a_job_whose_output_is_over_the_cap_fails_saying_so_and_nothing_is_stored(platform, eve, tmp_path: Path):
+    client = BatchClient(platform.url, eve)
+    flood = notebook(tmp_path / "flood.ipynb", "print('x' * (3 << 20))")  # 3 MB of output; the cap is 2 MB here
+    job = client.wait(client.submit(flood, {})["id"], timeout=180, every=0.5)
+    assert job["status"] == "failed" and "larger than [batch] max_output_mb (2 MB)" in job["error"]
+    assert not (Path(platform.settings.hub.state_dir) / "batch" / job["id"] / "output.ipynb").exists()
+    assert platform.api("GET", "/users/eve").json()["servers"].get(job["server"]) is None
+
+
+def test_jobs_results_never_fill_the_disk_the_audit_log_needs(tmp_path: Path):
+    from medhub.batch.service import OutputRefused, Runner
+    from medhub.batch.store import JobStore
+
+    runner = Runner(JobStore(tmp_path / "batch"), "http://127.0.0.1:1/hub/api", "http://127.0.0.1:1", "t", 1, None,
+                    min_free_mb=1 << 40)  # more than any disk here has
+    with pytest.raises(OutputRefused, match=r"MB free, and storing 1 MB would leave less than \[batch\] min_free_mb"):
+        runner.check_room(1000)
+    Runner(JobStore(tmp_path / "batch2"), "", "", "t", 1, None, min_free_mb=0).check_room(1000)  # room enough

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ from .store import ACTIVE, FINAL, JobStore
 
 log = logging.getLogger("medhub.batch")
 SERVICE = "medhub-batch"
+MB = 1 << 20
+
+
+class OutputRefused(Exception):
+    """A job's result the service will not store (too large, or the disk too full); says why."""
 
 
 class Runner:
@@ -48,9 +54,10 @@ class Runner:
     server with that job's own token (:meth:`job_token`)."""
 
     def __init__(self, store: JobStore, hub_api: str, public_url: str, token: str, limit: int,
-                 audit_url: str | None, token_ttl: int = 3600):
+                 audit_url: str | None, token_ttl: int = 3600, max_output_mb: int = 100, min_free_mb: int = 1024):
         self.store, self.hub_api, self.public_url, self.token = store, hub_api, public_url.rstrip("/"), token
         self.limit, self.audit_url, self.token_ttl = limit, audit_url, token_ttl
+        self.max_output_mb, self.min_free_mb = max_output_mb, min_free_mb
         self.http = httpclient.AsyncHTTPClient()
         self.busy = False
 
@@ -77,6 +84,46 @@ class Runner:
                         ok: tuple[int, ...] = (200, 201, 202, 204)):
         """A request to the job's server, with the job's token."""
         return await self.call(method, self.server_url(job, *parts), body, ok, token=await self.job_token(job))
+
+    async def download(self, job: dict, what: str) -> bytes | None:
+        """The job's ``output`` notebook or ``log`` from its server (None if it has none), read
+        no further than ``max_output_mb``.
+
+        Raises:
+            OutputRefused: it is larger.
+        """
+        chunks, cap = [], self.max_output_mb * MB
+
+        def collect(chunk: bytes) -> None:
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > cap:
+                raise OverflowError  # tornado closes the connection: read no further
+
+        request = httpclient.HTTPRequest(self.server_url(job, job["id"], what),
+                                         headers={"Authorization": f"token {await self.job_token(job)}"},
+                                         streaming_callback=collect, request_timeout=300)
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except httpclient.HTTPClientError:
+            if sum(map(len, chunks)) <= cap:
+                raise
+            raise OutputRefused(f"the job's {what} is larger than [batch] max_output_mb ({self.max_output_mb} MB); "
+                                "write large results to files in your home, and keep the notebook's outputs small") \
+                from None
+        return b"".join(chunks) if response.code == 200 else None
+
+    def check_room(self, size: int) -> None:
+        """Refuse to store ``size`` bytes that would leave less than ``min_free_mb`` free where the
+        service keeps its jobs: the state folder's disk, which the audit log shares.
+
+        Raises:
+            OutputRefused: saying how much is free.
+        """
+        free = shutil.disk_usage(self.store.folder).free
+        if free - size < self.min_free_mb * MB:
+            raise OutputRefused(f"the platform's disk has {free // MB} MB free, and storing {size // MB + 1} MB "
+                                f"would leave less than [batch] min_free_mb ({self.min_free_mb} MB), kept free for "
+                                "the audit log; ask an administrator to make room")
 
     async def job_token(self, job: dict) -> str:
         """The job's token: its user's, good only for the job's server, renewed when a quarter
@@ -150,13 +197,16 @@ class Runner:
                     await self.finish(job, "failed", "the job's server stopped while the notebook ran")
                 return
             if state.get("status") in ("succeeded", "failed"):
-                code, output = await self.on_server("GET", job, job["id"], "output")
-                if code == 200:
-                    self.store.notebook(job["id"], "output").write_text(
-                        output if isinstance(output, str) else json.dumps(output))
-                _, text = await self.on_server("GET", job, job["id"], "log")
-                if isinstance(text, str):
-                    (self.store.folder / job["id"] / "log.txt").write_text(text)
+                try:
+                    output, text = await self.download(job, "output"), await self.download(job, "log")
+                    self.check_room(len(output or b"") + len(text or b""))
+                except OutputRefused as e:
+                    await self.finish(job, "failed", str(e))
+                    return
+                if output is not None:
+                    self.store.notebook(job["id"], "output").write_bytes(output)
+                if text is not None:
+                    (self.store.folder / job["id"] / "log.txt").write_bytes(text)
                 await self.finish(job, state["status"], state.get("error"))
         elif status == "cancelling":
             if await self.server(job) is not None:  # stop the run itself, then its server
@@ -200,6 +250,10 @@ class JobsHandler(TokenHandler):
             raise web.HTTPError(400, "send JSON: {notebook, name, parameters, profile, datasets}") from None
         if not isinstance(notebook, dict) or "cells" not in notebook:
             raise web.HTTPError(400, "notebook must be a Jupyter notebook (JSON with cells)")
+        try:
+            self.settings["runner"].check_room(len(self.request.body))
+        except OutputRefused as e:
+            raise web.HTTPError(507, str(e)) from None
         groups = await self.groups_of(model["name"])
         config = self.settings["config"]
         offered = [p["slug"] for p in config["profiles"] if not p.get("groups") or set(p["groups"]) & set(groups)]
@@ -270,7 +324,8 @@ def main() -> None:
     config = json.loads(Path(env["MEDHUB_BATCH_CONFIG"]).read_text())
     store = JobStore(Path(config["folder"]))
     runner = Runner(store, env["JUPYTERHUB_API_URL"], config["public_url"], env["JUPYTERHUB_API_TOKEN"],
-                    config["max_running_per_user"], config.get("audit_url"), config["job_token_ttl"])
+                    config["max_running_per_user"], config.get("audit_url"), config["job_token_ttl"],
+                    config["max_output_mb"], config["min_free_mb"])
     app = make_app(store, runner, config, prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"))
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=url.hostname)
