@@ -4,14 +4,16 @@ A course is declared in the settings file (``[[course]]``). It names an instruct
 students group (both from the identity provider), a folder of course material, the datasets
 the course uses and its profile (``teaching`` by default). From it medhub makes:
 
-- a JupyterHub role for the instructors: list, read, start, stop and open the servers of the
+- a JupyterHub role for the instructors: list, read, start and stop the servers of the
   course's students, read the class list, and share their own server (JupyterHub 5 sharing)
   with the class (``medhub share``: with each student, since JupyterHub 5 does not honour a
   share with a whole group when a server checks a token). JupyterHub lets a share name only
   users and groups the sharer may read by name: the course's students;
 - teaching servers: a server started with the course's profile mounts the course's datasets
   (those of them the user is granted) and its material, and nothing else the user may read; an
-  instructor starts a student's server only as such a server (:func:`check_start_by`);
+  instructor starts a student's server only as such a server (:func:`check_start_by`), and
+  opens only such servers: the role holds no ``access:servers``; a student's teaching server
+  is shared with the course's instructors while it runs (the spawners do it);
 - read-only course material in the server of every member (``~/courses/<name>``);
 - nothing for students beyond JupyterHub's default: a student reaches another's server only
   through a share, and sees only the datasets the catalog grants to the groups they are in.
@@ -110,10 +112,9 @@ def instructor_role(course: Course) -> dict[str, Any]:
     students = f"group={course.students}"
     return {
         "name": f"course-{course.name}-instructors",
-        "description": f"Instructors of {course.name}: their students' servers, and sharing their own",
+        "description": f"Instructors of {course.name}: their students' teaching servers, and sharing their own",
         "scopes": [f"list:users!{students}", f"read:users!{students}", f"read:servers!{students}",
-                   f"servers!{students}", f"access:servers!{students}", f"read:groups!{students}",
-                   "shares!user"],
+                   f"servers!{students}", f"read:groups!{students}", "shares!user"],
         "groups": [course.instructors],
     }
 

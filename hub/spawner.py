@@ -100,6 +100,34 @@ class ProfilesMixin(Configurable):
         teaching server."""
         return tuple(c for c in courses_of(self._courses(), self.group_names()) if c.profile == self.profile.slug)
 
+    def course_instructors(self) -> list[Any]:
+        """The hub's accounts (orm) of the instructors of the courses this teaching server is
+        for, when its user is a student there: they may open it, and only such servers."""
+        from jupyterhub import orm
+
+        groups = self.group_names()
+        found = [orm.Group.find(self.user.db, c.instructors) for c in self.teaching_courses() if c.students in groups]
+        return [u for group in found if group is not None for u in group.users if u.name != self.user.name]
+
+    async def start(self):
+        """Share a student's teaching server with the course's instructors (JupyterHub shares: the
+        student sees them), then start it."""
+        from jupyterhub import orm
+
+        for instructor in self.course_instructors():
+            orm.Share.grant(self.user.db, self.orm_spawner, instructor)
+        return await super().start()
+
+    async def stop(self, now: bool = False):
+        """Stop the server and take back what :meth:`start` shared."""
+        from jupyterhub import orm
+
+        try:
+            return await super().stop(now=now)
+        finally:
+            for instructor in self.course_instructors():
+                orm.Share.revoke(self.user.db, self.orm_spawner, instructor)
+
     def course_materials(self) -> dict[str, Path]:
         """Course name → material folder: a teaching server's courses, or every course this user
         takes or teaches."""

@@ -191,7 +191,7 @@ c.JupyterHub.load_roles.append({{
     "name": "test-observer",
     "scopes": ["admin:users", "admin:servers", "admin:server_state", "admin:auth_state",
                "admin:groups", "list:services", "read:services", "access:services", "tokens",
-               "custom:audit:read-all"],
+               "read:shares", "custom:audit:read-all"],
     "services": ["test-observer"],
 }})
 """

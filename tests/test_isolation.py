@@ -99,6 +99,15 @@ def test_an_instructor_shares_only_with_the_class_and_sees_only_the_course_in_a_
     view = Path(platform.settings.hub.state_dir) / "views" / "uma"
     assert sorted(p.name for p in view.iterdir()) == ["teaching-ct"]
     platform.api("DELETE", "/users/uma/server")
+    # her own server, with everything she may read, is hers alone: tina cannot open it
+    uma = platform.browser()
+    assert platform.login(uma, "uma").status_code == 200
+    platform.spawn(uma, "uma", "cpu")
+    fresh = platform.browser()  # a browser without the teaching server's session
+    assert platform.login(fresh, "tina").status_code == 200
+    assert status_in(fresh, platform, "uma") == 403
+    assert platform.api("GET", "/shares/uma").json()["items"] == []  # the teaching server's share is gone
+    platform.api("DELETE", "/users/uma/server")
 
 
 # -- the audit service trusts tokens, not account flags ------------------------------------
