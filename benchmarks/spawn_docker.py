@@ -3,7 +3,9 @@
 Three setups run in the same invocation, one after the other, on the real platform of the
 tests (development IdP, proxy, hub on 127.0.0.1; ``tests/conftest.py``): the local spawner;
 DockerSpawner with the hub as a process; DockerSpawner with the hub in its own container
-(``medhub up``, the single-node production path). A user logs in through the IdP's pages,
+(``medhub up``, the single-node production path). Containers live on a users' network of
+their own (``docker.network``, traffic between containers off; the proxy serves on its
+gateway), as in production, removed afterwards. A user logs in through the IdP's pages,
 submits the spawn form with the CPU profile, and the clock stops when the hub reports the
 server ready; then the server is stopped. The images are those ``images/test-engine.sh``
 builds (a Debian base with the notebook and hub images' software).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import start_platform, stop_platform  # noqa: E402
 from results import append as record  # noqa: E402
+
+from medhub import docker_network  # noqa: E402
 
 IMAGE = "medhub/notebook:test"
 HUB_IMAGE = "medhub/hub:test"
@@ -51,8 +56,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--record", action="store_true", help="append the result to benchmarks/README.md")
     args = p.parse_args()
-    docker = {"spawner": "docker", "sections": {"docker": {"image": IMAGE, "network": "host",
-                                                           "home_volume": "medhub-bench-home-{username}"}}}
+    network, subnet = "medhub-bench-users", "172.29.236.0/24"
+    docker = {"spawner": "docker", "insecure_http": True, "public_host": docker_network.gateway(subnet),
+              "sections": {"docker": {"image": IMAGE, "network": network, "subnet": subnet,
+                                      "home_volume": "medhub-bench-home-{username}"}}}
     with tempfile.TemporaryDirectory(prefix="medhub-spawn-bench-") as tmp:
         Path(tmp).chmod(0o755)  # the containerised hub runs as uid 999 and reads the settings here
         runs = {
@@ -61,6 +68,7 @@ def main() -> int:
             "container, hub in its container (medhub up)": measure(Path(tmp) / "up", args.rounds,
                                                                    hub_image=HUB_IMAGE, **docker),
         }
+    subprocess.run(["docker", "network", "rm", network], capture_output=True)
     local = runs["local process (MedhubLocalSpawner)"]
     rows = ["| spawner | login → ready, median s | all rounds s |", "|---|---|---|"]
     for name, times in runs.items():
