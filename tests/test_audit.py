@@ -173,7 +173,7 @@ def test_every_action_has_its_dicom_event_id():
     assert set(export.EVENT_IDS) == ACTIONS
 
 
-def test_exports_are_fhir_dicom_and_syslog():
+def test_exports_are_fhir_dicom_and_syslog(tmp_path: Path):
     event = {"seq": 7, **make_event("dataset-open", {"user": "frank", "groups": ["g"], "source": "notebook"},
                                     {"dataset": "lung-ct"}, outcome="denied")}
     bundle = export.fhir_bundle([event])
@@ -194,6 +194,14 @@ def test_exports_are_fhir_dicom_and_syslog():
     datagram = collector.recv(65536).decode()
     assert datagram.startswith(f"<84>1 {event['time']} ") and " medhub - dataset-open - " in datagram
     assert "<AuditMessage>" in datagram
+    log = AuditLog(tmp_path / "audit", KEY, fsync="never", checkpoint_every=3, anchor=tmp_path / "anchor",
+                   on_checkpoint=export.SyslogForwarder(f"udp://127.0.0.1:{collector.getsockname()[1]}").checkpoint)
+    log.append([sample(n) for n in range(3)])  # a checkpoint: anchored at the collector too
+    datagram = collector.recv(65536).decode()
+    assert " medhub - audit-checkpoint - " in datagram
+    anchored = json.loads(datagram.split("\ufeff", 1)[1])
+    assert anchored["seq"] == 3 and anchored["mac"] == log.mac and "cmac" in anchored
+    log.close()
     collector.close()
 
 
