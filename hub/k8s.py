@@ -166,6 +166,7 @@ def values(settings: Settings) -> dict[str, Any]:
                     "admin_groups": list(oidc.admin_groups),
                     "enable_auth_state": True,
                     "refresh_pre_spawn": True,
+                    "auth_refresh_strict": True,
                     "auth_refresh_age": oidc.refresh_age,
                     "login_service": oidc.login_service,
                 },
