@@ -139,7 +139,7 @@ def values(settings: Settings) -> dict[str, Any]:
     datasets = [d.to_dict() for d in settings.datasets]
     grants_code = (
         "from medhub.k8s import dataset_volumes_hook\n"
-        f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({json.dumps(datasets)}, "
+        f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({datasets!r}, "
         f"{json.dumps(k8s.datasets_claim_prefix)}, {json.dumps(k8s.grants_key_file)})\n"
     )
     extra_config = {"medhub-dataset-grants": grants_code}
