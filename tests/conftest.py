@@ -26,6 +26,14 @@ from medhub.settings import Settings, load
 from medlib.manifest import MANIFEST, write_manifest
 from medlib.synthetic import write_ct_series
 
+def shared_data(path: Path) -> Path:
+    """``path``, reference data from ../shared; the test skips, saying so, where a clone has no
+    ../shared (the data is not redistributable, so the repository does not carry it)."""
+    if not path.exists():
+        pytest.skip(f"{path} is missing: this reference data comes from ../shared (see ../shared/README.md)")
+    return path
+
+
 #: id_tokens and access tokens live this long, so that refresh is exercised in the run.
 TOKEN_TTL = 20
 

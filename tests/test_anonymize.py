@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from conftest import shared_data
 from medlib.anonymize import Action, Anonymizer, KeyFileError, OptionError, SiteKey, load_profile
 from medlib.anonymize.profile import SafePrivate, load_safe_private
 from medlib.errors import MedlibError
@@ -37,7 +38,7 @@ KEY = SiteKey(bytes(range(32)))
 # -- the profile as data ---------------------------------------------------------------------
 
 def test_profile_data_is_what_the_generator_makes_of_the_reference():
-    reference = json.loads(REFERENCE.read_text())
+    reference = json.loads(shared_data(REFERENCE).read_text())
     assert json.loads(generate_profile.OUTPUT.read_text()) == generate_profile.generate(reference)
     assert len(reference) == 621
 

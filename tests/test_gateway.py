@@ -30,6 +30,7 @@ PROFILES = [
     {"slug": "cpu", "display_name": "CPU", "cpu_limit": 1, "mem_limit": "2G", "default": True},
     {"slug": "gpu1", "display_name": "1 GPU", "cpu_limit": 2, "mem_limit": "4G", "gpus": 1,
      "groups": ["radiology-research"]},
+    {"slug": "teaching", "display_name": "Teaching", "cpu_limit": 1, "mem_limit": "2G"},  # the course's (conftest)
 ]
 
 # What the generated Zero to JupyterHub values set (hub.services, JupyterHub.extra_user_scopes,
