@@ -231,7 +231,7 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
 def _stop(container: Any, settings: Settings) -> None:
     # the hub may stop every server first (hub.cleanup_servers): give it the time it needs
     container.stop(timeout=settings.hub.start_timeout + 15)
-    container.remove()
+    container.remove(v=True)  # and the image's anonymous volume (the state is a bind)
 
 
 def down(settings: Settings, name: str = CONTAINER_NAME) -> bool:
