@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tornado import web
+
 from .catalog import Dataset
 from .errors import HubConfigError
 from .tomlfile import Section
@@ -134,8 +136,6 @@ def check_start_by(courses: tuple[Course, ...], requester: Any, owner: str, owne
     """Refuse (HTTP 403, saying why) a server started for ``owner`` by another user who is no
     admin (an instructor) unless it is a teaching server of a course that user teaches and the
     owner takes: an instructor's power over a student's server stops at the course."""
-    from tornado import web
-
     name, admin = getattr(requester, "name", None), getattr(requester, "admin", False)
     if getattr(requester, "kind", None) != "user" or name == owner or admin:
         return

@@ -22,6 +22,7 @@ Example (the demo writes one like it)::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable
@@ -272,8 +273,6 @@ def _hub(s: Section) -> HubSettings:
 def _check_network(s: Section, docker: DockerSettings, hub: HubSettings) -> None:
     """Users' containers on a network of their own, reaching the hub's public URL; the host's
     network only where its risk is accepted."""
-    import ipaddress
-
     if docker.pids_limit < 64:
         raise s.error("pids_limit", "must be 64 or more (a notebook server alone runs dozens of threads)")
     if docker.network == "host":

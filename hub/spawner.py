@@ -109,24 +109,46 @@ class ProfilesMixin(Configurable):
         found = [orm.Group.find(self.user.db, c.instructors) for c in self.teaching_courses() if c.students in groups]
         return [u for group in found if group is not None for u in group.users if u.name != self.user.name]
 
+    _course_shares: list[str] = []  # whom start() shared this server with (kept in the spawner's state)
+
     async def start(self):
         """Share a student's teaching server with the course's instructors (JupyterHub shares: the
-        student sees them), then start it."""
+        student sees them), then start it. Shares left from a run that ended without
+        :meth:`stop` go first, so they never open a server that is not for teaching."""
         from jupyterhub import orm
 
-        for instructor in self.course_instructors():
+        self._revoke_course_shares()
+        instructors = self.course_instructors()
+        for instructor in instructors:
             orm.Share.grant(self.user.db, self.orm_spawner, instructor)
+        self._course_shares = [u.name for u in instructors]
         return await super().start()
 
     async def stop(self, now: bool = False):
-        """Stop the server and take back what :meth:`start` shared."""
-        from jupyterhub import orm
-
+        """Stop the server and take back exactly what :meth:`start` shared (whoever teaches now)."""
         try:
             return await super().stop(now=now)
         finally:
-            for instructor in self.course_instructors():
+            self._revoke_course_shares()
+
+    def _revoke_course_shares(self) -> None:
+        from jupyterhub import orm
+
+        for name in self._course_shares:
+            instructor = orm.User.find(self.user.db, name)
+            if instructor is not None:
                 orm.Share.revoke(self.user.db, self.orm_spawner, instructor)
+        self._course_shares = []
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self._course_shares:
+            state["course_shares"] = list(self._course_shares)
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._course_shares = list(state.get("course_shares", ()))
 
     def course_materials(self) -> dict[str, Path]:
         """Course name → material folder: a teaching server's courses, or every course this user

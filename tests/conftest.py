@@ -276,18 +276,22 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
 
 
 def stop_platform(platform: Platform) -> None:
+    """Stop every server (named ones too: a failed test may leave one), then the processes, even
+    when the hub no longer answers."""
     for client in platform.clients:
         client.close()
-    # Servers outlive the hub by design (cleanup_servers = false): stop them through the API.
-    users = platform.api("GET", "/users").json() if platform.hub.running() else []
-    for user in users:
-        if user["servers"]:
-            platform.api("DELETE", f"/users/{user['name']}/server")
-    for user in users:
-        deadline = time.monotonic() + 30
-        while platform.api("GET", f"/users/{user['name']}").json()["servers"] and time.monotonic() < deadline:
-            time.sleep(0.3)
-    platform.stack.stop()
+    try:
+        # Servers outlive the hub by design (cleanup_servers = false): stop them through the API.
+        users = platform.api("GET", "/users").json() if platform.hub.running() else []
+        for user in users:
+            for name in user["servers"]:
+                platform.api("DELETE", f"/users/{user['name']}/servers/{name}")
+        for user in users:
+            deadline = time.monotonic() + 30
+            while platform.api("GET", f"/users/{user['name']}").json()["servers"] and time.monotonic() < deadline:
+                time.sleep(0.3)
+    finally:
+        platform.stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -204,3 +204,24 @@ def test_jobs_results_never_fill_the_disk_the_audit_log_needs(tmp_path: Path):
     with pytest.raises(OutputRefused, match=r"MB free, and storing 1 MB would leave less than \[batch\] min_free_mb"):
         runner.check_room(1000)
     Runner(JobStore(tmp_path / "batch2"), "", "", "t", 1, None, min_free_mb=0).check_room(1000)  # room enough
+
+
+def test_a_teaching_share_ends_with_the_server_even_when_the_instructor_left_the_course(platform):
+    for name in ("tina", "uma"):
+        assert platform.login(platform.browser(), name).status_code == 200
+    tina = platform.api("POST", "/users/tina/tokens", json={"note": "red team"}).json()["token"]
+    assert as_(tina, "POST", f"{platform.url}/hub/api/users/uma/server",
+               json={"profile": "teaching"}).status_code in (201, 202)
+    platform.wait_ready("uma")
+    assert [s["user"]["name"] for s in platform.api("GET", "/shares/uma").json()["items"]] == ["tina"]
+    platform.change_idp_groups("tina", "course-students")  # she leaves the course's instructors ...
+    try:
+        time.sleep(platform.settings.oidc.refresh_age + 1)
+        assert as_(tina, "GET", f"{platform.url}/hub/api/user").json()["groups"] == ["course-students"]
+        platform.api("DELETE", "/users/uma/server")  # ... before the teaching server stops
+        deadline = time.monotonic() + 30
+        while platform.api("GET", "/users/uma").json()["servers"] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert platform.api("GET", "/shares/uma").json()["items"] == []  # nothing left to open uma's next server
+    finally:
+        platform.change_idp_groups("tina", "course-tutors")

@@ -33,8 +33,8 @@ SOURCES = ("hub", "notebook", "batch", "cli")
 #: The sources a user's own token may name (its code, in a server or on the command line).
 USER_SOURCES = ("notebook", "cli")
 OUTCOMES = ("success", "denied", "failure")
-#: What a client may send; ``time`` is set if missing, and ``actor`` is always replaced by the
-#: token's identity (a forged one is overwritten, never stored).
+#: What a client may send; ``time`` is kept only as ``details.reported_time``, and ``actor`` is
+#: always replaced by the token's identity (a forged one is overwritten, never stored).
 CLIENT_FIELDS = frozenset({"time", "action", "object", "outcome", "details", "source", "actor"})
 
 

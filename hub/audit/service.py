@@ -193,7 +193,8 @@ def main() -> None:
     app = make_app(Path(env["MEDHUB_AUDIT_DIR"]), key, env["MEDHUB_AUDIT_HUB_WRITER"],
                    fsync=env.get("MEDHUB_AUDIT_FSYNC", "always"), syslog=env.get("MEDHUB_AUDIT_SYSLOG") or None,
                    prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"),
-                   anchor=Path(env["MEDHUB_AUDIT_ANCHOR"]), checkpoint_seconds=float(env["MEDHUB_AUDIT_CHECKPOINT_SECONDS"]))
+                   anchor=Path(env["MEDHUB_AUDIT_ANCHOR"]),
+                   checkpoint_seconds=float(env["MEDHUB_AUDIT_CHECKPOINT_SECONDS"]))
     url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=url.hostname)
     audit_log, writer = app.settings["audit_log"], app.settings["writer"]

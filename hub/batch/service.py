@@ -93,10 +93,13 @@ class Runner:
             OutputRefused: it is larger.
         """
         chunks, cap = [], self.max_output_mb * MB
+        size = 0
 
         def collect(chunk: bytes) -> None:
+            nonlocal size
             chunks.append(chunk)
-            if sum(map(len, chunks)) > cap:
+            size += len(chunk)
+            if size > cap:
                 raise OverflowError  # tornado closes the connection: read no further
 
         request = httpclient.HTTPRequest(self.server_url(job, job["id"], what),
@@ -105,7 +108,7 @@ class Runner:
         try:
             response = await self.http.fetch(request, raise_error=False)
         except httpclient.HTTPClientError:
-            if sum(map(len, chunks)) <= cap:
+            if size <= cap:
                 raise
             raise OutputRefused(f"the job's {what} is larger than [batch] max_output_mb ({self.max_output_mb} MB); "
                                 "write large results to files in your home, and keep the notebook's outputs small") \
