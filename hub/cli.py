@@ -89,6 +89,21 @@ def cmd_k8s_values(args: argparse.Namespace) -> int:
     return _output(header + _yaml(values(settings)), args.output)
 
 
+def cmd_settings_reference(args: argparse.Namespace) -> int:
+    from . import settings_reference
+
+    if args.write is None:
+        sys.stdout.write(settings_reference.markdown())
+        return 0
+    path = Path(args.write)
+    try:
+        path.write_text(settings_reference.replace_in(path.read_text()))
+    except ValueError as e:
+        raise HubConfigError(f"{path}: {e}") from None
+    print(f"wrote the settings reference into {path}")
+    return 0
+
+
 class _ValuesDumper(yaml.SafeDumper):
     """YAML with multi-line strings (the embedded configuration code) as literal blocks."""
 
@@ -311,6 +326,11 @@ def parser() -> argparse.ArgumentParser:
                      help="the chart the values are for (default: jupyterhub)")
     k8s.add_argument("-o", "--output", help="output file (default: standard output)")
     k8s.set_defaults(func=cmd_k8s_values)
+
+    reference = sub.add_parser("settings-reference", help="print the settings reference (Markdown, from the settings "
+                                                          "model), or write it into a README between its markers")
+    reference.add_argument("--write", metavar="README", help="replace the reference between the markers in this file")
+    reference.set_defaults(func=cmd_settings_reference)
 
     catalog = sub.add_parser("catalog", help="the dataset catalog: check it, export it, make manifests")
     verbs = catalog.add_subparsers(dest="catalog_verb", metavar="VERB", required=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from traitlets.config import Config
@@ -28,7 +27,7 @@ BATCH_SERVICE = "medhub-batch"
 
 
 def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
-    return [asdict(p) for p in settings.profiles]
+    return [p.model_dump() for p in settings.profiles]
 
 
 def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:

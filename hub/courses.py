@@ -29,84 +29,12 @@ the course uses and its profile (``teaching`` by default). From it medhub makes:
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tornado import web
 
-from .catalog import Dataset
-from .errors import HubConfigError
-from .tomlfile import Section
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-@dataclass(frozen=True)
-class Course:
-    name: str
-    instructors: str
-    students: str
-    materials: Path | None = None
-    datasets: tuple[str, ...] = ()
-    profile: str = "teaching"  # servers started with this profile are the course's teaching servers
-
-    @property
-    def groups(self) -> tuple[str, str]:
-        return self.instructors, self.students
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "instructors": self.instructors, "students": self.students,
-                "materials": str(self.materials) if self.materials else None, "datasets": list(self.datasets),
-                "profile": self.profile}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Course:
-        return cls(d["name"], d["instructors"], d["students"], Path(d["materials"]) if d.get("materials") else None,
-                   tuple(d.get("datasets", ())), d.get("profile", cls.profile))
-
-
-def parse_courses(raw: Any, source: Path, datasets: tuple[Dataset, ...], profiles: tuple[str, ...]) -> tuple[Course, ...]:
-    """The ``[[course]]`` tables of the settings file, validated against the catalog and the
-    profiles: a course's datasets must exist and be granted to its students group, its profile
-    must be one of ``profiles``."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise HubConfigError(f"{source}: [[course]] must be an array of tables")
-    by_id = {d.id: d for d in datasets}
-    courses = []
-    for i, item in enumerate(raw):
-        s = Section(item, f"course[{i}]", source)
-        course = Course(
-            name=s.get("name", str),
-            instructors=s.get("instructors", str),
-            students=s.get("students", str),
-            materials=s.path("materials", Path(".")) if "materials" in s.data else None,
-            datasets=s.strings("datasets"),
-            profile=s.get("profile", str, Course.profile),
-        )
-        if not NAME.match(course.name):
-            raise s.error("name", f"{course.name!r} is not a slug (lower-case letters, digits, '-')")
-        if course.instructors == course.students:
-            raise s.error("students", "must be a different group from instructors")
-        if course.profile not in profiles:
-            raise s.error("profile", f"{course.profile!r} is not a profile; choose one of {', '.join(profiles)}")
-        if course.materials is not None and not course.materials.is_dir():
-            raise s.error("materials", f"{course.materials} is not a folder")
-        for dataset in course.datasets:
-            if dataset not in by_id:
-                raise s.error("datasets", f"{dataset!r} is not in the dataset catalog (hub.catalog)")
-            if course.students not in by_id[dataset].groups:
-                raise s.error("datasets", f"the catalog does not grant {dataset!r} to {course.students!r}; "
-                                          "add the group to that dataset's groups")
-        s.done()
-        courses.append(course)
-    names = [c.name for c in courses]
-    if len(set(names)) != len(names):
-        raise HubConfigError(f"{source}: [[course]] names must be unique, got {names}")
-    return tuple(courses)
+from .settings import Course
 
 
 def instructor_role(course: Course) -> dict[str, Any]:

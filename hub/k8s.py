@@ -86,7 +86,7 @@ def profiles_for_groups(profiles: list[dict[str, Any]], groups_by_slug: dict[str
     """A KubeSpawner ``profile_list`` callable: ``profiles`` (the chart's ``profileList``)
     without those whose ``groups_by_slug`` entry names none of the user's groups."""
 
-    limited = {slug: Profile(slug, slug, groups=tuple(groups)) for slug, groups in groups_by_slug.items()}
+    limited = {slug: Profile(slug=slug, display_name=slug, groups=tuple(groups)) for slug, groups in groups_by_slug.items()}
 
     def offered(spawner: Any) -> list[dict[str, Any]]:
         member = [g.name for g in spawner.user.groups]

@@ -1,8 +1,17 @@
-"""The medhub settings file: one TOML file that configures the whole hub.
+"""The medhub settings file: one TOML file, read into one typed model that configures the hub.
 
-The file is read once, validated completely and turned into typed settings; every error
-names the setting (``oidc.issuer``) and the file. :mod:`medhub.config` turns the settings
-into JupyterHub traits. Nothing else reads the file.
+The file is read once into :class:`Settings` and validated completely; every error names the
+file, the setting (``oidc.issuer``) and the fix. :mod:`medhub.config` turns the settings into
+JupyterHub traits, for every deployment. Nothing else reads the file. Each field's docstring
+is its documentation: ``medhub settings-reference`` writes the README's configuration
+reference from them (:mod:`medhub.settings_reference`).
+
+The model is pydantic (v2), not traitlets: the settings file is nested data (tables, arrays of
+tables) read from TOML, not the options of a configurable application. pydantic validates it
+strictly by type (``"yes"`` is no boolean), refuses unknown keys at any depth, reports every
+error with its location in the file, and keeps one declaration per setting: its type, its
+default and its documentation. traitlets would put medhub's settings in JupyterHub's own
+configuration namespace, where they would be neither nested nor checked for unknown keys.
 
 Example (the demo writes one like it)::
 
@@ -26,152 +35,538 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
+
+from medlib.contract import SLUG, SLUG_RULE
 
 from . import docker_network
 from .catalog import Dataset, load_catalog
-from .courses import Course, parse_courses
 from .errors import HubConfigError
-from .tomlfile import Section, read_toml
+from .tomlfile import read_toml
 
 SETTINGS_ENV = "MEDHUB_SETTINGS"
 CLIENT_SECRET_ENV = "MEDHUB_OIDC_CLIENT_SECRET"
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MEMORY = re.compile(r"^\d+(\.\d+)?[KMGT]?$")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A server size a user picks in the spawn form."""
+class SettingError(ValueError):
+    """A setting's value is wrong; ``key`` names the setting when a check of its whole table
+    finds it (a check of one field needs none)."""
 
-    slug: str
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def _path(value: Any, info: ValidationInfo) -> Path:
+    """A path setting: ``~`` expanded, relative to the settings file."""
+    if not isinstance(value, (str, Path)):
+        raise SettingError(f"must be str (a path), not {value!r}")
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base", Path.cwd())
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _strings(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not all(value):
+        raise SettingError("must be a list of non-empty strings")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise SettingError("must be a TCP port number (1-65535)")
+    return value
+
+
+def _at_least(minimum: int, unit: str = "", why: str = "") -> AfterValidator:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise SettingError(f"must be {minimum}{unit} or more{why}")
+        return value
+    return AfterValidator(check)
+
+
+def _slug(value: str) -> str:
+    if not SLUG.match(value):
+        raise SettingError(f"{value!r} is not a slug ({SLUG_RULE})")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_path)]
+Strings = Annotated[tuple[str, ...], Field(strict=False), AfterValidator(_strings)]
+Port = Annotated[int, AfterValidator(_port)]
+Slug = Annotated[str, AfterValidator(_slug)]
+
+
+class Table(BaseModel):
+    """A table of the settings file: typed strictly, unknown keys refused, read-only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+
+class HubSettings(Table):
+    """``[hub]``: where the hub runs and what it reads."""
+
+    public_url: str = "http://127.0.0.1:8000"
+    """Where users reach medhub. Plain http only on loopback (or with `insecure_http`)."""
+    hub_port: Port = 8081
+    """The hub's own HTTP port (its API, which servers call)."""
+    proxy_api_port: Port = 8001
+    """The proxy's REST API port, on loopback."""
+    state_dir: FilePath = Field(Path("state"), validate_default=True)
+    """Database, cookie secret, crypt key, proxy token (all 0600), grants key, audit log, logs."""
+    spawner: Literal["local", "docker"] = "local"
+    """`local` (demo and tests: servers are processes of the hub's account) or `docker`
+    (production: one unprivileged container per server). On Kubernetes the spawner is
+    KubeSpawner, whatever this says."""
+    cleanup_servers: bool = False
+    """Stop user servers when the hub stops. False keeps them running across hub restarts (the
+    proxy keeps their routes, users keep their sessions)."""
+    start_timeout: int = 120
+    """Seconds a server may take to start."""
+    extra_config: FilePath | None = None
+    """A JupyterHub config file loaded last, for what the settings do not cover."""
+    catalog: FilePath | None = None
+    """The dataset catalog (its own TOML file, below); none: no datasets."""
+    tls_cert: FilePath | None = None
+    """A PEM certificate (chain) the proxy serves https with (`public_url` must be https);
+    without it, terminate TLS in front of the proxy."""
+    tls_key: FilePath | None = None
+    """The certificate's private key (PEM)."""
+    insecure_http: bool = False
+    """Allow a plain-http `public_url` on a non-loopback host: only behind a TLS-terminating
+    front end on a trusted network."""
+
+    @model_validator(mode="after")
+    def _check(self) -> HubSettings:
+        _url(self.public_url, "public_url", plain_http=self.insecure_http)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingError("give both tls_cert and tls_key, or neither",
+                               "tls_key" if self.tls_key is None else "tls_cert")
+        for key in ("tls_cert", "tls_key", "extra_config"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise SettingError(f"{path} is not a file", key)
+        if self.tls_cert is not None and not self.public_url.startswith("https://"):
+            raise SettingError("must be https:// when tls_cert is given (the proxy then serves TLS)", "public_url")
+        if self.catalog is not None and not self.catalog.is_file():
+            raise SettingError(f"{self.catalog} is not a file; see 'Dataset catalog' in README.md", "catalog")
+        return self
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+def _url(value: str, key: str | None = None, plain_http: bool = False) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SettingError(f"must be an http(s) URL, not {value!r}", key)
+    if parsed.scheme == "http" and parsed.hostname not in LOOPBACK and not plain_http:
+        raise SettingError(f"{value!r} uses plain http on a non-loopback host; use https", key)
+    return value.rstrip("/")
+
+
+class OIDCSettings(Table):
+    """``[oidc]``: the institution's OpenID Connect identity provider."""
+
+    issuer: Annotated[str, AfterValidator(_url)]
+    """The issuer URL; endpoints come from its discovery document."""
+    client_id: Annotated[str, Field(min_length=1)]
+    """medhub's client id at the IdP."""
+    client_secret: str = Field("", repr=False)
+    """The client secret, inline; better `client_secret_file`, or `$MEDHUB_OIDC_CLIENT_SECRET`."""
+    client_secret_file: FilePath | None = None
+    """A file holding the client secret (read at start)."""
+    scopes: Strings = ("openid", "profile", "email", "groups")
+    """Scopes asked of the IdP; must include `openid`."""
+    username_claim: str = "sub"
+    """The claim that names the hub user: `sub`, the one claim OpenID Connect promises stable and
+    unique. Another (`preferred_username`, `email`) is refused unless `username_claim_stable`.
+    The hub user is the claim's value as given (`Alice` and `alice` are two users)."""
+    username_claim_stable: bool = False
+    """Say that the IdP lets no user edit `username_claim` and never hands it to another person."""
+    groups_claim: str = "groups"
+    """The claim listing the user's groups."""
+    allowed_groups: Strings = ()
+    """IdP groups whose members may log in (with every course's groups)."""
+    admin_groups: Strings = ()
+    """IdP groups whose members are hub admins."""
+    refresh_age: int = 300
+    """Seconds between checks of a user's tokens; they are refreshed before they expire, and
+    each check reads the groups again: a user the IdP has removed from every allowed group has
+    their servers stopped and their API tokens refused until a login, which is then refused."""
+    login_service: str = "your institution"
+    """Shown on the login button."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret(cls, data: Any, info: ValidationInfo) -> Any:
+        """The secret from the file, the environment or the table, in that order."""
+        if not isinstance(data, dict):
+            return data
+        inline, path = data.get("client_secret"), data.get("client_secret_file")
+        if inline and path:
+            raise SettingError("set either client_secret or client_secret_file, not both", "client_secret")
+        if path:
+            file = _path(path, info)
+            try:
+                return {**data, "client_secret": file.read_text().strip()}
+            except OSError as e:
+                raise SettingError(f"cannot read {file}: {e.strerror}", "client_secret_file") from None
+        secret = os.environ.get(CLIENT_SECRET_ENV, inline or "")
+        if not secret:
+            raise SettingError(f"no client secret: set oidc.client_secret_file or the {CLIENT_SECRET_ENV} "
+                               "environment variable", "client_secret_file")
+        return {**data, "client_secret": secret}
+
+    @model_validator(mode="after")
+    def _check(self) -> OIDCSettings:
+        if self.username_claim != "sub" and not self.username_claim_stable:
+            raise SettingError(
+                f"{self.username_claim!r} may change or be reused at the identity provider (OpenID Connect promises "
+                "only 'sub' stable and unique per user): a user who renames themselves there would become, or take "
+                "over, another hub user. Use 'sub', or set oidc.username_claim_stable = true once you have made sure "
+                "the IdP lets no user edit this claim and never hands it to another person", "username_claim")
+        if "openid" not in self.scopes:
+            raise SettingError("must include 'openid'", "scopes")
+        if not self.allowed_groups and not self.admin_groups:
+            raise SettingError("name at least one group whose members may log in", "allowed_groups")
+        return self
+
+
+def _gpus(value: Any) -> Any:
+    if value == "all":
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise SettingError(f"must be a number of GPUs or 'all', not {value!r}")
+    return value
+
+
+def _memory(value: str | None) -> str | None:
+    if value is not None and not MEMORY.match(value):
+        raise SettingError(f"{value!r} is not a size such as '8G' or '512M'")
+    return value
+
+
+class Profile(Table):
+    """``[[profiles]]``: a server size a user picks in the spawn form (default: the four of
+    `DEFAULT_PROFILES`: CPU only, 1 GPU, all GPUs, teaching)."""
+
+    slug: Slug
+    """Its id."""
     display_name: str
+    """Its name in the spawn form."""
     description: str = ""
+    """A line under the name."""
     cpu_limit: float | None = None
-    mem_limit: str | None = None
-    gpus: int = 0  # 0: none, n: that many, -1: all
+    """CPUs; none: no limit."""
+    mem_limit: Annotated[str | None, AfterValidator(_memory)] = None
+    """Memory, such as "8G"; none: no limit."""
+    gpus: Annotated[int, BeforeValidator(_gpus)] = 0
+    """GPUs: 0, a number, or "all" (on Kubernetes: `kubernetes.gpus_per_node`)."""
     default: bool = False
-    groups: tuple[str, ...] = ()  # offered only to members of these groups; empty: to everyone
+    """The profile chosen unless the user picks another (at most one; none: the first)."""
+    groups: Strings = ()
+    """Offered only to members of these groups; empty: to everyone."""
 
     def offered_to(self, groups: Iterable[str]) -> bool:
         """Whether a member of ``groups`` may pick this profile."""
         return not self.groups or not set(self.groups).isdisjoint(groups)
 
 
-@dataclass(frozen=True)
-class HubSettings:
-    public_url: str = "http://127.0.0.1:8000"
-    hub_port: int = 8081
-    proxy_api_port: int = 8001
-    state_dir: Path = Path("state")
-    spawner: str = "local"
-    cleanup_servers: bool = False
-    start_timeout: int = 120
-    extra_config: Path | None = None
-    catalog: Path | None = None  # the dataset catalog (datasets.toml); none: no datasets
-    tls_cert: Path | None = None  # PEM certificate (chain) the proxy serves https with
-    tls_key: Path | None = None  # its private key
-    insecure_http: bool = False  # allow a plain-http public_url on a non-loopback host (not advised)
+class Course(Table):
+    """``[[course]]``: a class working together under its instructors (:mod:`medhub.courses`)."""
+
+    name: Slug
+    """Its id."""
+    instructors: str
+    """The IdP group of its instructors."""
+    students: str
+    """The IdP group of its students, another than the instructors'."""
+    materials: FilePath | None = None
+    """A folder of course material, read-only at `~/courses/<name>` in every member's server."""
+    datasets: Strings = ()
+    """Catalog datasets the course uses; each must be granted to the students group."""
+    profile: str = "teaching"
+    """The profile of its teaching servers: they mount only the course's datasets."""
+
+    @property
+    def groups(self) -> tuple[str, str]:
+        return self.instructors, self.students
+
+    @model_validator(mode="after")
+    def _check(self) -> Course:
+        if self.instructors == self.students:
+            raise SettingError("must be a different group from instructors", "students")
+        if self.materials is not None and not self.materials.is_dir():
+            raise SettingError(f"{self.materials} is not a folder", "materials")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Course:
+        return cls.model_validate(d, strict=False)
 
 
-@dataclass(frozen=True)
-class OIDCSettings:
-    issuer: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups")
-    username_claim: str = "sub"  # stable and unique; another claim only with username_claim_stable
-    username_claim_stable: bool = False  # the IdP lets no user change username_claim (say so to use one)
-    groups_claim: str = "groups"
-    allowed_groups: tuple[str, ...] = ()
-    admin_groups: tuple[str, ...] = ()
-    refresh_age: int = 300
-    login_service: str = "your institution"
-    client_secret_file: Path | None = None  # where the secret was read from, if from a file
+class LocalSettings(Table):
+    """``[local]``: the local spawner (demo and tests)."""
+
+    home_root: FilePath | None = Field(None, json_schema_extra={"derived": "<hub.state_dir>/home"})
+    """Per-user home folders."""
 
 
-@dataclass(frozen=True)
-class LocalSettings:
-    home_root: Path = Path("state/home")
+class DockerSettings(Table):
+    """``[docker]``: the Docker spawner, and `medhub up`."""
 
-
-@dataclass(frozen=True)
-class DockerSettings:
     image: str = "medhub/notebook:latest"
-    hub_image: str = "medhub/hub:latest"  # what `medhub up` runs
-    home_volume: str = "medhub-home-{username}"
-    home_mount: str = "/home/jovyan"
-    network: str = "medhub-users"  # the users' bridge network (medhub.docker_network), or "host"
-    subnet: str = "172.29.0.0/24"  # its addresses; the hub listens on the first (the gateway)
-    shared_host_network: bool = False  # allow network = "host" although more than one user may log in
-    pids_limit: int = 2048  # processes (and threads) a user's container may hold at once
-
-
-@dataclass(frozen=True)
-class CullerSettings:
-    enabled: bool = True
-    timeout: int = 3600
-    every: int = 300
-    max_age: int = 0
-    cull_users: bool = False
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    port: int = 8082  # the audit service, on 127.0.0.1
-    fsync: str = "always"  # "always": each event is on disk before it is acknowledged
-    syslog: str = ""  # forward every event to udp://host:port or tcp://host:port (RFC 5424)
-    auditor_groups: tuple[str, ...] = ()  # whose tokens may read everyone's events; empty: oidc.admin_groups
-    anchor_dir: str = ""  # where checkpoints are anchored, outside the state folder; empty: <state_dir>-audit-anchor
-    checkpoint_seconds: int = 60  # a checkpoint at least this often while events come in
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    port: int = 8092
-    max_running_per_user: int = 2  # jobs holding a server at once; more wait in the queue
-    job_token_ttl: int = 3600  # seconds a job server's token lives (renewed while the job runs)
-    max_output_mb: int = 100  # an executed notebook or log beyond this fails its job
-    min_free_mb: int = 1024  # the state folder's disk (the audit log's) keeps this free from jobs' results
-
-
-@dataclass(frozen=True)
-class KubernetesSettings:
-    image: str = "medhub/notebook:latest"
+    """The notebook image."""
     hub_image: str = "medhub/hub:latest"
+    """The hub image `medhub up` runs."""
+    home_volume: str = "medhub-home-{username}"
+    """Each user's home volume."""
+    home_mount: str = "/home/jovyan"
+    """Where the home is mounted in the server (Kubernetes too)."""
+    network: str = "medhub-users"
+    """The users' bridge network medhub creates with traffic between containers off: a server
+    reaches only its gateway, where the hub's API listens (`public_url` must then name an address
+    they reach, not loopback); or "host" (see `shared_host_network`)."""
+    subnet: str = "172.29.0.0/24"
+    """The users' network's addresses; the hub listens on the first (the gateway)."""
+    shared_host_network: bool = False
+    """Allow `network = "host"`, which puts every server, kernel and Dask scheduler and the hub's
+    internal ports on one loopback: only on a single-user test rig."""
+    pids_limit: Annotated[int, _at_least(64, why=" (a notebook server alone runs dozens of threads)")] = 2048
+    """Processes (and threads) a user's container may hold at once."""
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            subnet = ipaddress.ip_network(value)
+        except ValueError:
+            raise SettingError(f"{value!r} is not a network such as '172.29.0.0/24'") from None
+        if subnet.num_addresses < 8:
+            raise SettingError(f"{value} is too small for users' servers")
+        return value
+
+
+class CullerSettings(Table):
+    """``[culler]``: jupyterhub-idle-culler as a hub service."""
+
+    enabled: bool = True
+    """Stop idle servers."""
+    timeout: int = 3600
+    """Seconds of inactivity before a server is stopped."""
+    every: int = 300
+    """Seconds between checks."""
+    max_age: int = 0
+    """Seconds after which a server is stopped even if active (0: never)."""
+    cull_users: bool = False
+    """Also delete users who have been idle (their home stays)."""
+
+
+class AuditSettings(Table):
+    """``[audit]``: the audit service, the tamper-evident log's only writer."""
+
+    port: Port = 8082
+    """Its port (on 127.0.0.1; in the hub pod on Kubernetes)."""
+    fsync: Literal["always", "never"] = "always"
+    """"always": every event is on disk before it is acknowledged; "never" only for tests."""
+    syslog: str = ""
+    """Also forward each event to `udp://host:port` or `tcp://host:port` (RFC 5424 carrying the
+    DICOM audit message); empty: do not."""
+    auditor_groups: Strings = Field((), json_schema_extra={"derived": "oidc.admin_groups"})
+    """Groups whose tokens may read and export everyone's events; empty: `oidc.admin_groups`."""
+    anchor_dir: FilePath | None = Field(None, json_schema_extra={"derived": '<hub.state_dir> + "-audit-anchor"'})
+    """Where checkpoints are anchored: outside `hub.state_dir`, where cutting the log does not reach."""
+    checkpoint_seconds: Annotated[int, _at_least(1)] = 60
+    """A checkpoint at least this often while events come in."""
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog(cls, value: str) -> str:
+        if value and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", value):
+            raise SettingError(f"must be udp://host:port or tcp://host:port, not {value!r}")
+        return value
+
+
+class BatchSettings(Table):
+    """``[batch]``: the batch service that runs notebooks with papermill in job servers."""
+
+    port: Port = 8092
+    """Its port (on 127.0.0.1; in the hub pod on Kubernetes)."""
+    max_running_per_user: Annotated[int, _at_least(1)] = 2
+    """Jobs holding a server at once per user; more wait in the queue."""
+    job_token_ttl: Annotated[int, _at_least(60, " seconds")] = 3600
+    """Seconds a job server's token lives (renewed while the job runs, revoked at its end)."""
+    max_output_mb: Annotated[int, _at_least(1)] = 100
+    """An executed notebook or log beyond this fails its job."""
+    min_free_mb: Annotated[int, _at_least(0)] = 1024
+    """Kept free from jobs' results on the state folder's disk (the audit log's)."""
+
+
+class KubernetesSettings(Table):
+    """``[kubernetes]``: the Zero to JupyterHub deployment (`medhub k8s-values`)."""
+
+    image: str | None = Field(None, json_schema_extra={"derived": "docker.image"})
+    """The notebook image."""
+    hub_image: str | None = Field(None, json_schema_extra={"derived": "docker.hub_image"})
+    """The hub image (medhub's: the chart's own lacks medhub and its JupyterHub is too old)."""
     gpus_per_node: int = 0
+    """GPUs of a node: needed for an "all GPUs" profile."""
     storage_capacity: str = "10Gi"
+    """Each user's home volume."""
     datasets_claim_prefix: str = "medhub-dataset-"
-    grants_key_file: str = "/srv/jupyterhub/grants_signing_key.pem"  # in the hub pod's persistent volume
+    """Dataset `<id>` is the PersistentVolumeClaim `<prefix><id>`, mounted read-only."""
+    grants_key_file: str = "/srv/jupyterhub/grants_signing_key.pem"
+    """The key that signs grants manifests, in the hub pod's persistent volume."""
+    state_dir: str = "/srv/jupyterhub/medhub"
+    """The hub's state folder in the hub pod (its persistent volume): the batch service's jobs."""
+    audit_claim: str = "medhub-audit"
+    """The PersistentVolumeClaim of the audit log, mounted in the hub pod."""
+    audit_anchor_claim: str = "medhub-audit-anchor"
+    """The PersistentVolumeClaim where audit checkpoints are anchored (another volume)."""
 
 
-@dataclass(frozen=True)
-class DaskGatewaySettings:
-    enabled: bool = False  # Kubernetes: users get Dask clusters from a dask-gateway beside the hub
-    service: str = "traefik-dask-gateway"  # the gateway's proxy Service, in the hub's namespace
-    idle_timeout: int = 1800  # seconds before an unused cluster is shut down (0: never)
-    max_workers: int = 16  # per cluster
+class DaskGatewaySettings(Table):
+    """``[dask_gateway]`` (Kubernetes): Dask clusters for users who outgrow one machine."""
+
+    enabled: bool = False
+    """Register a dask-gateway beside the hub and give users access."""
+    service: str = "traefik-dask-gateway"
+    """The gateway's proxy Service, in the hub's namespace."""
+    idle_timeout: int = 1800
+    """Seconds before an unused cluster is shut down (0: never)."""
+    max_workers: Annotated[int, _at_least(1)] = 16
+    """Workers per cluster."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    source: Path
-    hub: HubSettings
+DEFAULT_PROFILES = (
+    Profile(slug="cpu", display_name="CPU only", description="2 CPUs, 8 GB memory, no GPU", cpu_limit=2,
+            mem_limit="8G", default=True),
+    Profile(slug="gpu1", display_name="1 GPU", description="8 CPUs, 32 GB memory, one GPU", cpu_limit=8,
+            mem_limit="32G", gpus=1),
+    Profile(slug="gpu-all", display_name="All GPUs", description="16 CPUs, 64 GB memory, every GPU of the node",
+            cpu_limit=16, mem_limit="64G", gpus=-1),
+    Profile(slug="teaching", display_name="Teaching", description="1 CPU, 2 GB memory, no GPU: for courses",
+            cpu_limit=1, mem_limit="2G"),
+)
+
+
+class Settings(Table):
+    """The whole settings file. ``source`` is the file; ``datasets`` its catalog's entries."""
+
     oidc: OIDCSettings
-    local: LocalSettings
-    docker: DockerSettings
-    culler: CullerSettings
-    audit: AuditSettings
-    kubernetes: KubernetesSettings
-    profiles: tuple[Profile, ...]
-    datasets: tuple[Dataset, ...]
-    courses: tuple[Course, ...] = ()
+    hub: HubSettings = HubSettings()
+    local: LocalSettings = LocalSettings()
+    docker: DockerSettings = DockerSettings()
+    culler: CullerSettings = CullerSettings()
+    audit: AuditSettings = AuditSettings()
     batch: BatchSettings = BatchSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
     dask_gateway: DaskGatewaySettings = DaskGatewaySettings()
+    profiles: Annotated[tuple[Profile, ...], Field(strict=False)] = DEFAULT_PROFILES
+    courses: Annotated[tuple[Course, ...], Field(strict=False, alias="course")] = ()
+
+    _source: Path = PrivateAttr(Path("medhub.toml"))
+    _datasets: tuple[Dataset, ...] = PrivateAttr(())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        """Every table read from the file (relative paths are the file's), and the defaults that
+        follow other settings filled in."""
+        tables = [name for name, field in cls.model_fields.items()
+                  if isinstance(field.annotation, type) and issubclass(field.annotation, Table)]
+        if not isinstance(data, dict) or not all(isinstance(data.get(n, {}), dict) for n in tables):
+            return data
+        data = {name: {} for name in tables if name != "oidc"} | data
+        hub, docker = data["hub"], data["docker"]
+        state_dir = hub.get("state_dir", HubSettings.model_fields["state_dir"].default)
+        local = {"home_root": str(Path(state_dir) / "home"), **data["local"]}
+        kubernetes = {name: docker.get(name, DockerSettings.model_fields[name].default)
+                      for name in ("image", "hub_image")} | data["kubernetes"]
+        return {**data, "local": local, "kubernetes": kubernetes}
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Settings:
+        self._check_network()
+        if self.audit.anchor_dir is not None and self.audit.anchor_dir.is_relative_to(self.hub.state_dir.resolve()):
+            raise SettingError(f"{self.audit.anchor_dir} lies inside hub.state_dir; anchor checkpoints outside it, "
+                               "where cutting the log does not reach", "audit.anchor_dir")
+        slugs = [p.slug for p in self.profiles]
+        if not slugs:
+            raise SettingError("must be a non-empty array of tables ([[profiles]]), or left out for the defaults",
+                               "profiles")
+        if len(set(slugs)) != len(slugs):
+            raise SettingError(f"slugs must be unique, got {slugs}", "profiles")
+        if sum(p.default for p in self.profiles) > 1:
+            raise SettingError("at most one profile may be default = true", "profiles")
+        names = [c.name for c in self.courses]
+        if len(set(names)) != len(names):
+            raise SettingError(f"names must be unique, got {names}", "course")
+        for i, course in enumerate(self.courses):
+            if course.profile not in slugs:
+                raise SettingError(f"{course.profile!r} is not a profile; choose one of {', '.join(slugs)}",
+                                   f"course[{i}].profile")
+        return self
+
+    def _check_network(self) -> None:
+        """Users' containers on a network of their own, reaching the hub's public URL; the host's
+        network only where its risk is accepted."""
+        docker, hub = self.docker, self.hub
+        if docker.network == "host":
+            if hub.spawner == "docker" and not docker.shared_host_network:
+                raise SettingError(
+                    "'host' puts every user's kernels, Dask schedulers (unauthenticated) and the hub's internal "
+                    "ports (the proxy's REST API, the audit writer) on one loopback that every user's code reaches. "
+                    "Use the default users' network ('medhub-users'), or, on a single-user test rig only, set "
+                    "docker.shared_host_network = true", "docker.network")
+            return
+        if hub.spawner == "docker" and urlparse(hub.public_url).hostname in LOOPBACK:
+            raise SettingError(
+                f"users' containers on {docker.network!r} cannot reach hub.public_url {hub.public_url} (loopback is "
+                "each container's own): give public_url the host's name, or the network's gateway address "
+                f"{docker_network.gateway(docker.subnet)}", "docker.network")
+
+    def _read_catalog(self, source: Path) -> None:
+        """Read the dataset catalog, and check the courses against it."""
+        self._source = source
+        if self.hub.catalog is None:
+            return
+        course_groups = tuple(g for c in self.courses for g in c.groups)
+        self._datasets = load_catalog(self.hub.catalog, known_groups=self.oidc.allowed_groups
+                                      + self.oidc.admin_groups + course_groups)
+        by_id = {d.id: d for d in self._datasets}
+        for i, course in enumerate(self.courses):
+            for dataset in course.datasets:
+                where = f"{source}: course[{i}].datasets"
+                if dataset not in by_id:
+                    raise HubConfigError(f"{where}: {dataset!r} is not in the dataset catalog (hub.catalog)")
+                if course.students not in by_id[dataset].groups:
+                    raise HubConfigError(f"{where}: the catalog does not grant {dataset!r} to {course.students!r}; "
+                                         "add the group to that dataset's groups")
+
+    @property
+    def source(self) -> Path:
+        """The settings file."""
+        return self._source
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        """The entries of the dataset catalog (``hub.catalog``)."""
+        return self._datasets
 
     @property
     def allowed_groups(self) -> tuple[str, ...]:
@@ -188,8 +583,8 @@ class Settings:
     @property
     def audit_anchor(self) -> Path:
         """The folder outside the state folder where audit checkpoints are anchored."""
-        if self.audit.anchor_dir:
-            return Path(self.audit.anchor_dir)
+        if self.audit.anchor_dir is not None:
+            return self.audit.anchor_dir
         return self.hub.state_dir.with_name(self.hub.state_dir.name + "-audit-anchor")
 
     @property
@@ -206,198 +601,53 @@ class Settings:
 
     @property
     def callback_url(self) -> str:
-        return self.hub.public_url.rstrip("/") + "/hub/oauth_callback"
+        return self.hub.public_url + "/hub/oauth_callback"
 
     @property
     def default_profile(self) -> Profile:
         return next((p for p in self.profiles if p.default), self.profiles[0])
 
 
-DEFAULT_PROFILES = (
-    Profile("cpu", "CPU only", "2 CPUs, 8 GB memory, no GPU", 2, "8G", 0, True),
-    Profile("gpu1", "1 GPU", "8 CPUs, 32 GB memory, one GPU", 8, "32G", 1),
-    Profile("gpu-all", "All GPUs", "16 CPUs, 64 GB memory, every GPU of the node", 16, "64G", -1),
-    Profile("teaching", "Teaching", "1 CPU, 2 GB memory, no GPU: for courses", 1, "2G", 0),
-)
+#: pydantic's error types → the kind of value a setting must have.
+KINDS = {"bool": "bool", "int": "int", "float": "float", "string": "str", "tuple": "list", "list": "list",
+         "model": "a table", "dict": "a table", "model_attributes": "a table"}
 
 
-def _url(section: Section, key: str, value: str) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise section.error(key, f"must be an http(s) URL, not {value!r}")
-    if parsed.scheme == "http" and parsed.hostname not in LOOPBACK:
-        raise section.error(key, f"{value!r} uses plain http on a non-loopback host; use https")
-    return value.rstrip("/")
+def _location(loc: tuple[int | str, ...]) -> str:
+    """``("profiles", 0, "slug")`` → ``profiles[0].slug``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
 
 
-def _hub(s: Section) -> HubSettings:
-    d = HubSettings()
-    insecure = s.get("insecure_http", bool, d.insecure_http)
-    public_url = s.get("public_url", str, d.public_url)
-    hub = HubSettings(
-        public_url=public_url.rstrip("/") if insecure and public_url.startswith("http://")
-        else _url(s, "public_url", public_url),
-        hub_port=s.get("hub_port", int, d.hub_port),
-        proxy_api_port=s.get("proxy_api_port", int, d.proxy_api_port),
-        state_dir=s.path("state_dir", d.state_dir),
-        spawner=s.get("spawner", str, d.spawner),
-        cleanup_servers=s.get("cleanup_servers", bool, d.cleanup_servers),
-        start_timeout=s.get("start_timeout", int, d.start_timeout),
-        extra_config=s.path("extra_config", Path(".")) if "extra_config" in s.data else None,
-        catalog=s.path("catalog", Path(".")) if "catalog" in s.data else None,
-        tls_cert=s.path("tls_cert", Path(".")) if "tls_cert" in s.data else None,
-        tls_key=s.path("tls_key", Path(".")) if "tls_key" in s.data else None,
-        insecure_http=insecure,
-    )
-    if (hub.tls_cert is None) != (hub.tls_key is None):
-        raise s.error("tls_key" if hub.tls_key is None else "tls_cert", "give both tls_cert and tls_key, or neither")
-    for key in ("tls_cert", "tls_key"):
-        path = getattr(hub, key)
-        if path is not None and not path.is_file():
-            raise s.error(key, f"{path} is not a file")
-    if hub.tls_cert is not None and not hub.public_url.startswith("https://"):
-        raise s.error("public_url", "must be https:// when tls_cert is given (the proxy then serves TLS)")
-    if hub.spawner not in ("local", "docker"):
-        raise s.error("spawner", f"must be 'local' or 'docker', not {hub.spawner!r}")
-    if hub.extra_config is not None and not hub.extra_config.is_file():
-        raise s.error("extra_config", f"{hub.extra_config} is not a file")
-    if hub.catalog is not None and not hub.catalog.is_file():
-        raise s.error("catalog", f"{hub.catalog} is not a file; see 'Dataset catalog' in README.md")
-    for key in ("hub_port", "proxy_api_port"):
-        if not 0 < getattr(hub, key) < 65536:
-            raise s.error(key, "must be a TCP port number (1-65535)")
-    s.done()
-    return hub
-
-
-def _check_network(s: Section, docker: DockerSettings, hub: HubSettings) -> None:
-    """Users' containers on a network of their own, reaching the hub's public URL; the host's
-    network only where its risk is accepted."""
-    if docker.pids_limit < 64:
-        raise s.error("pids_limit", "must be 64 or more (a notebook server alone runs dozens of threads)")
-    if docker.network == "host":
-        if hub.spawner == "docker" and not docker.shared_host_network:
-            raise s.error("network", "'host' puts every user's kernels, Dask schedulers (unauthenticated) and the "
-                                     "hub's internal ports (the proxy's REST API, the audit writer) on one loopback "
-                                     "that every user's code reaches. Use the default users' network "
-                                     "('medhub-users'), or, on a single-user test rig only, set "
-                                     "docker.shared_host_network = true")
-        return
-    try:
-        subnet = ipaddress.ip_network(docker.subnet)
-    except ValueError:
-        raise s.error("subnet", f"{docker.subnet!r} is not a network such as '172.29.0.0/24'") from None
-    if subnet.num_addresses < 8:
-        raise s.error("subnet", f"{docker.subnet} is too small for users' servers")
-    host = urlparse(hub.public_url).hostname
-    if hub.spawner == "docker" and host in LOOPBACK:
-        raise s.error("network", f"users' containers on {docker.network!r} cannot reach hub.public_url "
-                                 f"{hub.public_url} (loopback is each container's own): give public_url the host's "
-                                 f"name, or the network's gateway address {docker_network.gateway(docker.subnet)}")
-
-
-def _client_secret(s: Section) -> tuple[str, Path | None]:
-    """The client secret, and the file it was read from (None: inline or from the environment)."""
-    inline = s.get("client_secret", str, "")
-    path = s.get("client_secret_file", str, "")
-    if inline and path:
-        raise s.error("client_secret", "set either client_secret or client_secret_file, not both")
-    if path:
-        file = Path(path).expanduser()
-        file = file if file.is_absolute() else s.source.parent / file
-        try:
-            secret = file.read_text().strip()
-        except OSError as e:
-            raise s.error("client_secret_file", f"cannot read {file}: {e.strerror}") from None
-    else:
-        file, secret = None, os.environ.get(CLIENT_SECRET_ENV, inline)
-    if not secret:
-        raise s.error(
-            "client_secret_file",
-            f"no client secret: set oidc.client_secret_file or the {CLIENT_SECRET_ENV} environment variable",
-        )
-    return secret, file
-
-
-def _oidc(s: Section) -> OIDCSettings:
-    d = OIDCSettings("", "", "")
-    secret, secret_file = _client_secret(s)
-    oidc = OIDCSettings(
-        issuer=_url(s, "issuer", s.get("issuer", str)),
-        client_id=s.get("client_id", str),
-        client_secret=secret,
-        client_secret_file=secret_file,
-        scopes=s.strings("scopes", d.scopes),
-        username_claim=s.get("username_claim", str, d.username_claim),
-        username_claim_stable=s.get("username_claim_stable", bool, d.username_claim_stable),
-        groups_claim=s.get("groups_claim", str, d.groups_claim),
-        allowed_groups=s.strings("allowed_groups"),
-        admin_groups=s.strings("admin_groups"),
-        refresh_age=s.get("refresh_age", int, d.refresh_age),
-        login_service=s.get("login_service", str, d.login_service),
-    )
-    if not oidc.client_id:
-        raise s.error("client_id", "must not be empty")
-    if oidc.username_claim != "sub" and not oidc.username_claim_stable:
-        raise s.error("username_claim", f"{oidc.username_claim!r} may change or be reused at the identity provider "
-                                        "(OpenID Connect promises only 'sub' stable and unique per user): a user who "
-                                        "renames themselves there would become, or take over, another hub user. Use "
-                                        "'sub', or set oidc.username_claim_stable = true once you have made sure the "
-                                        "IdP lets no user edit this claim and never hands it to another person")
-    if "openid" not in oidc.scopes:
-        raise s.error("scopes", "must include 'openid'")
-    if not oidc.allowed_groups and not oidc.admin_groups:
-        raise s.error("allowed_groups", "name at least one group whose members may log in")
-    s.done()
-    return oidc
-
-
-def _profiles(raw: Any, source: Path) -> tuple[Profile, ...]:
-    if raw is None:
-        return DEFAULT_PROFILES
-    if not isinstance(raw, list) or not raw:
-        raise HubConfigError(f"{source}: [[profiles]] must be a non-empty array of tables")
-    profiles = []
-    for i, item in enumerate(raw):
-        s = Section(item, f"profiles[{i}]", source)
-        gpus = s.get("gpus", (int, str), 0)
-        if gpus == "all":
-            gpus = -1
-        if not isinstance(gpus, int) or gpus < -1:
-            raise s.error("gpus", f"must be a number of GPUs or 'all', not {gpus!r}")
-        p = Profile(
-            slug=s.get("slug", str),
-            display_name=s.get("display_name", str),
-            description=s.get("description", str, ""),
-            cpu_limit=s.get("cpu_limit", float, None),
-            mem_limit=s.get("mem_limit", str, None),
-            gpus=gpus,
-            default=s.get("default", bool, False),
-            groups=s.strings("groups"),
-        )
-        if not SLUG.match(p.slug):
-            raise s.error("slug", f"{p.slug!r} is not a slug (lower-case letters, digits, '-')")
-        if p.mem_limit is not None and not MEMORY.match(p.mem_limit):
-            raise s.error("mem_limit", f"{p.mem_limit!r} is not a size such as '8G' or '512M'")
-        s.done()
-        profiles.append(p)
-    slugs = [p.slug for p in profiles]
-    if len(set(slugs)) != len(slugs):
-        raise HubConfigError(f"{source}: [[profiles]] slugs must be unique, got {slugs}")
-    if sum(p.default for p in profiles) > 1:
-        raise HubConfigError(f"{source}: [[profiles]] at most one profile may be default = true")
-    return tuple(profiles)
-
-
-def _plain(s: Section, defaults: Any) -> Any:
-    """A section whose keys are the fields of a dataclass of str, int, bool and tuple-of-str
-    values, all optional; ``defaults`` is an instance holding each field's default."""
-    def value(name: str, default: Any) -> Any:
-        return s.strings(name, default) if isinstance(default, tuple) else s.get(name, type(default), default)
-
-    values = {f.name: value(f.name, getattr(defaults, f.name)) for f in fields(defaults)}
-    s.done()
-    return replace(defaults, **values)
+def _message(error: dict[str, Any], source: Path) -> str:
+    """One validation error as the line that tells the user what to fix."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if kind == "value_error" and isinstance(error.get("ctx", {}).get("error"), SettingError):
+        cause = error["ctx"]["error"]
+        if cause.key:
+            loc = () if "." in cause.key else loc
+            loc = (*loc, *cause.key.split("."))
+        return f"{source}: {_location(loc)}: {cause}"
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            known = ", ".join(sorted(Settings.model_fields[f].alias or f for f in Settings.model_fields))
+            return f"{source}: unknown section(s) {loc[0]}; known: {known}"
+        return (f"{source}: [{_location(loc[:-1])}] has unknown setting(s) {loc[-1]}; see the configuration "
+                "reference in README.md")
+    if kind == "missing":
+        if loc == ("oidc",):
+            return f"{source}: the [oidc] section is required (issuer, client_id, client secret)"
+        return f"{source}: {_location(loc)}: is required"
+    base = re.sub(r"_(type|parsing|from_float)$", "", kind)
+    if base in KINDS:
+        return f"{source}: {_location(loc)}: must be {KINDS[base]}, not {error['input']!r}"
+    if kind == "literal_error":
+        return f"{source}: {_location(loc)}: must be {error['ctx']['expected']}, not {error['input']!r}"
+    if kind in ("too_short", "string_too_short"):
+        return f"{source}: {_location(loc)}: must not be empty"
+    return f"{source}: {_location(loc)}: {error['msg']}"
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -407,7 +657,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         path: the TOML file; defaults to ``$MEDHUB_SETTINGS``.
 
     Raises:
-        HubConfigError: naming the file and the setting that is wrong.
+        HubConfigError: naming the file, the setting that is wrong and the fix (every error of
+        the file, one per line).
     """
     if path is None:
         path = os.environ.get(SETTINGS_ENV)
@@ -415,73 +666,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
             raise HubConfigError(f"no settings file: pass --settings FILE or set {SETTINGS_ENV}")
     source = Path(path).expanduser().resolve()
     data = read_toml(source, "settings file")
-
-    known = {"hub", "oidc", "local", "docker", "culler", "audit", "kubernetes", "profiles", "course", "batch",
-             "dask_gateway"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise HubConfigError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if "oidc" not in data:
-        raise HubConfigError(f"{source}: the [oidc] section is required (issuer, client_id, client secret)")
-
-    def section(name: str) -> Section:
-        return Section(data.get(name, {}), name, source)
-
-    hub = _hub(section("hub"))
-    local = section("local")
-    local_settings = LocalSettings(home_root=local.path("home_root", hub.state_dir / "home"))
-    local.done()
-    docker_section = section("docker")
-    docker_settings = _plain(docker_section, DockerSettings())
-    _check_network(docker_section, docker_settings, hub)
-    culler_settings = _plain(section("culler"), CullerSettings())
-    audit_section = section("audit")
-    audit_settings = _plain(audit_section, AuditSettings())
-    if audit_settings.fsync not in ("always", "never"):
-        raise audit_section.error("fsync", "must be 'always' (production) or 'never' (tests only)")
-    if audit_settings.syslog and not re.match(r"^(udp|tcp)://[^:/]+:\d+$", audit_settings.syslog):
-        raise audit_section.error("syslog", f"must be udp://host:port or tcp://host:port, not {audit_settings.syslog!r}")
-    if audit_settings.anchor_dir:
-        anchor = audit_section.path("anchor_dir", Path("."))
-        if anchor.is_relative_to(hub.state_dir.resolve()):
-            raise audit_section.error("anchor_dir", f"{anchor} lies inside hub.state_dir; anchor checkpoints outside "
-                                                    "it, where cutting the log does not reach")
-        audit_settings = replace(audit_settings, anchor_dir=str(anchor))
-    if audit_settings.checkpoint_seconds < 1:
-        raise audit_section.error("checkpoint_seconds", "must be 1 or more")
-    k8s_settings = _plain(section("kubernetes"), KubernetesSettings(image=docker_settings.image, hub_image=docker_settings.hub_image))
-    batch_section = section("batch")
-    batch_settings = _plain(batch_section, BatchSettings())
-    if batch_settings.max_running_per_user < 1:
-        raise batch_section.error("max_running_per_user", "must be 1 or more")
-    if batch_settings.max_output_mb < 1:
-        raise batch_section.error("max_output_mb", "must be 1 or more")
-    if batch_settings.min_free_mb < 0:
-        raise batch_section.error("min_free_mb", "must be 0 or more")
-    if batch_settings.job_token_ttl < 60:
-        raise batch_section.error("job_token_ttl", "must be 60 seconds or more")
-    gateway_section = section("dask_gateway")
-    gateway_settings = _plain(gateway_section, DaskGatewaySettings())
-    if gateway_settings.max_workers < 1:
-        raise gateway_section.error("max_workers", "must be 1 or more")
-    oidc = _oidc(section("oidc"))
-    course_groups = tuple(g for c in data.get("course") or () if isinstance(c, dict)
-                          for g in (c.get("instructors"), c.get("students")) if isinstance(g, str))
-    datasets = load_catalog(hub.catalog, known_groups=oidc.allowed_groups + oidc.admin_groups + course_groups) \
-        if hub.catalog else ()
-    profiles = _profiles(data.get("profiles"), source)
-    return Settings(
-        source=source,
-        hub=hub,
-        oidc=oidc,
-        local=local_settings,
-        docker=docker_settings,
-        culler=culler_settings,
-        audit=audit_settings,
-        kubernetes=k8s_settings,
-        profiles=profiles,
-        datasets=datasets,
-        courses=parse_courses(data.get("course"), source, datasets, tuple(p.slug for p in profiles)),
-        batch=batch_settings,
-        dask_gateway=gateway_settings,
-    )
+    try:
+        settings = Settings.model_validate(data, context={"base": source.parent})
+    except ValidationError as e:
+        raise HubConfigError("\n".join(dict.fromkeys(_message(err, source) for err in e.errors()))) from None
+    settings._read_catalog(source)
+    return settings

@@ -33,8 +33,8 @@ from traitlets.config import Configurable
 
 from . import grants
 from .catalog import Dataset, granted
-from .courses import Course, check_start_by, courses_of, materials_for
-from .settings import Profile
+from .courses import check_start_by, courses_of, materials_for
+from .settings import Course, Profile
 
 
 def docker_device_requests(gpus: int) -> list[DeviceRequest]:
@@ -89,7 +89,7 @@ class ProfilesMixin(Configurable):
     def _profiles(self) -> list[Profile]:
         """The profiles this user is offered: those without groups, and those of their groups."""
         groups = self.group_names()
-        profiles = [Profile(**{**p, "groups": tuple(p.get("groups", ()))}) for p in self.profiles]
+        profiles = [Profile.model_validate(p, strict=False) for p in self.profiles]
         return [p for p in profiles if p.offered_to(groups)]
 
     def _courses(self) -> tuple[Course, ...]:

@@ -174,3 +174,29 @@ def test_host_networking_only_where_its_risk_is_accepted(tmp_path: Path):
     settings = load(write(tmp_path, with_("hub", spawner="docker", public_url="https://hub.example.org")))
     assert settings.users_network and settings.hub_url == "http://172.29.0.1:8081"  # the hub on the gateway
     assert load(write(tmp_path, MINIMAL)).hub_url == "http://127.0.0.1:8081"  # local servers: loopback
+
+
+def test_the_readme_reference_is_the_models(tmp_path: Path):
+    """The configuration reference in README.md is generated from the settings model: a setting
+    added, renamed, re-defaulted or re-documented there fails here until the README is regenerated."""
+    from medhub import settings_reference
+    from medhub.cli import main as medhub_main
+    from medhub.settings import Settings
+
+    readme = Path(__file__).parents[1] / "README.md"
+    assert settings_reference.replace_in(readme.read_text()) == readme.read_text(), \
+        "README.md's settings reference is stale: run `medhub settings-reference --write README.md`"
+    reference = settings_reference.markdown()
+    for name, field in Settings.model_fields.items():  # every table and every key, with its documentation
+        model = field.annotation.__args__[0] if name in ("profiles", "courses") else field.annotation
+        for key, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{key} has no docstring"
+            assert f"| `{key}` |" in reference
+    assert "| `pids_limit` | integer | `2048` |" in reference
+    assert "| `home_root` | path | *<hub.state_dir>/home* |" in reference  # a default that follows another
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.read_text().replace("| `pids_limit` | integer | `2048` |", "| `pids_limit` | integer | `1` |"))
+    assert medhub_main(["settings-reference", "--write", str(copy)]) == 0
+    assert copy.read_text() == readme.read_text()
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert medhub_main(["settings-reference", "--write", str(tmp_path / "plain.md")]) == 2

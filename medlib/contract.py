@@ -1,0 +1,84 @@
+"""What the hub and the library must agree on, written once: both import this module.
+
+The hub starts servers with environment variables that medlib reads; it names datasets,
+profiles and courses with ids that medlib checks; its audit service and medlib's client stamp
+events in one time format; it signs the grants manifest that medlib verifies. A rule of these
+written on both sides would drift, so each lives here, and nothing here imports anything of
+the hub or the library.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+from typing import Any
+
+# --- environment variables of a user's server (set by the hub's spawners, read by medlib) ---
+USER_ENV = "MEDHUB_USER"  # the hub user
+GROUPS_ENV = "MEDHUB_GROUPS"  # their groups, comma-separated
+PROFILE_ENV = "MEDHUB_PROFILE"  # the profile the server was started with
+DATASETS_DIR_ENV = "MEDHUB_DATASETS_DIR"  # where granted datasets are mounted
+GRANTS_ENV = "MEDHUB_GRANTS"  # the signed grants manifest
+GRANTS_KEY_ENV = "MEDHUB_GRANTS_KEY"  # the hub's public key that signed it
+AUDIT_URL_ENV = "MEDHUB_AUDIT_URL"  # where the server's events go
+AUDIT_BUFFER_ENV = "MEDHUB_AUDIT_BUFFER"  # where undelivered events wait
+AUDIT_SOURCE_ENV = "MEDHUB_AUDIT_SOURCE"  # notebook, batch, cli: who writes
+URL_ENV = "MEDHUB_URL"  # the hub's address as the server reaches it
+TOKEN_ENV = "MEDHUB_TOKEN"  # a hub API token given on the command line's behalf
+WORKER_PROFILE_ENV = "MEDHUB_WORKER_PROFILE"  # the profile of a Dask worker
+
+#: Where a server finds its granted datasets, one folder per id.
+DATASETS_ROOT = "/datasets"
+
+# --- ids -----------------------------------------------------------------------------------
+#: Dataset, profile and course ids: lower-case letters, digits and '-', at most 63 (a DNS label,
+#: so that an id can name a Kubernetes volume or claim).
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SLUG_RULE = "lower-case letters, digits and '-', at most 63, starting with a letter or digit"
+
+
+def is_slug(value: object) -> bool:
+    return isinstance(value, str) and SLUG.match(value) is not None
+
+
+# --- audit time ----------------------------------------------------------------------------
+#: An audit event's time: UTC with microseconds, such as 2026-11-23T08:51:02.123456Z.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utc_now() -> str:
+    """Now, in :data:`TIME_FORMAT`."""
+    return dt.datetime.now(dt.timezone.utc).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """``text`` in :data:`TIME_FORMAT` as an aware datetime.
+
+    Raises:
+        ValueError: another format.
+    """
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+
+
+# --- the grants manifest --------------------------------------------------------------------
+#: base64(JSON {"payload": base64(body), "signature": base64(Ed25519(body))}); the body is JSON.
+MANIFEST_FIELDS = ("payload", "signature")
+
+
+def pack_manifest(body: bytes, signature: bytes) -> str:
+    """The manifest document for ``body`` and its signature."""
+    outer = {"payload": base64.b64encode(body).decode(), "signature": base64.b64encode(signature).decode()}
+    return base64.b64encode(json.dumps(outer).encode()).decode()
+
+
+def unpack_manifest(document: str) -> tuple[bytes, bytes]:
+    """The body and the signature of a manifest document.
+
+    Raises:
+        ValueError, KeyError, TypeError: not a manifest.
+    """
+    outer: dict[str, Any] = json.loads(base64.b64decode(document, validate=True))
+    payload, signature = (outer[name] for name in MANIFEST_FIELDS)
+    return base64.b64decode(payload, validate=True), base64.b64decode(signature, validate=True)
