@@ -1,7 +1,14 @@
-"""Settings → JupyterHub traits. The one place where the hub's configuration is decided.
+"""Settings → JupyterHub traits: the one function that decides the hub's configuration.
 
-``jupyterhub_config.py`` calls :func:`configure`; everything shared by the local and Docker
-spawners is set here once, and ``hub.spawner`` picks the spawner class.
+:func:`configure` sets the authenticator, the spawner, the services, roles, scopes and hooks
+from :class:`medhub.settings.Settings`, for every deployment: ``jupyterhub_config.py`` calls it
+for ``medhub run``, ``medhub up`` and ``medhub demo`` (a process, or the hub container), and
+the hub pod of Zero to JupyterHub calls it through ``hub.extraConfig`` (:func:`configure_pod`)
+with the settings :mod:`medhub.k8s` put in the chart's values. What differs between the two is
+only where things are, and it is all in :class:`Deployment`: the state folder, where the
+services listen and how servers reach the hub. On Kubernetes the chart decides the rest of the
+process (bind addresses, proxy, database, cookie secret) and the shape of users' pods (image,
+storage, the profiles' resources); everything medhub decides comes from here.
 """
 
 from __future__ import annotations
@@ -9,21 +16,66 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from traitlets.config import Config
 
-from . import child
+from . import child, k8s
 from .audit import hooks as audit_hooks
 from .audit.service import READ_ALL
 from .auth import OIDCAuthenticator
 from .courses import instructor_role
+from .service_auth import BIND_ENV
 from .settings import Settings
 from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
 from .state import StateDir
 
 PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
 BATCH_SERVICE = "medhub-batch"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the hub runs: everything :func:`configure` decides differently by deployment."""
+
+    kubernetes: bool
+    state: StateDir  # the hub's state folder (batch jobs, the hub's audit writer token)
+    service_host: str  # the host at which the proxy and the hub reach the services
+    service_bind: str  # where the services listen ("": at service_host)
+    servers_url: str  # the hub's public address as users' servers reach it
+    audit_dir: Path
+    audit_key_file: Path
+    audit_anchor: Path
+    grants_key: Path
+
+    @classmethod
+    def process(cls, settings: Settings) -> Deployment:
+        """``medhub run``, ``medhub up``, ``medhub demo``: everything in ``hub.state_dir``,
+        services on loopback, servers through the public URL."""
+        state = StateDir(settings.hub.state_dir)
+        state.ensure()
+        return cls(False, state, "127.0.0.1", "", settings.hub.public_url, state.audit_dir, state.audit_key_file,
+                   settings.audit_anchor, state.grants_key)
+
+    @classmethod
+    def pod(cls, settings: Settings) -> Deployment:
+        """The hub pod of Zero to JupyterHub, with the volumes :func:`medhub.k8s.values` gives it:
+        services in the pod behind the hub's Service, servers through the proxy's Service."""
+        state = StateDir(Path(settings.kubernetes.state_dir))
+        state.ensure()
+        return cls(True, state, k8s.HUB_SERVICE, "0.0.0.0", f"http://{k8s.PROXY_SERVICE}", Path(k8s.AUDIT_MOUNT),
+                   Path(k8s.AUDIT_KEY_MOUNT) / k8s.AUDIT_KEY, Path(k8s.AUDIT_ANCHOR_MOUNT),
+                   Path(settings.kubernetes.grants_key_file))
+
+    def service_url(self, port: int) -> str:
+        return f"http://{self.service_host}:{port}"
+
+    def service_environment(self) -> dict[str, str]:
+        """What a service needs beyond JupyterHub's variables to listen where it should."""
+        return {BIND_ENV: self.service_bind} if self.service_bind else {}
 
 
 def _profile_dicts(settings: Settings) -> list[dict[str, Any]]:
@@ -49,17 +101,18 @@ def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     return service, role
 
 
-def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def audit_services(settings: Settings, where: Deployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The audit service (the log's only writer), the hub's writer identity, and their roles."""
     name, writer = audit_hooks.AUDIT_SERVICE, audit_hooks.HUB_WRITER
     services = [
-        {"name": name, "url": f"http://127.0.0.1:{settings.audit.port}", "display": False,
+        {"name": name, "url": where.service_url(settings.audit.port), "display": False,
          "command": child.command("medhub.audit.service"),
-         "environment": {"MEDHUB_AUDIT_DIR": str(state.audit_dir), "MEDHUB_AUDIT_KEY_FILE": str(state.audit_key_file),
+         "environment": {"MEDHUB_AUDIT_DIR": str(where.audit_dir), "MEDHUB_AUDIT_KEY_FILE": str(where.audit_key_file),
                          "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
-                         "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(settings.audit_anchor),
-                         "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds)}},
-        {"name": writer, "api_token": state.audit_writer_token(), "display": False},
+                         "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(where.audit_anchor),
+                         "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds),
+                         "MEDHUB_AUDIT_BATCH_WRITER": BATCH_SERVICE, **where.service_environment()}},
+        {"name": writer, "api_token": where.state.audit_writer_token(), "display": False},
     ]
     access = f"access:services!service={name}"
     roles = [
@@ -71,15 +124,15 @@ def audit_services(settings: Settings, state: StateDir) -> tuple[list[dict[str, 
     return services, roles
 
 
-def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def batch_service(settings: Settings, where: Deployment, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The batch service (:mod:`medhub.batch.service`) and its role: it starts and stops users'
     job servers, makes each job a token of its user that reaches only the job's server (its own
     token never goes to a server), and writes the jobs' audit events."""
-    folder = state.path / "batch"
+    folder = where.state.path / "batch"
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config.json"
     config.write_text(json.dumps({
-        "folder": str(folder), "public_url": settings.hub.public_url,
+        "folder": str(folder), "public_url": where.servers_url,
         "max_running_per_user": settings.batch.max_running_per_user, "audit_url": audit_url,
         "job_token_ttl": settings.batch.job_token_ttl, "max_output_mb": settings.batch.max_output_mb,
         "min_free_mb": settings.batch.min_free_mb,
@@ -87,20 +140,28 @@ def batch_service(settings: Settings, state: StateDir, audit_url: str) -> tuple[
         "default_profile": settings.default_profile.slug,
         "datasets": [d.to_dict() for d in settings.datasets],
     }))
-    service = {"name": BATCH_SERVICE, "url": f"http://127.0.0.1:{settings.batch.port}", "display": False,
+    service = {"name": BATCH_SERVICE, "url": where.service_url(settings.batch.port), "display": False,
                "command": child.command("medhub.batch.service"),
-               "environment": {"MEDHUB_BATCH_CONFIG": str(config)}}
+               "environment": {"MEDHUB_BATCH_CONFIG": str(config), **where.service_environment()}}
     role = {"name": BATCH_SERVICE, "services": [BATCH_SERVICE],
             "scopes": ["read:users", "servers", "tokens", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
     return service, role
 
 
-def configure(c: Config, settings: Settings) -> None:
-    """Set every JupyterHub trait medhub decides from ``settings``."""
-    state = StateDir(settings.hub.state_dir)
-    state.ensure()
-    hub = settings.hub
+def _chain(*hooks: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One spawner hook that calls ``hooks`` in order."""
+    def hook(spawner: Any) -> None:
+        for h in hooks:
+            h(spawner)
+    hook.__qualname__ = "+".join(h.__qualname__ for h in hooks)
+    return hook
 
+
+def _process(c: Config, settings: Settings, state: StateDir) -> None:
+    """The hub's own process where medhub runs it: addresses, database, secrets, and the proxy
+    medhub starts itself (:mod:`medhub.processes`), so that a hub restart leaves the proxy and
+    every user's route in place. (On Kubernetes the chart decides these.)"""
+    hub = settings.hub
     c.JupyterHub.bind_url = hub.public_url + "/"
     c.JupyterHub.hub_bind_url = settings.hub_url
     c.JupyterHub.db_url = f"sqlite:///{state.database}"
@@ -108,13 +169,12 @@ def configure(c: Config, settings: Settings) -> None:
     c.JupyterHub.pid_file = str(state.path / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = hub.cleanup_servers
     c.JupyterHub.cleanup_proxy = False
-
-    # medhub runs configurable-http-proxy itself (see medhub.processes), so that a hub restart
-    # leaves the proxy and every user's route in place.
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub.proxy_api_port}"
     c.ConfigurableHTTPProxy.auth_token = os.environ.get(PROXY_TOKEN_ENV) or state.proxy_token()
 
+
+def _authenticator(c: Config, settings: Settings) -> None:
     oidc = settings.oidc
     c.JupyterHub.authenticator_class = OIDCAuthenticator
     a = c.OIDCAuthenticator
@@ -136,7 +196,19 @@ def configure(c: Config, settings: Settings) -> None:
     a.login_service = oidc.login_service
     a.validate_server_cert = True
 
-    if hub.spawner == "docker":
+
+def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
+    """The spawner class and what only it has; returns its config section."""
+    if where.kubernetes:
+        c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+        s = c.KubeSpawner
+        restricted = {p.slug: list(p.groups) for p in settings.profiles if p.groups}
+        s.profile_list = k8s.profiles_for_groups(k8s.profile_list(settings), restricted)
+        s.pre_spawn_hook = _chain(k8s.dataset_volumes_hook([d.to_dict() for d in settings.datasets],
+                                                           settings.kubernetes.datasets_claim_prefix,
+                                                           str(where.grants_key)), audit_hooks.pre_spawn)
+        return s
+    if settings.hub.spawner == "docker":
         c.JupyterHub.spawner_class = MedhubDockerSpawner
         s = c.MedhubDockerSpawner
         s.image = settings.docker.image
@@ -152,44 +224,70 @@ def configure(c: Config, settings: Settings) -> None:
         c.JupyterHub.spawner_class = MedhubLocalSpawner
         s = c.MedhubLocalSpawner
         s.home_dir_template = str(settings.local.home_root / "{username}")
-        s.datasets_view_root = str(state.views_dir)
+        s.datasets_view_root = str(where.state.views_dir)
         s.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
     s.profiles = _profile_dicts(settings)
     s.datasets = [d.to_dict() for d in settings.datasets]
     s.courses = [course.to_dict() for course in settings.courses]
-    s.grants_key_file = str(state.grants_key)
-    s.default_url = "/lab"
-    s.start_timeout = hub.start_timeout
-    s.http_timeout = hub.start_timeout
-
+    s.grants_key_file = str(where.grants_key)
     s.pre_spawn_hook = audit_hooks.pre_spawn
+    return s
+
+
+def configure(c: Config, settings: Settings, where: Deployment | None = None) -> None:
+    """Set every JupyterHub trait medhub decides from ``settings``, for the deployment ``where``
+    (default: a process of ``medhub run``). Services, roles and tornado settings the deployment
+    has already put in ``c`` (the chart's) are kept, medhub's added."""
+    where = where or Deployment.process(settings)
+    if not where.kubernetes:
+        _process(c, settings, where.state)
+    _authenticator(c, settings)
+
+    s = _spawner(c, settings, where)
+    s.default_url = "/lab"
+    s.start_timeout = settings.hub.start_timeout
+    s.http_timeout = settings.hub.start_timeout
     s.post_stop_hook = audit_hooks.post_stop
 
     c.JupyterHub.custom_scopes = {READ_ALL: {"description": "Read every user's audit events, and export them."}}
-    services, roles = audit_services(settings, state)
+    services, roles = audit_services(settings, where)
     # every user, on top of JupyterHub's default user role, may reach the audit and batch services
-    c.JupyterHub.extra_user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}",
-                                      f"access:services!service={BATCH_SERVICE}"}
+    user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}", f"access:services!service={BATCH_SERVICE}"}
+    # a server's token may reach the audit service (its own events only: the service says who)
+    token_scopes = ["users:activity!user", "access:servers!server", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]
+    if where.kubernetes and settings.dask_gateway.enabled:
+        user_scopes |= set(k8s.GATEWAY_USER_SCOPES)
+        token_scopes += [scope for scope in k8s.GATEWAY_SERVER_TOKEN_SCOPES if scope not in token_scopes]
+    c.JupyterHub.extra_user_scopes = user_scopes
+    s.server_token_scopes = token_scopes
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
     # servers reach the services through the proxy's public port, never at their internal ports
-    s.environment = {"MEDHUB_AUDIT_URL": f"{hub.public_url}/services/{audit_hooks.AUDIT_SERVICE}/events",
-                     "MEDHUB_URL": hub.public_url}
-    service, role = batch_service(settings, state, audit_url)
+    s.environment = {"MEDHUB_AUDIT_URL": f"{where.servers_url}/services/{audit_hooks.AUDIT_SERVICE}/events",
+                     "MEDHUB_URL": where.servers_url}
+    if where.kubernetes and settings.dask_gateway.enabled:
+        s.environment.update(k8s.gateway_environment(settings))
+    service, role = batch_service(settings, where, audit_url)
     services.append(service)
     roles.append(role)
-    services[0]["environment"]["MEDHUB_AUDIT_BATCH_WRITER"] = BATCH_SERVICE
     # batch jobs run in named servers, batch-<job>; users may hold as many as jobs may run
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = settings.batch.max_running_per_user + 1
-    # a server's token may reach the audit service (its own events only: the service says who)
-    s.server_token_scopes = ["users:activity!user", "access:servers!server",
-                             f"access:services!service={audit_hooks.AUDIT_SERVICE}"]
-    audit_hooks.configure(audit_url, state.audit_writer_token(), str(state.path / "audit-hub-buffer.jsonl"))
-    c.JupyterHub.tornado_settings = {"log_function": audit_hooks.log_request}
+    audit_hooks.configure(audit_url, where.state.audit_writer_token(), str(where.state.path / "audit-hub-buffer.jsonl"))
+    c.JupyterHub.tornado_settings = {**c.JupyterHub.get("tornado_settings", {}), "log_function": audit_hooks.log_request}
     if settings.culler.enabled:
         service, role = culler_service(settings)
         services.append(service)
         roles.append(role)
     roles.extend(instructor_role(course) for course in settings.courses)
-    c.JupyterHub.services = services
-    c.JupyterHub.load_roles = roles
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), *services]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), *roles]
+
+
+def configure_pod(c: Config) -> None:
+    """:func:`configure` in the hub pod of Zero to JupyterHub, from the settings document
+    :func:`medhub.k8s.values` puts there, at ``$MEDHUB_SETTINGS`` (``hub.extraConfig`` calls this)."""
+    from .settings import SETTINGS_ENV, from_document
+
+    path = os.environ[SETTINGS_ENV]
+    settings = from_document(json.loads(Path(path).read_text()), path)
+    configure(c, settings, Deployment.pod(settings))

@@ -1,11 +1,15 @@
 """Scale-out: Helm values generated from the same settings file.
 
-``medhub k8s-values`` writes the values for the Zero to JupyterHub chart: the hub image with
-medhub's OIDC authenticator, one ``profileList`` entry per profile (CPU and memory limits,
-``nvidia.com/gpu`` resource limits), per-user storage, the idle culler, and a hub hook that
-mounts each granted dataset's PersistentVolumeClaim read-only at ``/datasets/<id>``. Secrets
-never go into the file: the client secret and the crypt key come from the Kubernetes Secret
-named in :data:`SECRET_NAME`.
+``medhub k8s-values`` writes the values for the Zero to JupyterHub chart (:data:`CHART_VERSION`).
+They hold no second translation of the settings: they put the validated settings in the hub
+pod (a settings document, :func:`medhub.settings.to_document`) and have the pod's
+``hub.extraConfig`` call :func:`medhub.config.configure_pod`, the function ``medhub run`` uses,
+so the authenticator, the spawner's hooks, the services (audit, batch, idle culler), roles and
+scopes are the same everywhere. The values add what only the chart can do: medhub's hub image
+(JupyterHub 6), the audit log's volumes and key, the hub Service's ports for the services and
+the network policies around them, and the shape of users' pods (image, storage, uid). Secrets
+never go into the file: the client secret, the crypt key and the audit key come from the
+Kubernetes Secret :data:`SECRET_NAME`.
 
 ``medhub k8s-values --chart dask-gateway`` writes the values for the dask-gateway chart, for
 users who outgrow one machine: Dask clusters of the notebook image, authenticated by the hub,
@@ -19,13 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .courses import instructor_role
 from . import grants
-from .errors import HubConfigError
 from .catalog import Dataset, granted
-from .settings import Profile, Settings
+from .errors import HubConfigError
+from .settings import SETTINGS_ENV, Profile, Settings, to_document
 
 SECRET_NAME = "medhub-secrets"
+CHART_VERSION = "4.4.0"  # Zero to JupyterHub, the version images/k8s/README.md installs
+GATEWAY_CHART_VERSION = "2026.3.0"  # dask-gateway
+HUB_SERVICE, PROXY_SERVICE = "hub", "proxy-public"  # the chart's Services (fullnameOverride unset)
+SETTINGS_MOUNT = "/usr/local/etc/medhub/settings.json"  # the settings document in the hub pod
+AUDIT_MOUNT, AUDIT_ANCHOR_MOUNT = "/srv/medhub-audit", "/srv/medhub-audit-anchor"  # the audit claims
+AUDIT_KEY_MOUNT, AUDIT_KEY = "/etc/medhub/audit", "audit-hmac-key"  # the audit key: its folder, its Secret key
 NOTEBOOK_UID, NOTEBOOK_GID = 1000, 100  # the notebook image's unprivileged account
 GATEWAY_SERVICE = "dask-gateway"  # its name as a hub service, and its path: /services/dask-gateway
 GATEWAY_OPTIONS_SOURCE = Path(__file__).with_name("gateway_options.py")
@@ -120,6 +129,8 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
             spawner.volume_mounts = [*spawner.volume_mounts, {
                 "name": volume, "mountPath": f"{grants.CONTAINER_ROOT}/{d.id}", "readOnly": True,
             }]
+        spawner.mounted_datasets = lambda: [d for d in mine if d.is_local]  # for the audit log's mount events
+        spawner.mounts_read_only = True
         signer = grants.GrantSigner(grants_key_file)
         spawner.environment = {
             **spawner.environment,
@@ -133,87 +144,74 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
 
 
 def values(settings: Settings) -> dict[str, Any]:
-    """The Zero to JupyterHub values for ``settings``."""
-    oidc = settings.oidc
+    """The Zero to JupyterHub values for ``settings``.
+
+    Raises:
+        HubConfigError: what the hub pod would refuse (an "all GPUs" profile without the node's size).
+    """
     k8s = settings.kubernetes
-    datasets = [d.to_dict() for d in settings.datasets]
-    grants_code = (
-        "from medhub.k8s import dataset_volumes_hook\n"
-        f"c.KubeSpawner.pre_spawn_hook = dataset_volumes_hook({datasets!r}, "
-        f"{json.dumps(k8s.datasets_claim_prefix)}, {json.dumps(k8s.grants_key_file)})\n"
-    )
-    extra_config = {"medhub-dataset-grants": grants_code}
-    restricted = {p.slug: list(p.groups) for p in settings.profiles if p.groups}
-    if restricted:  # the chart has set c.KubeSpawner.profile_list from singleuser.profileList
-        extra_config["medhub-profile-groups"] = (
-            "from medhub.k8s import profiles_for_groups\n"
-            f"c.KubeSpawner.profile_list = profiles_for_groups(c.KubeSpawner.profile_list, {restricted!r})\n"
-        )
-    result = {
+    for profile in settings.profiles:
+        gpu_count(settings, profile)
+    ports = [settings.audit.port, settings.batch.port]
+    proxy = {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}
+    hub_pod = {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}
+    result: dict[str, Any] = {
         "hub": {
             "image": _image(k8s.hub_image),
-            "config": {
-                "JupyterHub": {"authenticator_class": "medhub.auth.OIDCAuthenticator"},
-                "OIDCAuthenticator": {
-                    "issuer": oidc.issuer,
-                    "client_id": oidc.client_id,
-                    "oauth_callback_url": settings.callback_url,
-                    "scope": list(oidc.scopes),
-                    "username_claim": oidc.username_claim,
-                    "auth_state_groups_key": f"oauth_user.{oidc.groups_claim}",
-                    "manage_groups": True,
-                    "allowed_groups": list(settings.allowed_groups),
-                    "admin_groups": list(oidc.admin_groups),
-                    "enable_auth_state": True,
-                    "refresh_pre_spawn": True,
-                    "auth_refresh_strict": True,
-                    "auth_refresh_age": oidc.refresh_age,
-                    "login_service": oidc.login_service,
-                },
-            },
+            "command": ["tini", "--"],  # the chart's arguments run jupyterhub; the image's entrypoint runs medhub
+            "extraFiles": {"medhub-settings": {"mountPath": SETTINGS_MOUNT, "data": to_document(settings)}},
             "extraEnv": {
+                SETTINGS_ENV: SETTINGS_MOUNT,
                 "MEDHUB_OIDC_CLIENT_SECRET": _secret_env("oidc-client-secret"),
                 "JUPYTERHUB_CRYPT_KEY": _secret_env("crypt-key"),
             },
-            "extraConfig": extra_config,
-            "loadRoles": {role["name"]: role for role in map(instructor_role, settings.courses)},
+            "extraConfig": {"medhub": "from medhub.config import configure_pod\nconfigure_pod(c)\n"},
+            "extraVolumes": [
+                {"name": "medhub-audit", "persistentVolumeClaim": {"claimName": k8s.audit_claim}},
+                {"name": "medhub-audit-anchor", "persistentVolumeClaim": {"claimName": k8s.audit_anchor_claim}},
+                {"name": "medhub-audit-key", "secret": {"secretName": SECRET_NAME, "defaultMode": 0o400,
+                                                        "items": [{"key": AUDIT_KEY, "path": AUDIT_KEY}]}},
+            ],
+            "extraVolumeMounts": [
+                {"name": "medhub-audit", "mountPath": AUDIT_MOUNT},
+                {"name": "medhub-audit-anchor", "mountPath": AUDIT_ANCHOR_MOUNT},
+                {"name": "medhub-audit-key", "mountPath": AUDIT_KEY_MOUNT, "readOnly": True},
+            ],
+            # the audit and batch services listen in the hub pod; the proxy routes users to them
+            "service": {"extraPorts": [{"name": name, "port": port, "targetPort": port}
+                                       for name, port in zip(("medhub-audit", "medhub-batch"), ports)]},
+            "networkPolicy": {"ingress": [{"from": [proxy, hub_pod],
+                                           "ports": [{"port": port, "protocol": "TCP"} for port in ports]}]},
         },
         "proxy": {"service": {"type": "ClusterIP"}},
         "singleuser": {
             "image": _image(k8s.image),
             "uid": NOTEBOOK_UID,
             "fsGid": NOTEBOOK_GID,
-            "defaultUrl": "/lab",
             "storage": {"type": "dynamic", "capacity": k8s.storage_capacity,
                         "homeMountPath": settings.docker.home_mount},
-            "profileList": profile_list(settings),
             "networkPolicy": network_policy(settings),
             # the chart's proxy admits pods labelled so to its public port (the services' way in)
             "extraLabels": {"hub.jupyter.org/network-access-proxy-http": "true"},
         },
-        "cull": {
-            "enabled": settings.culler.enabled,
-            "timeout": settings.culler.timeout,
-            "every": settings.culler.every,
-            "maxAge": settings.culler.max_age,
-            "users": settings.culler.cull_users,
-        },
+        "cull": {"enabled": False},  # medhub's configuration runs the culler ([culler])
     }
     if settings.dask_gateway.enabled:
-        service = settings.dask_gateway.service
-        # the hub authenticates users for the gateway (its token: the chart's Secret "hub") and
-        # routes /services/dask-gateway/ to the gateway's proxy
-        result["hub"]["services"] = {GATEWAY_SERVICE: {"display": False, "url": f"http://{service}"}}
-        result["hub"]["config"]["JupyterHub"]["extra_user_scopes"] = GATEWAY_USER_SCOPES
-        extra_config["medhub-dask-gateway-access"] = \
-            f"c.KubeSpawner.server_token_scopes = {GATEWAY_SERVER_TOKEN_SCOPES!r}\n"
-        result["singleuser"]["extraEnv"] = {
-            "DASK_GATEWAY__ADDRESS": f"http://proxy-public/services/{GATEWAY_SERVICE}",
-            "DASK_GATEWAY__PUBLIC_ADDRESS": f"/services/{GATEWAY_SERVICE}/",
-            "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{service}:80",
-            "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-        }
+        # the chart makes the gateway's token (its Secret "hub") for a service named here; the
+        # hub routes /services/dask-gateway/ to the gateway's proxy
+        result["hub"]["services"] = {GATEWAY_SERVICE: {"display": False,
+                                                       "url": f"http://{settings.dask_gateway.service}"}}
     return result
+
+
+def gateway_environment(settings: Settings) -> dict[str, str]:
+    """What users' servers need so that ``dask_gateway.Gateway()`` needs no arguments."""
+    return {
+        "DASK_GATEWAY__ADDRESS": f"http://{PROXY_SERVICE}/services/{GATEWAY_SERVICE}",
+        "DASK_GATEWAY__PUBLIC_ADDRESS": f"/services/{GATEWAY_SERVICE}/",
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://{settings.dask_gateway.service}:80",
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+    }
 
 
 def network_policy(settings: Settings) -> dict[str, Any]:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
 GROUPS_TTL = 60.0
+#: Where a service listens when not at its URL's host (in the hub pod: every address, behind
+#: the hub's Service).
+BIND_ENV = "MEDHUB_SERVICE_BIND"
+
+
+def listen(app: web.Application) -> str:
+    """Have ``app`` listen where the hub said (``$JUPYTERHUB_SERVICE_URL``, or ``$MEDHUB_SERVICE_BIND``
+    at its port); returns the URL."""
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    app.listen(url.port, address=os.environ.get(BIND_ENV) or url.hostname)
+    return url.geturl()
 
 
 class TokenHandler(web.RequestHandler):

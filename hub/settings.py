@@ -650,6 +650,37 @@ def _message(error: dict[str, Any], source: Path) -> str:
     return f"{source}: {_location(loc)}: {error['msg']}"
 
 
+#: What a settings document leaves out: secrets, and the files and folders of the machine it was
+#: made on (the hub pod has its own: :class:`medhub.config.Deployment`).
+NOT_IN_DOCUMENT = {"oidc": {"client_secret", "client_secret_file"}, "local": True, "audit": {"anchor_dir"},
+                   "hub": {"catalog", "extra_config", "tls_cert", "tls_key", "state_dir"}}
+
+
+def to_document(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON data for another machine (the hub pod): the validated settings,
+    without secrets or local files, and the catalog's datasets (:func:`from_document`)."""
+    data = settings.model_dump(mode="json", by_alias=True, exclude=NOT_IN_DOCUMENT)
+    for course in data["course"]:
+        course["materials"] = None  # a folder of this machine
+    return {"settings": data, "datasets": [d.to_dict() for d in settings.datasets]}
+
+
+def from_document(document: dict[str, Any], source: str | os.PathLike[str]) -> Settings:
+    """The settings :func:`to_document` made; the client secret from ``$MEDHUB_OIDC_CLIENT_SECRET``.
+
+    Raises:
+        HubConfigError: naming ``source`` and the setting.
+    """
+    source = Path(source)
+    try:
+        settings = Settings.model_validate(document["settings"], context={"base": source.parent})
+    except ValidationError as e:
+        raise HubConfigError("\n".join(dict.fromkeys(_message(err, source) for err in e.errors()))) from None
+    settings._source = source
+    settings._datasets = tuple(Dataset.from_dict(d) for d in document["datasets"])
+    return settings
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read and validate a settings file.
 

@@ -1,9 +1,11 @@
 #!/bin/sh
 # A Docker engine and the notebook and hub images for the end-to-end container tests, without a
-# registry (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd without a bridge
-# (containers use the host's loopback), a debootstrap-made base image, and both images built on
-# it from wheels made on the host (the hub image's npm install trusts the host's CA bundle). Idempotent; prints why and exits non-zero if an engine cannot
-# start, and the container tests then say so when they skip.
+# registry (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd with its iptables
+# rules (the users' network drops traffic between containers), a debootstrap-made base image
+# from the Debian mirror this machine's apt uses (a site mirror works unchanged), and both
+# images built on it from wheels made on the host (the hub image's npm install trusts the host's
+# CA bundle). Idempotent; prints why and exits non-zero if an engine cannot start, and the
+# container tests then say so when they skip.
 #
 #   images/test-engine.sh [PYTHON]        (PYTHON: the venv's python that makes the wheels)
 set -eu
@@ -22,8 +24,11 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /tmp/medhub-dockerd.log" >&2; exit 1; }
 fi
 if ! docker image inspect local/debian:bookworm >/dev/null 2>&1; then
+  # the archive apt reads bookworm's packages from (sources.list or deb822 .sources alike)
+  mirror=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' 'Identifier: Packages' | awk '$1 == "bookworm" {print $2; exit}')
+  [ -n "$mirror" ] || { echo "no Debian bookworm archive in this machine's apt sources: add one (a site mirror will do)" >&2; exit 1; }
   root=$(mktemp -d)
-  $SUDO debootstrap --variant=minbase bookworm "$root/rootfs" http://deb.debian.org/debian >/dev/null
+  $SUDO debootstrap --variant=minbase bookworm "$root/rootfs" "$mirror" >/dev/null
   $SUDO tar -C "$root/rootfs" -c . | docker import - local/debian:bookworm >/dev/null
   $SUDO rm -rf "$root"
 fi
@@ -32,7 +37,7 @@ fi
 stamp=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat build/wheels/.made 2>/dev/null)" != "$stamp" ]; then
   rm -rf build/wheels && mkdir -p build/wheels
-  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,notebook]"
+  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,kubernetes,notebook]"
   # Debian bookworm's Python is 3.11.2: soupsieve 3 and later want 3.11.5
   rm -f build/wheels/soupsieve-*.whl
   "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"

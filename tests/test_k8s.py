@@ -24,8 +24,10 @@ from kubespawner import KubeSpawner
 from traitlets.config import Config
 
 from medhub.cli import main as medhub_main
+from medhub.config import Deployment, configure
 from medhub.errors import HubConfigError
-from medhub.k8s import gateway_values, values
+from medhub.k8s import (AUDIT_ANCHOR_MOUNT, AUDIT_KEY, AUDIT_KEY_MOUNT, AUDIT_MOUNT, CHART_VERSION,
+                        GATEWAY_CHART_VERSION, gateway_values, profile_list, values)
 from medhub.settings import load
 from medlib.datasets.grants import read_grants
 from medlib.manifest import write_manifest
@@ -58,7 +60,7 @@ def settings_file(tmp_path: Path) -> Path:
         "oidc": {"issuer": "https://login.example.org", "client_id": "medhub", "client_secret": "s",
                  "allowed_groups": ["radiology-research", "course-students"], "admin_groups": ["admins"]},
         "kubernetes": {"gpus_per_node": 4, "image": "registry.example.org/medhub/notebook:1.2",
-                       "grants_key_file": str(tmp_path / "grants.pem")},
+                       "grants_key_file": str(tmp_path / "grants.pem"), "state_dir": str(tmp_path / "pod-state")},
     }
     entry = {"sensitivity": "anonymized", "licence": "CC0-1.0"}
     (tmp_path / "datasets.toml").write_text(tomli_w.dumps({"dataset": [
@@ -107,33 +109,70 @@ def pod_manifest(groups: list[str], prepare, config: Config | None = None):
     return valid(asyncio.run(build()))
 
 
-def test_values_file_from_the_cli(settings_file: Path, tmp_path: Path):
+CHARTS = Path(__file__).parent / "charts"
+JUPYTERHUB_CHART = CHARTS / f"jupyterhub-{CHART_VERSION}"
+GATEWAY_CHART = CHARTS / f"dask-gateway-{GATEWAY_CHART_VERSION}"
+HUB_TRAITS = Path(__file__).with_name("hub_traits.py")
+
+
+def hub_traits(*args: str, env: dict[str, str] | None = None) -> dict:
+    """What ``tests/hub_traits.py`` reports of a hub configuration (run in a process of its own:
+    the chart's configuration sets process-wide state)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(HUB_TRAITS), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def pod_traits(settings_file: Path, tmp_path: Path) -> dict:
+    """The traits the chart's own hub configuration sets with the values made of ``settings_file``."""
     out = tmp_path / "values.yaml"
     assert medhub_main(["k8s-values", "--settings", str(settings_file), "-o", str(out)]) == 0
-    v = yaml.safe_load(out.read_text())
-    assert v["hub"]["config"]["JupyterHub"]["authenticator_class"] == "medhub.auth.OIDCAuthenticator"
-    assert v["hub"]["config"]["OIDCAuthenticator"]["issuer"] == "https://login.example.org"
-    assert "client_secret" not in v["hub"]["config"]["OIDCAuthenticator"]
-    assert "s" not in out.read_text().split()  # the secret is never written
+    return hub_traits("chart", str(JUPYTERHUB_CHART), str(out), str(tmp_path / "pod"),
+                      env={"MEDHUB_TEST_SECRET_OIDC_CLIENT_SECRET": "s"})
+
+
+def pod_config(settings_file: Path) -> Config:
+    """The configuration :func:`medhub.config.configure_pod` makes in the hub pod."""
+    settings = load(settings_file)
+    c = Config()
+    configure(c, settings, Deployment.pod(settings))
+    return c
+
+
+def test_values_file_from_the_cli(settings_file: Path, tmp_path: Path):
+    traits = pod_traits(settings_file, tmp_path)
+    text = (tmp_path / "values.yaml").read_text()
+    v = yaml.safe_load(text)
+    assert traits["classes"]["Authenticator"] == "medhub.auth.OIDCAuthenticator"
+    assert traits["Authenticator"]["issuer"] == "https://login.example.org"
+    assert traits["Authenticator"]["client_secret"] == "s"  # from the Secret, through the environment
+    assert "s" not in text.split() and "client_secret" not in text  # the secret is never written
     assert v["hub"]["extraEnv"]["MEDHUB_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "oidc-client-secret"
     assert v["singleuser"]["image"] == {"name": "registry.example.org/medhub/notebook", "tag": "1.2"}
-    assert [p["slug"] for p in v["singleuser"]["profileList"]] == ["cpu", "gpu1", "gpu-all", "teaching"]
-    assert v["cull"] == {"enabled": True, "timeout": 3600, "every": 300, "maxAge": 0, "users": False}
+    assert [p["slug"] for p in profile_list(load(settings_file))] == ["cpu", "gpu1", "gpu-all", "teaching"]
+    (culler,) = [s for s in traits["JupyterHub"]["services"] if s["name"] == "idle-culler"]
+    assert culler["command"][-3:] == ["--timeout=3600", "--cull-every=300", "--max-age=0"]
+    assert v["cull"] == {"enabled": False}  # medhub's configuration runs it, as everywhere
 
 
 @pytest.mark.parametrize("slug, gpus", [("cpu", None), ("gpu1", "1"), ("gpu-all", "4")])
 def test_profiles_apply_to_a_real_kubespawner(settings_file: Path, slug: str, gpus: str | None):
-    profile_list = values(load(settings_file))["singleuser"]["profileList"]
+    profiles = profile_list(load(settings_file))
     pod = pod_manifest(["radiology-research"],
-                       lambda s: s._load_profile(slug, s._get_initialized_profile_list(profile_list)))
+                       lambda s: s._load_profile(slug, s._get_initialized_profile_list(profiles)))
     limits = pod["spec"]["containers"][0]["resources"]["limits"]
     assert limits.get("nvidia.com/gpu") == gpus
     assert limits["cpu"] == {"cpu": 2.0, "gpu1": 8.0, "gpu-all": 16.0}[slug]
 
 
 def test_dataset_hook_mounts_only_granted_claims_read_only(settings_file: Path):
-    config = Config()
-    exec(values(load(settings_file))["hub"]["extraConfig"]["medhub-dataset-grants"], {"c": config})
+    config = pod_config(settings_file)
     pod = pod_manifest(["course-students"], lambda s: s.pre_spawn_hook(s), config)
     claims = {v["name"]: v["persistentVolumeClaim"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"dataset-teaching-ct": {"claimName": "medhub-dataset-teaching-ct", "readOnly": True}}
@@ -155,16 +194,14 @@ def test_all_gpus_needs_the_node_size(settings_file: Path):
         values(load(settings_file))
 
 
-def test_hub_config_names_only_real_traits(settings_file: Path):
-    from jupyterhub.app import JupyterHub
-
-    from medhub.auth import OIDCAuthenticator
-
-    config = values(load(enable_gateway(settings_file)))["hub"]["config"]
-    assert set(config) == {"JupyterHub", "OIDCAuthenticator"}
-    assert set(config["OIDCAuthenticator"]) <= set(OIDCAuthenticator.class_trait_names(config=True))
-    assert set(config["JupyterHub"]) == {"authenticator_class", "extra_user_scopes"}
-    assert set(config["JupyterHub"]) <= set(JupyterHub.class_trait_names(config=True))
+def test_the_charts_hub_runs_medhubs_configuration_with_real_traits(settings_file: Path, tmp_path: Path):
+    """The chart's own jupyterhub_config.py, with the generated values, sets only traits that
+    exist (in this environment's JupyterHub, OAuthenticator and KubeSpawner; the hub image's are
+    checked in tests/test_containers.py)."""
+    traits = pod_traits(enable_gateway(settings_file), tmp_path)
+    assert traits["missing"] == []
+    assert traits["classes"]["Spawner"] == "kubespawner.spawner.KubeSpawner"
+    assert "extra_user_scopes" in traits["JupyterHub"]  # JupyterHub 6: the chart's own image (5.5) lacks it
 
 
 def enable_gateway(settings_file: Path) -> Path:
@@ -228,8 +265,10 @@ def test_dask_gateway_is_registered_with_the_hub_and_in_users_environment(settin
         gateway_values(load(settings_file))
     v = values(load(enable_gateway(settings_file)))
     assert v["hub"]["services"] == {"dask-gateway": {"display": False, "url": "http://traefik-dask-gateway"}}
-    assert v["hub"]["config"]["JupyterHub"]["extra_user_scopes"] == ["access:services!service=dask-gateway"]
-    assert v["singleuser"]["extraEnv"]["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+    config = pod_config(settings_file)
+    assert "access:services!service=dask-gateway" in config.JupyterHub.extra_user_scopes
+    assert "access:services!service=dask-gateway" in config.KubeSpawner.server_token_scopes
+    assert config.KubeSpawner.environment["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
     out = tmp_path / "gateway.yaml"
     assert medhub_main(["k8s-values", "--settings", str(settings_file), "--chart", "dask-gateway", "-o", str(out)]) == 0
     g = yaml.safe_load(out.read_text())
@@ -241,10 +280,7 @@ def test_dask_gateway_is_registered_with_the_hub_and_in_users_environment(settin
 
 @pytest.mark.parametrize("groups, allowed", [(["radiology-research"], True), (["course-students"], False)])
 def test_profiles_of_some_groups_are_offered_only_to_them(settings_file: Path, groups: list[str], allowed: bool):
-    v = values(load(enable_gateway(settings_file)))  # gpu1 is for radiology-research only
-    config = Config()
-    config.KubeSpawner.profile_list = v["singleuser"]["profileList"]  # as the chart does, before extraConfig
-    exec(v["hub"]["extraConfig"]["medhub-profile-groups"], {"c": config})
+    config = pod_config(enable_gateway(settings_file))  # gpu1 is for radiology-research only
 
     async def choose(slug: str):
         spawner = kube_spawner(groups, config)
@@ -296,3 +332,139 @@ def test_users_pods_are_fenced_by_a_network_policy(settings_file: Path):
                     "egress": policy["egress"]}})
     gateway = values(load(enable_gateway(settings_file)))["singleuser"]["networkPolicy"]["egress"]
     assert gateway[1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "traefik"
+
+
+#: Traits that differ by deployment, by design (medhub.config.Deployment and the chart): where the
+#: hub's process listens and keeps its database and secrets (the chart decides them on Kubernetes).
+CHART_DECIDES = {"bind_url", "hub_bind_url", "hub_connect_url", "db_url", "cookie_secret", "cookie_secret_file",
+                 "pid_file", "cleanup_proxy", "spawner_class", "admin_access", "base_url", "concurrent_spawn_limit",
+                 "last_activity_interval", "template_paths", "template_vars", "authenticate_prometheus",
+                 "redirect_to_server", "shutdown_on_logout", "active_server_limit", "cleanup_servers"}
+
+
+def comparable_services(services: list[dict]) -> dict[str, dict]:
+    """Services by name, with what depends on the deployment put as the deployment says: their
+    host (127.0.0.1, or the hub's Service), the hub's pid in their command line, the folders in
+    their environment. The chart's own services (dask-gateway) are left out."""
+    out = {}
+    for s in services:
+        if s["name"] == "dask-gateway":
+            continue
+        s = dict(s)
+        if "url" in s:
+            s["url"] = s["url"].replace("127.0.0.1", "HOST").replace("//hub:", "//HOST:")
+        if "command" in s:
+            s["command"] = [part for i, part in enumerate(s["command"][1:]) if i != 2]  # python, -m, medhub.child, PID
+        if "environment" in s:
+            s["environment"] = sorted(set(s["environment"]) - {"MEDHUB_SERVICE_BIND"})
+        s.pop("api_token", None)
+        out[s["name"]] = s
+    return out
+
+
+def test_the_hub_is_configured_alike_by_medhub_run_and_by_the_chart(settings_file: Path, tmp_path: Path):
+    """One function, two deployments: medhub's jupyterhub_config.py (medhub run, up, demo) and
+    the chart's own, with the values medhub makes, give the hub the same authenticator, roles,
+    scopes, services and spawner hooks from the same settings file."""
+    enable_gateway(settings_file)
+    run = hub_traits("medhub", env={"MEDHUB_SETTINGS": str(settings_file)})
+    pod = pod_traits(settings_file, tmp_path)
+    assert run["missing"] == pod["missing"] == []
+
+    assert run["classes"]["Authenticator"] == pod["classes"]["Authenticator"] == "medhub.auth.OIDCAuthenticator"
+    assert run["Authenticator"] == pod["Authenticator"]  # PKCE and server-certificate checks included
+    assert pod["Authenticator"]["enable_pkce"] and pod["Authenticator"]["validate_server_cert"]
+
+    hub_run, hub_pod = run["JupyterHub"], pod["JupyterHub"]
+    differ = {name for name in (set(hub_run) | set(hub_pod)) - CHART_DECIDES if hub_run.get(name) != hub_pod.get(name)}
+    assert differ == {"services", "extra_user_scopes", "tornado_settings"}
+    assert set(hub_pod["extra_user_scopes"]) - set(hub_run["extra_user_scopes"]) == {
+        "access:services!service=dask-gateway"}  # the gateway runs only on Kubernetes
+    assert comparable_services(hub_run["services"]) == comparable_services(hub_pod["services"])
+    assert set(comparable_services(hub_pod["services"])) == {"medhub-audit", "medhub-audit-hub", "medhub-batch",
+                                                             "idle-culler"}
+    assert hub_run["tornado_settings"]["log_function"] == hub_pod["tornado_settings"]["log_function"]
+
+    spawner_run, spawner_pod = run["Spawner"], pod["Spawner"]
+    for name in ("default_url", "start_timeout", "http_timeout", "post_stop_hook"):
+        assert spawner_run[name] == spawner_pod[name], name
+    assert set(spawner_pod["server_token_scopes"]) - set(spawner_run["server_token_scopes"]) == {
+        "access:services!service=dask-gateway"}
+    assert spawner_pod["pre_spawn_hook"].endswith("+pre_spawn")  # the dataset claims, then the audit event
+    assert spawner_run["pre_spawn_hook"] == "medhub.audit.hooks.pre_spawn"
+    assert set(spawner_run["environment"]) < set(spawner_pod["environment"])
+
+
+def schema_errors(chart: Path, generated: dict) -> list[str]:
+    """Errors of ``generated`` merged with the chart's defaults, against the chart's values schema."""
+    import jsonschema
+
+    def merge(base, extra):
+        if isinstance(base, dict) and isinstance(extra, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
+        return extra
+
+    merged = merge(yaml.safe_load((chart / "values.yaml").read_text()), generated)
+    schema = yaml.safe_load((chart / "values.schema.yaml").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(merged)]
+
+
+def test_the_values_fit_the_charts_own_schema(settings_file: Path):
+    settings = load(enable_gateway(settings_file))
+    assert schema_errors(JUPYTERHUB_CHART, values(settings)) == []
+    assert schema_errors(GATEWAY_CHART, gateway_values(settings)) == []
+    wrong = values(settings)
+    wrong["hub"]["extraVolumes"] = {"not": "a list"}
+    assert schema_errors(JUPYTERHUB_CHART, wrong)  # the check can fail
+
+
+def test_audit_and_batch_services_run_in_the_hub_pod_reached_only_through_the_proxy(settings_file: Path,
+                                                                                  tmp_path: Path):
+    settings = load(settings_file)
+    hub = values(settings)["hub"]
+    volumes = {v["name"]: v for v in hub["extraVolumes"]}
+    assert volumes["medhub-audit"]["persistentVolumeClaim"] == {"claimName": "medhub-audit"}
+    assert volumes["medhub-audit-anchor"]["persistentVolumeClaim"] == {"claimName": "medhub-audit-anchor"}
+    assert volumes["medhub-audit-key"]["secret"]["secretName"] == "medhub-secrets"
+    assert volumes["medhub-audit-key"]["secret"]["items"] == [{"key": AUDIT_KEY, "path": AUDIT_KEY}]
+    mounts = {m["mountPath"]: m for m in hub["extraVolumeMounts"]}
+    assert set(mounts) == {AUDIT_MOUNT, AUDIT_ANCHOR_MOUNT, AUDIT_KEY_MOUNT} and mounts[AUDIT_KEY_MOUNT]["readOnly"]
+    valid({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hub"},
+           "spec": {"containers": [{"name": "hub", "image": "medhub/hub", "volumeMounts": hub["extraVolumeMounts"]}],
+                    "volumes": hub["extraVolumes"]}})
+    assert [p["port"] for p in hub["service"]["extraPorts"]] == [8082, 8092]
+    (rule,) = hub["networkPolicy"]["ingress"]  # to those ports, from the proxy (and the hub) only
+    assert [p["port"] for p in rule["ports"]] == [8082, 8092]
+    assert [f["podSelector"]["matchLabels"]["component"] for f in rule["from"]] == ["proxy", "hub"]
+    valid({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "hub"},
+           "spec": {"podSelector": {"matchLabels": {"component": "hub"}}, "policyTypes": ["Ingress"],
+                    "ingress": hub["networkPolicy"]["ingress"]}})
+    # users' pods reach no port of the hub pod but the chart's API port: only the proxy, whose routes
+    # to the services the hub sets up
+    user_egress = values(settings)["singleuser"]["networkPolicy"]["egress"]
+    assert all(rule["to"][0]["podSelector"]["matchLabels"]["component"] == "proxy" for rule in user_egress)
+
+    services = {s["name"]: s for s in pod_traits(settings_file, tmp_path)["JupyterHub"]["services"]}
+    audit, batch = services["medhub-audit"], services["medhub-batch"]
+    assert audit["url"] == "http://hub:8082" and batch["url"] == "http://hub:8092"
+    assert audit["environment"]["MEDHUB_SERVICE_BIND"] == batch["environment"]["MEDHUB_SERVICE_BIND"] == "0.0.0.0"
+    assert audit["environment"]["MEDHUB_AUDIT_DIR"] == AUDIT_MOUNT
+    assert audit["environment"]["MEDHUB_AUDIT_ANCHOR"] == AUDIT_ANCHOR_MOUNT
+    assert audit["environment"]["MEDHUB_AUDIT_KEY_FILE"] == f"{AUDIT_KEY_MOUNT}/{AUDIT_KEY}"
+
+
+def test_the_install_steps_pin_the_charts_checked_here():
+    readme = (EXAMPLES / "README.md").read_text()
+    assert f"--version {CHART_VERSION}" in readme and f"--version {GATEWAY_CHART_VERSION}" in readme
+    assert "audit-hmac-key" in readme and "audit-pvc.yaml" in readme
+    assert "not yet on kubernetes" not in readme.lower()
+    for chart in (JUPYTERHUB_CHART, GATEWAY_CHART):
+        assert (chart / "values.schema.yaml").is_file() and (chart / "LICENSE").is_file()
+
+
+def test_the_example_audit_claims_are_valid_kubernetes():
+    resources = [valid(r) for r in yaml.safe_load_all((EXAMPLES / "audit-pvc.yaml").read_text())]
+    assert sorted(r["metadata"]["name"] for r in resources) == ["medhub-audit", "medhub-audit-anchor"]
+    assert all(r["kind"] == "PersistentVolumeClaim" and r["spec"]["accessModes"] == ["ReadWriteOnce"]
+               for r in resources)

@@ -65,7 +65,7 @@ def _report(future) -> None:
 def pre_spawn(spawner) -> None:
     """``pre_spawn_hook``: the spawn, with its profile, and each dataset it is given."""
     mounted = spawner.mounted_datasets() if hasattr(spawner, "mounted_datasets") else []
-    profile = spawner.profile.slug if hasattr(spawner, "profile") else ""
+    profile = spawner.profile.slug if hasattr(spawner, "profile") else (spawner.user_options or {}).get("profile", "")
     server = spawner.name or ""
     record("spawn", spawner.user, {"server": server, "profile": profile}, datasets=[d.id for d in mounted])
     for d in mounted:

@@ -31,14 +31,13 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from ..service_auth import TokenHandler
+from ..service_auth import TokenHandler, listen
 from . import export
 from .log import AuditLog, query
 from .schema import EventError, from_client, make_event
@@ -195,8 +194,7 @@ def main() -> None:
                    prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"),
                    anchor=Path(env["MEDHUB_AUDIT_ANCHOR"]),
                    checkpoint_seconds=float(env["MEDHUB_AUDIT_CHECKPOINT_SECONDS"]))
-    url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, address=url.hostname)
+    listen(app)
     audit_log, writer = app.settings["audit_log"], app.settings["writer"]
     PeriodicCallback(lambda: IOLoop.current().run_in_executor(writer.thread, audit_log.tick),
                      max(1.0, audit_log.checkpoint_seconds / 4) * 1000).start()

@@ -29,7 +29,7 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
@@ -37,7 +37,7 @@ from tornado import httpclient, web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from ..catalog import Dataset, granted
-from ..service_auth import TokenHandler
+from ..service_auth import TokenHandler, listen
 from .store import ACTIVE, FINAL, JobStore
 
 log = logging.getLogger("medhub.batch")
@@ -330,8 +330,7 @@ def main() -> None:
                     config["max_running_per_user"], config.get("audit_url"), config["job_token_ttl"],
                     config["max_output_mb"], config["min_free_mb"])
     app = make_app(store, runner, config, prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"))
-    url = urlparse(env["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, address=url.hostname)
+    listen(app)
     PeriodicCallback(runner.tick, config.get("tick_ms", 1000)).start()
     log.info("medhub batch service on %s; %d active job(s) from before", env["JUPYTERHUB_SERVICE_URL"],
              len([j for j in store.list() if j["status"] in ACTIVE]))
