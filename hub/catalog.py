@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from medlib.contract import SLUG
+
 from .errors import HubConfigError
 from .tomlfile import Section, read_toml
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SENSITIVITIES = ("identifiable", "pseudonymized", "anonymized")
 URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 MANIFEST = "MANIFEST.sha256"

@@ -23,6 +23,8 @@ from typing import Any
 
 from traitlets.config import Config
 
+from medlib import contract
+
 from . import child, k8s
 from .audit import hooks as audit_hooks
 from .audit.service import READ_ALL
@@ -262,8 +264,8 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     s.server_token_scopes = token_scopes
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
     # servers reach the services through the proxy's public port, never at their internal ports
-    s.environment = {"MEDHUB_AUDIT_URL": f"{where.servers_url}/services/{audit_hooks.AUDIT_SERVICE}/events",
-                     "MEDHUB_URL": where.servers_url}
+    s.environment = {contract.AUDIT_URL_ENV: f"{where.servers_url}/services/{audit_hooks.AUDIT_SERVICE}/events",
+                     contract.URL_ENV: where.servers_url}
     if where.kubernetes and settings.dask_gateway.enabled:
         s.environment.update(k8s.gateway_environment(settings))
     service, role = batch_service(settings, where, audit_url)

@@ -21,11 +21,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .catalog import Dataset, granted
+from medlib.contract import DATASETS_ROOT, pack_manifest
 
-CONTAINER_ROOT = "/datasets"
-#: The environment variables a server receives: the signed manifest and the hub's public key.
-GRANTS_ENV, GRANTS_KEY_ENV = "MEDHUB_GRANTS", "MEDHUB_GRANTS_KEY"
+from .catalog import Dataset
+
+CONTAINER_ROOT = DATASETS_ROOT
 
 
 def docker_volumes(datasets: Iterable[Dataset]) -> dict[str, dict[str, str]]:
@@ -96,9 +96,7 @@ class GrantSigner:
             "others": [{"id": d.id, "title": d.title, "groups": list(d.readers())} for d in catalog if d not in mine],
         }
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        document = json.dumps({"payload": base64.b64encode(body).decode(),
-                               "signature": base64.b64encode(self._key.sign(body)).decode()})
-        return base64.b64encode(document.encode()).decode()  # no braces: KubeSpawner formats env values
+        return pack_manifest(body, self._key.sign(body))  # base64, no braces: KubeSpawner formats env values
 
 
 def _public(d: Dataset) -> dict[str, object]:

@@ -18,10 +18,11 @@ sized by the same profiles and seeing the same grants (:mod:`medhub.gateway_opti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from medlib import contract
 
 from . import grants
 from .catalog import Dataset, granted
@@ -134,10 +135,10 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
         signer = grants.GrantSigner(grants_key_file)
         spawner.environment = {
             **spawner.environment,
-            "MEDHUB_GROUPS": ",".join(groups),
-            "MEDHUB_DATASETS_DIR": grants.CONTAINER_ROOT,
-            grants.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, grants.CONTAINER_ROOT),
-            grants.GRANTS_KEY_ENV: signer.public_key,
+            contract.GROUPS_ENV: ",".join(groups),
+            contract.DATASETS_DIR_ENV: grants.CONTAINER_ROOT,
+            contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, grants.CONTAINER_ROOT),
+            contract.GRANTS_KEY_ENV: signer.public_key,
         }
 
     return hook

@@ -31,6 +31,8 @@ from tornado import web
 from traitlets import Dict, List, Unicode, default
 from traitlets.config import Configurable
 
+from medlib import contract
+
 from . import grants
 from .catalog import Dataset, granted
 from .courses import check_start_by, courses_of, materials_for
@@ -223,16 +225,16 @@ class ProfilesMixin(Configurable):
 
     def medhub_env(self, datasets_dir: str) -> dict[str, str]:
         env = {
-            "MEDHUB_USER": self.user.name,
-            "MEDHUB_GROUPS": ",".join(self.group_names()),
-            "MEDHUB_PROFILE": self.profile.slug,
-            "MEDHUB_DATASETS_DIR": datasets_dir,
+            contract.USER_ENV: self.user.name,
+            contract.GROUPS_ENV: ",".join(self.group_names()),
+            contract.PROFILE_ENV: self.profile.slug,
+            contract.DATASETS_DIR_ENV: datasets_dir,
         }
         if self.grants_key_file:
             signer = grants.GrantSigner(self.grants_key_file)
-            env[grants.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(),
+            env[contract.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(),
                                                      self.mounted_datasets(), datasets_dir)
-            env[grants.GRANTS_KEY_ENV] = signer.public_key
+            env[contract.GRANTS_KEY_ENV] = signer.public_key
         return env
 
 

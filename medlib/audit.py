@@ -14,7 +14,6 @@ The event schema is the platform's one (README.md, "Audit log").
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import http.client
 import json
@@ -25,12 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-AUDIT_URL_ENV, BUFFER_ENV = "MEDHUB_AUDIT_URL", "MEDHUB_AUDIT_BUFFER"
+from .contract import AUDIT_BUFFER_ENV as BUFFER_ENV
+from .contract import AUDIT_SOURCE_ENV, AUDIT_URL_ENV, utc_now
+
 TIMEOUT = 5.0
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class AuditClient:
@@ -47,7 +44,7 @@ class AuditClient:
                outcome: str = "success", *, actor: dict[str, Any] | None = None, **details: Any) -> dict[str, Any]:
         """Send one event (or buffer it); return it as sent. ``actor`` counts only for the hub's
         own writer; for everyone else the service takes the actor from the token."""
-        event = {"time": _now(), "source": self.source, "action": action, "object": object or {},
+        event = {"time": utc_now(), "source": self.source, "action": action, "object": object or {},
                  "outcome": outcome, "details": details}
         if actor is not None:
             event["actor"] = actor
@@ -141,7 +138,7 @@ def client() -> AuditClient:
     global _client
     url, token = os.environ.get(AUDIT_URL_ENV), os.environ.get("JUPYTERHUB_API_TOKEN")
     buffer = os.environ.get(BUFFER_ENV) or str(Path.home() / ".medlib" / "audit-buffer.jsonl")
-    source = os.environ.get("MEDHUB_AUDIT_SOURCE", "notebook")
+    source = os.environ.get(AUDIT_SOURCE_ENV, "notebook")
     if _client is None or (_client.url, _client.token, str(_client.buffer), _client.source) != (url, token, buffer, source):
         _client = AuditClient(url, token, buffer, source)
     return _client

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import json
 import re
+from enum import StrEnum
 from typing import Any
 
 # --- environment variables of a user's server (set by the hub's spawners, read by medlib) ---
@@ -82,3 +83,21 @@ def unpack_manifest(document: str) -> tuple[bytes, bytes]:
     outer: dict[str, Any] = json.loads(base64.b64decode(document, validate=True))
     payload, signature = (outer[name] for name in MANIFEST_FIELDS)
     return base64.b64decode(payload, validate=True), base64.b64decode(signature, validate=True)
+
+
+# --- batch jobs -----------------------------------------------------------------------------
+class JobState(StrEnum):
+    """A batch job's state: the hub's batch service keeps it, the job server's extension reports
+    the run's (``starting``, ``running``, then a final one)."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .contract import DATASETS_DIR_ENV, GROUPS_ENV, PROFILE_ENV, USER_ENV
 from .errors import NotInMedhubServer
 
 
@@ -37,14 +38,14 @@ def whoami(environ: Mapping[str, str] | None = None) -> Identity:
         ('a', 'b')
     """
     env = os.environ if environ is None else environ
-    if "MEDHUB_USER" not in env:
+    if USER_ENV not in env:
         raise NotInMedhubServer(
             "no medhub identity in this environment: run this inside a notebook server started by medhub"
         )
     return Identity(
-        user=env["MEDHUB_USER"],
-        groups=tuple(g for g in env.get("MEDHUB_GROUPS", "").split(",") if g),
-        profile=env.get("MEDHUB_PROFILE", ""),
-        datasets_dir=env.get("MEDHUB_DATASETS_DIR", ""),
+        user=env[USER_ENV],
+        groups=tuple(g for g in env.get(GROUPS_ENV, "").split(",") if g),
+        profile=env.get(PROFILE_ENV, ""),
+        datasets_dir=env.get(DATASETS_DIR_ENV, ""),
         hub_api_url=env.get("JUPYTERHUB_API_URL", ""),
     )

@@ -231,3 +231,42 @@ def test_medhub_up_runs_the_hub_and_its_services_in_an_unprivileged_container(hu
 
     # up again with the same settings keeps the running hub; a changed image would replace it
     assert single_node.up(p.settings, image=HUB_IMAGE, name=container) == "unchanged"
+
+
+def test_the_hub_image_runs_the_charts_hub_configuration(tmp_path: Path):
+    """The hub image on Kubernetes: Zero to JupyterHub's own jupyterhub_config.py, with the
+    values of images/k8s (the example), runs in it as in the chart's hub pod (no network), and
+    every trait it sets exists in the image's JupyterHub, OAuthenticator and KubeSpawner; the
+    hub it configures is the one the same values give here (tests/test_k8s.py)."""
+    problem = engine_problem(HUB_IMAGE)
+    if problem:
+        pytest.skip(problem)
+    from test_k8s import HUB_TRAITS, JUPYTERHUB_CHART, comparable_services, hub_traits
+
+    examples = Path(__file__).parents[1] / "images" / "k8s"
+    root, srv = tmp_path / "etc-jupyterhub", tmp_path / "srv-jupyterhub"
+    for folder in (root, srv):
+        folder.mkdir()
+        folder.chmod(0o777)
+    done = docker("run", "--rm", "--network", "none", "--entrypoint", "python",
+                  "-e", "MEDHUB_TEST_SECRET_OIDC_CLIENT_SECRET=s",
+                  "-v", f"{HUB_TRAITS}:/test/hub_traits.py:ro", "-v", f"{JUPYTERHUB_CHART}:/chart:ro",
+                  "-v", f"{examples / 'values.yaml'}:/values.yaml:ro",
+                  "-v", f"{root}:/usr/local/etc/jupyterhub", "-v", f"{srv}:/srv/jupyterhub",
+                  HUB_IMAGE, "/test/hub_traits.py", "chart", "/chart", "/values.yaml", "/usr/local/etc/jupyterhub",
+                  check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = json.loads(done.stdout)
+    assert image["missing"] == []
+    assert image["classes"]["Spawner"] == "kubespawner.spawner.KubeSpawner"
+    assert "extra_user_scopes" in image["JupyterHub"] and image["Authenticator"]["auth_refresh_strict"]
+    assert (srv / "medhub" / "batch" / "config.json").is_file()  # the state folder on the hub's volume
+
+    here = tmp_path / "here"
+    here.mkdir()
+    text = (examples / "values.yaml").read_text().replace("/srv/jupyterhub/medhub", str(here / "state"))
+    (here / "values.yaml").write_text(text)
+    local = hub_traits("chart", str(JUPYTERHUB_CHART), str(here / "values.yaml"), str(here / "root"),
+                       env={"MEDHUB_TEST_SECRET_OIDC_CLIENT_SECRET": "s"})
+    assert image["Authenticator"] == local["Authenticator"]
+    assert comparable_services(image["JupyterHub"]["services"]) == comparable_services(local["JupyterHub"]["services"])

@@ -16,14 +16,15 @@ from conftest import shared_data
 from medlib.radiomics import RadiomicsError, Settings, extract, extract_batch, feature_table
 from medlib.radiomics.extract import AGGREGATION_SUFFIX
 
-IBSI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi"
+IBSI = Path(__file__).resolve().parent / "data" / "ibsi"  # CC BY 4.0, kept here (its README)
+IBSI_CT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi" / "ct_phantom"  # CC BY-NC: not kept
 SPACING = (2.0, 2.0, 2.0)  # the digital phantom's voxels, mm
 
 
 def phantom() -> tuple[np.ndarray, np.ndarray]:
     """The digital phantom as z-y-x arrays (the NIfTI files are x-y-z)."""
-    image = np.asarray(nib.load(shared_data(IBSI) / "digital_phantom" / "image.nii.gz").dataobj).transpose(2, 1, 0)
-    mask = np.asarray(nib.load(shared_data(IBSI) / "digital_phantom" / "mask.nii.gz").dataobj).transpose(2, 1, 0)
+    image = np.asarray(nib.load(IBSI / "digital_phantom" / "image.nii.gz").dataobj).transpose(2, 1, 0)
+    mask = np.asarray(nib.load(IBSI / "digital_phantom" / "mask.nii.gz").dataobj).transpose(2, 1, 0)
     return image, mask
 
 
@@ -57,7 +58,7 @@ def references(data: str = "dig. phantom") -> list[tuple[str, float, float]]:
     family = None
     seen: dict[tuple, int] = {}
     found: dict[str, tuple[float, float]] = {}
-    with open(shared_data(IBSI) / "reference_values.csv", newline="") as f:
+    with open(IBSI / "reference_values.csv", newline="") as f:
         for r in csv.DictReader(f):
             family = family_of_first.get(r["feature"], family)
             names = columns.get((family, r["feature"]))
@@ -107,8 +108,8 @@ CONFIGURATIONS = {
 def ct_phantom() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """The IBSI CT phantom (read from ../shared, not copied: CC BY-NC), z-y-x, its intensities
     rounded to integers as the manual asks, and its spacing."""
-    image = nib.load(shared_data(IBSI) / "ct_phantom" / "image.nii.gz")
-    mask = nib.load(shared_data(IBSI) / "ct_phantom" / "mask.nii.gz")
+    image = nib.load(shared_data(IBSI_CT) / "image.nii.gz")
+    mask = nib.load(shared_data(IBSI_CT) / "mask.nii.gz")
     x, y, z = (float(v) for v in image.header.get_zooms()[:3])
     return (np.round(np.asarray(image.dataobj, dtype=np.float32)).transpose(2, 1, 0),
             np.asarray(mask.dataobj).transpose(2, 1, 0), (z, y, x))
@@ -211,7 +212,7 @@ def test_cli_reads_nifti_nrrd_and_dicom_with_a_pyradiomics_parameter_file(tmp_pa
     assert run.returncode == 0, run.stderr
     row = pd.read_csv(tmp_path / "f.csv").iloc[0]
     assert "original_glcm_Idmn" in row and "original_glrlm_RunPercentage" not in row  # only the classes asked for
-    image = shared_data(IBSI) / "digital_phantom" / "image.nii.gz"
+    image = IBSI / "digital_phantom" / "image.nii.gz"
     bad = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(image), str(tmp_path / "mask.nrrd")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "differs from the image's" in bad.stderr

@@ -25,6 +25,8 @@ from pathlib import Path
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from medlib.contract import JobState
+
 RUNS = Path.home() / ".medlib-batch"
 JOB_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 
@@ -49,17 +51,17 @@ def run(folder: Path) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     parameters = json.loads((folder / "parameters.json").read_text())
-    write_status(folder, status="running", pid=os.getpid())  # the run leads its own process group
+    write_status(folder, status=JobState.RUNNING, pid=os.getpid())  # the run leads its own process group
     try:
         papermill.execute_notebook(str(folder / "input.ipynb"), str(folder / "output.ipynb"), parameters=parameters,
                                    cwd=str(Path.home()), log_output=True, progress_bar=False)
     except PapermillExecutionError as e:
-        write_status(folder, status="failed", error=f"cell {e.exec_count}: {e.ename}: {e.evalue}")
+        write_status(folder, status=JobState.FAILED, error=f"cell {e.exec_count}: {e.ename}: {e.evalue}")
         return 1
     except Exception as e:  # a notebook that cannot start (bad JSON, no kernel, ...)
-        write_status(folder, status="failed", error=f"{type(e).__name__}: {e}")
+        write_status(folder, status=JobState.FAILED, error=f"{type(e).__name__}: {e}")
         return 1
-    write_status(folder, status="succeeded")
+    write_status(folder, status=JobState.SUCCEEDED)
     return 0
 
 
@@ -81,7 +83,7 @@ class BatchHandler(APIHandler):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "input.ipynb").write_text(json.dumps(body.get("notebook")))
         (folder / "parameters.json").write_text(json.dumps(body.get("parameters") or {}))
-        write_status(folder, status="starting")
+        write_status(folder, status=JobState.STARTING)
         with open(folder / "log.txt", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "medhub_jupyter.batch", str(folder)], stdout=log,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -107,12 +109,12 @@ class BatchHandler(APIHandler):
     def delete(self, job: str = "", what: str = "") -> None:
         folder = self._folder(job)
         status = read_status(folder)
-        if status.get("status") in ("starting", "running") and status.get("pid"):
+        if status.get("status") in (JobState.STARTING, JobState.RUNNING) and status.get("pid"):
             try:
                 os.killpg(status["pid"], signal.SIGTERM)  # the run and what it started in its group
             except ProcessLookupError:
                 pass
-            write_status(folder, status="cancelled")
+            write_status(folder, status=JobState.CANCELLED)
         self.finish(read_status(folder))
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medlib.contract import utc_now
+
 GENESIS = "0" * 64
 SEGMENT = "segment-{:06d}.jsonl"
 CHECKPOINTS = "checkpoints.jsonl"
@@ -150,9 +152,7 @@ class AuditLog:
             return False
 
     def _checkpoint(self) -> None:
-        from .schema import now
-
-        stamp = now()
+        stamp = utc_now()
         checkpoint = {"seq": self.seq, "mac": self.mac, "time": stamp,
                       "cmac": checkpoint_mac(self._key, self.seq, self.mac, stamp)}
         line = canonical(checkpoint) + b"\n"

@@ -19,8 +19,9 @@ time the writer reports (an event delivered late from its buffer) is kept as
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
+
+from medlib.contract import parse_time, utc_now
 
 ACTIONS = frozenset({
     "login", "login-failed", "logout", "spawn", "stop",
@@ -42,10 +43,6 @@ class EventError(ValueError):
     """An event that does not fit the schema; the message names the field."""
 
 
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def make_event(action: str, actor: dict[str, Any], object: dict[str, Any] | None = None,  # noqa: A002
                outcome: str = "success", details: dict[str, Any] | None = None, time: str | None = None) -> dict:
     """A checked event, stamped now; ``time``, if given, is what the writer reports
@@ -65,11 +62,11 @@ def make_event(action: str, actor: dict[str, Any], object: dict[str, Any] | None
             raise EventError(f"{name} must be an object, not {type(value).__name__}")
     if time is not None:
         try:
-            dt.datetime.strptime(time, "%Y-%m-%dT%H:%M:%S.%fZ")
+            parse_time(time)
         except (TypeError, ValueError):
             raise EventError(f"time {time!r} is not UTC like 2026-11-23T08:51:02.123456Z") from None
     details = {**(details or {}), **({"reported_time": time} if time is not None else {})}
-    return {"time": now(), "actor": {"user": actor.get("user"), "groups": sorted(actor.get("groups") or ()),
+    return {"time": utc_now(), "actor": {"user": actor.get("user"), "groups": sorted(actor.get("groups") or ()),
                                      "source": actor["source"]},
             "action": action, "object": object or {}, "outcome": outcome, "details": details}
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from medlib.contract import TOKEN_ENV, URL_ENV, JobState
+
 SERVICE_PATH = "/services/medhub-batch/jobs"
 
 
@@ -25,8 +27,8 @@ class BatchError(RuntimeError):
 def hub_address(hub: str | None = None, token: str | None = None) -> tuple[str, dict[str, str]]:
     """The hub's public URL and the request headers carrying the user's token, from the
     arguments or the environment."""
-    hub = hub or os.environ.get("MEDHUB_URL")
-    token = token or os.environ.get("MEDHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    hub = hub or os.environ.get(URL_ENV)
+    token = token or os.environ.get(TOKEN_ENV) or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not hub:
         raise BatchError("give the hub's address: --hub https://hub.example.org, or set MEDHUB_URL")
     if not token:
@@ -79,7 +81,7 @@ class BatchClient:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            if job["status"] in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED) or time.monotonic() > deadline:
                 return job
             time.sleep(every)
 

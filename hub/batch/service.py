@@ -36,6 +36,8 @@ from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from medlib.contract import JobState
+
 from ..catalog import Dataset, granted
 from ..service_auth import TokenHandler, listen
 from .store import ACTIVE, FINAL, JobStore
@@ -176,45 +178,45 @@ class Runner:
 
     async def advance(self, job: dict) -> None:
         status = job["status"]
-        if status == "queued" and self.store.running(job["user"]) < self.limit:
+        if status == JobState.QUEUED and self.store.running(job["user"]) < self.limit:
             code, _ = await self.call("POST", url_path_join(self.hub_api, "users", quote(job["user"]), "servers",
                                                             job["server"]), {"profile": job["profile"]})
             if code in (201, 202):
-                self.store.update(job["id"], status="starting")
+                self.store.update(job["id"], status=JobState.STARTING)
             elif code == 400:
-                await self.finish(job, "failed", f"the hub refused to start a server (HTTP {code})")
-        elif status == "starting":
+                await self.finish(job, JobState.FAILED, f"the hub refused to start a server (HTTP {code})")
+        elif status == JobState.STARTING:
             server = await self.server(job)
             if server is None:
-                await self.finish(job, "failed", "the job's server stopped before it was ready")
+                await self.finish(job, JobState.FAILED, "the job's server stopped before it was ready")
             elif server.get("ready"):
                 notebook = json.loads(self.store.notebook(job["id"], "input").read_text())
                 code, _ = await self.on_server("POST", job, body={"id": job["id"], "notebook": notebook,
                                                                   "parameters": job["parameters"]})
                 if code in (200, 202):
-                    self.store.update(job["id"], status="running")
-        elif status == "running":
+                    self.store.update(job["id"], status=JobState.RUNNING)
+        elif status == JobState.RUNNING:
             code, state = await self.on_server("GET", job, job["id"])
             if code != 200:
                 if await self.server(job) is None:
-                    await self.finish(job, "failed", "the job's server stopped while the notebook ran")
+                    await self.finish(job, JobState.FAILED, "the job's server stopped while the notebook ran")
                 return
-            if state.get("status") in ("succeeded", "failed"):
+            if state.get("status") in (JobState.SUCCEEDED, JobState.FAILED):
                 try:
                     output, text = await self.download(job, "output"), await self.download(job, "log")
                     self.check_room(len(output or b"") + len(text or b""))
                 except OutputRefused as e:
-                    await self.finish(job, "failed", str(e))
+                    await self.finish(job, JobState.FAILED, str(e))
                     return
                 if output is not None:
                     self.store.notebook(job["id"], "output").write_bytes(output)
                 if text is not None:
                     (self.store.folder / job["id"] / "log.txt").write_bytes(text)
                 await self.finish(job, state["status"], state.get("error"))
-        elif status == "cancelling":
+        elif status == JobState.CANCELLING:
             if await self.server(job) is not None:  # stop the run itself, then its server
                 await self.on_server("DELETE", job, job["id"], ok=(200, 404))
-            await self.finish(job, "cancelled", None)
+            await self.finish(job, JobState.CANCELLED, None)
 
     async def server(self, job: dict) -> dict | None:
         """The job's server as the hub describes it; None if it has none."""
@@ -228,7 +230,7 @@ class Runner:
         if token_id:
             await self.revoke(job, token_id)
         job = self.store.update(job["id"], status=status, error=error, token=None, token_id=None, token_expires=None)
-        await self.audit("job-end", job, "success" if status == "succeeded" else "failure", status=status,
+        await self.audit("job-end", job, "success" if status == JobState.SUCCEEDED else "failure", status=status,
                          error=error)
         log.info("job %s of %s: %s%s", job["id"], job["user"], status, f" ({error})" if error else "")
 
@@ -294,11 +296,11 @@ class JobsHandler(TokenHandler):
         store = self.settings["store"]
         if job["status"] in FINAL:
             raise web.HTTPError(409, f"job {job_id} is already {job['status']}")
-        if job["status"] == "queued":
-            job = store.update(job["id"], status="cancelled")
-            await self.settings["runner"].audit("job-end", job, "failure", status="cancelled")
+        if job["status"] == JobState.QUEUED:
+            job = store.update(job["id"], status=JobState.CANCELLED)
+            await self.settings["runner"].audit("job-end", job, "failure", status=JobState.CANCELLED)
         else:
-            store.update(job["id"], status="cancelling")
+            store.update(job["id"], status=JobState.CANCELLING)
             await self.settings["runner"].tick()
         self.finish(store.get(job["id"]))
 

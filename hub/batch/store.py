@@ -10,8 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ACTIVE = ("queued", "starting", "running", "cancelling")
-FINAL = ("succeeded", "failed", "cancelled")
+from medlib.contract import JobState
+
+ACTIVE = (JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.CANCELLING)
+FINAL = tuple(state for state in JobState if state.final)
+HOLDING = (JobState.STARTING, JobState.RUNNING, JobState.CANCELLING)  # a job that holds a server
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL, parameters TEXT NOT NULL,
@@ -49,9 +52,9 @@ class JobStore:
         path.parent.mkdir()
         path.write_text(json.dumps(notebook))
         self.db.execute("INSERT INTO jobs (id, user, name, parameters, profile, datasets, status, server, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                        (job_id, user, name, json.dumps(parameters), profile, json.dumps(datasets), f"batch-{job_id}",
-                         time.time()))
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (job_id, user, name, json.dumps(parameters), profile, json.dumps(datasets), JobState.QUEUED,
+                         f"batch-{job_id}", time.time()))
         return self.get(job_id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -69,11 +72,12 @@ class JobStore:
 
     def running(self, user: str) -> int:
         """The user's jobs that hold a server (starting, running or being cancelled)."""
-        return self.db.execute("SELECT count(*) FROM jobs WHERE user = ? AND status IN ('starting', 'running', "
-                               "'cancelling')", (user,)).fetchone()[0]
+        marks = ",".join("?" * len(HOLDING))
+        return self.db.execute(f"SELECT count(*) FROM jobs WHERE user = ? AND status IN ({marks})",
+                               (user, *HOLDING)).fetchone()[0]
 
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        if fields.get("status") in ("starting",) and "started" not in fields:
+        if fields.get("status") == JobState.STARTING and "started" not in fields:
             fields["started"] = time.time()
         if fields.get("status") in FINAL and "finished" not in fields:
             fields["finished"] = time.time()

@@ -10,18 +10,17 @@ only when a file's size or modification time changes.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .. import audit
+from ..contract import GRANTS_ENV, GRANTS_KEY_ENV, SLUG
 from ..manifest import MANIFEST, Verification, verify_manifest
-from .grants import GRANTS_ENV, GRANTS_KEY_ENV, GrantsError, current_grants, read_grants
+from .grants import GrantsError, current_grants, read_grants
 from .series import Series, find_series
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 CACHE_ENV = "MEDLIB_CACHE_DIR"
 #: What list() and info() show of a grant.
 FIELDS = ("id", "title", "description", "modality", "licence", "identifier", "provenance", "contact",

@@ -20,9 +20,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..contract import GRANTS_ENV, GRANTS_KEY_ENV, unpack_manifest
 from ..errors import MedlibError
 
-GRANTS_ENV, GRANTS_KEY_ENV = "MEDHUB_GRANTS", "MEDHUB_GRANTS_KEY"
 
 
 class GrantsError(MedlibError):
@@ -36,9 +36,7 @@ def read_grants(document: str, public_key: str) -> dict[str, Any]:
         GrantsError: malformed, or not signed by ``public_key``.
     """
     try:
-        outer = json.loads(base64.b64decode(document, validate=True))
-        body = base64.b64decode(outer["payload"], validate=True)
-        signature = base64.b64decode(outer["signature"], validate=True)
+        body, signature = unpack_manifest(document)
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key, validate=True))
     except (ValueError, KeyError, TypeError, binascii.Error) as e:
         raise GrantsError(f"the grants manifest is malformed ({e}); restart your server from the hub") from None
