@@ -250,10 +250,10 @@ def test_the_hub_image_runs_the_charts_hub_configuration(tmp_path: Path):
         folder.chmod(0o777)
     done = docker("run", "--rm", "--network", "none", "--entrypoint", "python",
                   "-e", "MEDHUB_TEST_SECRET_OIDC_CLIENT_SECRET=s",
-                  "-v", f"{HUB_TRAITS}:/test/hub_traits.py:ro", "-v", f"{JUPYTERHUB_CHART}:/chart:ro",
+                  "-v", f"{HUB_TRAITS}:/test/hub_traits.py:ro", "-v", f"{JUPYTERHUB_CHART}:/charts/{JUPYTERHUB_CHART.name}:ro",
                   "-v", f"{examples / 'values.yaml'}:/values.yaml:ro",
                   "-v", f"{root}:/usr/local/etc/jupyterhub", "-v", f"{srv}:/srv/jupyterhub",
-                  HUB_IMAGE, "/test/hub_traits.py", "chart", "/chart", "/values.yaml", "/usr/local/etc/jupyterhub",
+                  HUB_IMAGE, "/test/hub_traits.py", "chart", f"/charts/{JUPYTERHUB_CHART.name}", "/values.yaml", "/usr/local/etc/jupyterhub",
                   check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     image = json.loads(done.stdout)
