@@ -31,7 +31,7 @@ from .audit.service import READ_ALL
 from .auth import OIDCAuthenticator
 from .courses import instructor_role
 from .service_auth import BIND_ENV
-from .settings import Settings
+from .settings import SETTINGS_ENV, Settings, from_document
 from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
 from .state import StateDir
 
@@ -204,10 +204,8 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
     if where.kubernetes:
         c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
         s = c.KubeSpawner
-        restricted = {p.slug: list(p.groups) for p in settings.profiles if p.groups}
-        s.profile_list = k8s.profiles_for_groups(k8s.profile_list(settings), restricted)
-        s.pre_spawn_hook = _chain(k8s.dataset_volumes_hook([d.to_dict() for d in settings.datasets],
-                                                           settings.kubernetes.datasets_claim_prefix,
+        s.profile_list = k8s.profiles_for_groups(settings)
+        s.pre_spawn_hook = _chain(k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
                                                            str(where.grants_key)), audit_hooks.pre_spawn)
         return s
     if settings.hub.spawner == "docker":
@@ -288,8 +286,6 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
 def configure_pod(c: Config) -> None:
     """:func:`configure` in the hub pod of Zero to JupyterHub, from the settings document
     :func:`medhub.k8s.values` puts there, at ``$MEDHUB_SETTINGS`` (``hub.extraConfig`` calls this)."""
-    from .settings import SETTINGS_ENV, from_document
-
     path = os.environ[SETTINGS_ENV]
     settings = from_document(json.loads(Path(path).read_text()), path)
     configure(c, settings, Deployment.pod(settings))

@@ -25,12 +25,11 @@ from medlib.contract import DATASETS_ROOT, pack_manifest
 
 from .catalog import Dataset
 
-CONTAINER_ROOT = DATASETS_ROOT
 
 
 def docker_volumes(datasets: Iterable[Dataset]) -> dict[str, dict[str, str]]:
     """DockerSpawner ``volumes`` entries: each local dataset read-only at ``/datasets/<id>``."""
-    return {str(d.path): {"bind": f"{CONTAINER_ROOT}/{d.id}", "mode": "ro"} for d in datasets if d.is_local}
+    return {str(d.path): {"bind": f"{DATASETS_ROOT}/{d.id}", "mode": "ro"} for d in datasets if d.is_local}
 
 
 def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:

@@ -91,21 +91,19 @@ def profile_list(settings: Settings) -> list[dict[str, Any]]:
     return profiles
 
 
-def profiles_for_groups(profiles: list[dict[str, Any]], groups_by_slug: dict[str, list[str]]
-                        ) -> Callable[[Any], list[dict[str, Any]]]:
-    """A KubeSpawner ``profile_list`` callable: ``profiles`` (the chart's ``profileList``)
-    without those whose ``groups_by_slug`` entry names none of the user's groups."""
-
-    limited = {slug: Profile(slug=slug, display_name=slug, groups=tuple(groups)) for slug, groups in groups_by_slug.items()}
+def profiles_for_groups(settings: Settings) -> Callable[[Any], list[dict[str, Any]]]:
+    """A KubeSpawner ``profile_list`` callable: the :func:`profile_list` entries of the profiles
+    offered to the user's groups (:meth:`medhub.settings.Profile.offered_to`)."""
+    entries = dict(zip((p.slug for p in settings.profiles), profile_list(settings)))
 
     def offered(spawner: Any) -> list[dict[str, Any]]:
         member = [g.name for g in spawner.user.groups]
-        return [p for p in profiles if p["slug"] not in limited or limited[p["slug"]].offered_to(member)]
+        return [entries[p.slug] for p in settings.profiles if p.offered_to(member)]
 
     return offered
 
 
-def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
+def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
                          grants_key_file: str) -> Callable[[Any], None]:
     """A KubeSpawner ``pre_spawn_hook`` mounting the user's granted datasets read-only.
 
@@ -114,8 +112,6 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
     URL are read there. The server gets its signed grants manifest (key in the hub's
     persistent volume, made on first use).
     """
-    catalog = [Dataset.from_dict(d) for d in datasets]
-
     def hook(spawner: Any) -> None:
         groups = sorted(g.name for g in spawner.user.groups)
         mine = granted(catalog, groups)
@@ -128,7 +124,7 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
                 "persistentVolumeClaim": {"claimName": claim_prefix + d.id, "readOnly": True},
             }]
             spawner.volume_mounts = [*spawner.volume_mounts, {
-                "name": volume, "mountPath": f"{grants.CONTAINER_ROOT}/{d.id}", "readOnly": True,
+                "name": volume, "mountPath": f"{contract.DATASETS_ROOT}/{d.id}", "readOnly": True,
             }]
         spawner.mounted_datasets = lambda: [d for d in mine if d.is_local]  # for the audit log's mount events
         spawner.mounts_read_only = True
@@ -136,8 +132,8 @@ def dataset_volumes_hook(datasets: list[dict[str, Any]], claim_prefix: str,
         spawner.environment = {
             **spawner.environment,
             contract.GROUPS_ENV: ",".join(groups),
-            contract.DATASETS_DIR_ENV: grants.CONTAINER_ROOT,
-            contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, grants.CONTAINER_ROOT),
+            contract.DATASETS_DIR_ENV: contract.DATASETS_ROOT,
+            contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, contract.DATASETS_ROOT),
             contract.GRANTS_KEY_ENV: signer.public_key,
         }
 
@@ -247,7 +243,7 @@ def gateway_spec(settings: Settings) -> dict[str, Any]:
         "default_profile": settings.default_profile.slug,
         "datasets": [{"id": d.id, "readers": list(d.readers())} for d in settings.datasets if d.is_local],
         "claim_prefix": settings.kubernetes.datasets_claim_prefix,
-        "mount_root": grants.CONTAINER_ROOT,
+        "mount_root": contract.DATASETS_ROOT,
         "uid": NOTEBOOK_UID,
         "gid": NOTEBOOK_GID,
     }

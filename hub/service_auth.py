@@ -17,12 +17,11 @@ GROUPS_TTL = 60.0
 BIND_ENV = "MEDHUB_SERVICE_BIND"
 
 
-def listen(app: web.Application) -> str:
-    """Have ``app`` listen where the hub said (``$JUPYTERHUB_SERVICE_URL``, or ``$MEDHUB_SERVICE_BIND``
-    at its port); returns the URL."""
+def listen(app: web.Application) -> None:
+    """Have ``app`` listen where the hub said: ``$JUPYTERHUB_SERVICE_URL``, or at its port on
+    ``$MEDHUB_SERVICE_BIND``."""
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     app.listen(url.port, address=os.environ.get(BIND_ENV) or url.hostname)
-    return url.geturl()
 
 
 class TokenHandler(web.RequestHandler):

@@ -650,6 +650,18 @@ def _message(error: dict[str, Any], source: Path) -> str:
     return f"{source}: {_location(loc)}: {error['msg']}"
 
 
+def _validate(data: Any, source: Path) -> Settings:
+    """``data`` read from ``source`` as :class:`Settings`; relative paths are ``source``'s.
+
+    Raises:
+        HubConfigError: every error, one a line, naming ``source`` and the setting.
+    """
+    try:
+        return Settings.model_validate(data, context={"base": source.parent})
+    except ValidationError as e:
+        raise HubConfigError("\n".join(dict.fromkeys(_message(err, source) for err in e.errors()))) from None
+
+
 #: What a settings document leaves out: secrets, and the files and folders of the machine it was
 #: made on (the hub pod has its own: :class:`medhub.config.Deployment`).
 NOT_IN_DOCUMENT = {"oidc": {"client_secret", "client_secret_file"}, "local": True, "audit": {"anchor_dir"},
@@ -672,10 +684,7 @@ def from_document(document: dict[str, Any], source: str | os.PathLike[str]) -> S
         HubConfigError: naming ``source`` and the setting.
     """
     source = Path(source)
-    try:
-        settings = Settings.model_validate(document["settings"], context={"base": source.parent})
-    except ValidationError as e:
-        raise HubConfigError("\n".join(dict.fromkeys(_message(err, source) for err in e.errors()))) from None
+    settings = _validate(document["settings"], source)
     settings._source = source
     settings._datasets = tuple(Dataset.from_dict(d) for d in document["datasets"])
     return settings
@@ -696,10 +705,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         if not path:
             raise HubConfigError(f"no settings file: pass --settings FILE or set {SETTINGS_ENV}")
     source = Path(path).expanduser().resolve()
-    data = read_toml(source, "settings file")
-    try:
-        settings = Settings.model_validate(data, context={"base": source.parent})
-    except ValidationError as e:
-        raise HubConfigError("\n".join(dict.fromkeys(_message(err, source) for err in e.errors()))) from None
+    settings = _validate(read_toml(source, "settings file"), source)
     settings._read_catalog(source)
     return settings

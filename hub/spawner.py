@@ -324,7 +324,7 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
-        env.update(self.medhub_env(grants.CONTAINER_ROOT))
+        env.update(self.medhub_env(contract.DATASETS_ROOT))
         return env
 
     def container_volumes(self) -> dict[str, dict[str, str]]:

@@ -1,7 +1,8 @@
 """Reading TOML tables strictly: typed values, and every unknown key reported.
 
-The settings file and the dataset catalog are both read through :class:`Section`, so that
-every error names the file, the table and the key (``datasets.toml: dataset[2].groups: ...``).
+The dataset catalog is read through :class:`Section`, so that every error names the file, the
+entry and the key (``datasets.toml: dataset[2].groups: ...``); :func:`read_toml` reads the
+settings file too.
 """
 
 from __future__ import annotations
@@ -54,10 +55,6 @@ class Section:
         if not all(isinstance(v, str) and v for v in value):
             raise self.error(key, "must be a list of non-empty strings")
         return tuple(value)
-
-    def path(self, key: str, default: Path) -> Path:
-        value = Path(self.get(key, str, str(default))).expanduser()
-        return value if value.is_absolute() else (self.source.parent / value).resolve()
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)

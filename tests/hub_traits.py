@@ -30,9 +30,10 @@ from typing import Any
 CHART_ROOT = "/usr/local/etc/jupyterhub"
 
 
-def _merge(base: Any, extra: Any) -> Any:
+def merge(base: Any, extra: Any) -> Any:
+    """``extra`` over ``base``, tables merged key by key (as Helm merges values)."""
     if isinstance(base, dict) and isinstance(extra, dict):
-        return {**base, **{k: _merge(base.get(k), v) for k, v in extra.items()}}
+        return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
     return extra
 
 
@@ -40,7 +41,7 @@ def chart_pod(chart: Path, values_file: Path, root: Path) -> Path:
     """Lay out ROOT as the chart's hub pod has it; returns the configuration file."""
     import yaml
 
-    values = _merge(yaml.safe_load((chart / "values.yaml").read_text()), yaml.safe_load(values_file.read_text()))
+    values = merge(yaml.safe_load((chart / "values.yaml").read_text()), yaml.safe_load(values_file.read_text()))
     values["Chart"] = {"Name": "jupyterhub", "Version": chart.name.split("-", 1)[1]}
     values["Release"] = {"Name": "medhub", "Namespace": "medhub"}
     (root / "secret").mkdir(parents=True, exist_ok=True)

@@ -399,10 +399,7 @@ def schema_errors(chart: Path, generated: dict) -> list[str]:
     """Errors of ``generated`` merged with the chart's defaults, against the chart's values schema."""
     import jsonschema
 
-    def merge(base, extra):
-        if isinstance(base, dict) and isinstance(extra, dict):
-            return {**base, **{k: merge(base.get(k), v) for k, v in extra.items()}}
-        return extra
+    from hub_traits import merge
 
     merged = merge(yaml.safe_load((chart / "values.yaml").read_text()), generated)
     schema = yaml.safe_load((chart / "values.schema.yaml").read_text())
