@@ -21,6 +21,12 @@ Example::
     sensitivity = "anonymized"            # identifiable | pseudonymized | anonymized
     groups = ["radiology-research"]
     # manifest = "MANIFEST.sha256"        # checksums at the location: `medhub catalog manifest FOLDER`
+    owners = ["radiology-stewards"]       # groups whose members steer harvests into it (medhub harvest)
+    # versioned = true                     # the location holds versions delivered by sites' edges
+
+A ``versioned`` dataset grows by deliveries from the hospitals' edge nodes (:mod:`medhub.ingest`):
+its location holds immutable versions (``v000001``, ...) and ``current``, the newest
+(:mod:`medlib.versions`), each with its own manifest; it may start empty.
 
 An ``identifiable`` dataset is granted only to groups that its entry also lists in
 ``identifiable_groups``: naming a group once is never enough to hand it identifiable data.
@@ -66,6 +72,8 @@ class Dataset:
     identifiable_groups: tuple[str, ...] = ()
     manifest: str = MANIFEST
     open_access: bool = False  # a URL anyone may read without a credential (anonymized open data)
+    owners: tuple[str, ...] = ()  # groups whose members may request harvests into it
+    versioned: bool = False  # versions delivered by sites (medlib.versions), not one fixed folder
 
     @property
     def is_local(self) -> bool:
@@ -88,11 +96,13 @@ class Dataset:
         """Plain JSON-able form, as spawner traits and generated configs carry it."""
         d = asdict(self)
         d["groups"], d["identifiable_groups"] = list(self.groups), list(self.identifiable_groups)
+        d["owners"] = list(self.owners)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Dataset:
-        return cls(**{**d, "groups": tuple(d["groups"]), "identifiable_groups": tuple(d.get("identifiable_groups", ()))})
+        return cls(**{**d, "groups": tuple(d["groups"]), "identifiable_groups": tuple(d.get("identifiable_groups", ())),
+                      "owners": tuple(d.get("owners", ()))})
 
     def jsonld(self) -> dict[str, Any]:
         """The entry as a schema.org ``Dataset`` (JSON-LD)."""
@@ -148,6 +158,8 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         identifiable_groups=s.strings("identifiable_groups"),
         manifest=s.get("manifest", str, MANIFEST),
         open_access=s.get("open_access", bool, False),
+        owners=s.strings("owners"),
+        versioned=s.get("versioned", bool, False),
     )
     s.done()
     if not SLUG.match(d.id):
@@ -156,7 +168,7 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         raise s.error("sensitivity", f"must be one of {', '.join(SENSITIVITIES)}, not {d.sensitivity!r}")
     if not d.groups:
         raise s.error("groups", "name the groups that may read this dataset")
-    unknown = sorted(set(d.groups + d.identifiable_groups) - known_groups) if known_groups else []
+    unknown = sorted(set(d.groups + d.identifiable_groups + d.owners) - known_groups) if known_groups else []
     if unknown:
         raise s.error("groups", f"no such group: {', '.join(unknown)} (groups that can log in: "
                                 f"{', '.join(sorted(known_groups))}; see oidc.allowed_groups)")
@@ -174,12 +186,14 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
             raise s.error("location", f"{d.location!r} must be an absolute path (or an fsspec URL)")
         if not Path(d.location).is_dir():
             raise s.error("location", f"{d.location} is not a directory")
-        if not (Path(d.location) / d.manifest).is_file():
+        if not d.versioned and not (Path(d.location) / d.manifest).is_file():
             raise s.error("manifest", f"{Path(d.location) / d.manifest} is missing; make it with "
                                       f"`medhub catalog manifest {d.location}`")
         if d.open_access:
             raise s.error("open_access", "is for datasets at a URL; a local folder is mounted read-only per grant")
     else:
+        if d.versioned:
+            raise s.error("versioned", "sites deliver versions into a local folder; give one as location")
         if not d.open_access:
             raise s.error("location", f"{d.location} would be read with whatever credential a server's environment "
                                       "holds, and the hub cannot issue one that reads only this dataset, for one "

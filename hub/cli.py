@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from medlib.contract import QUERY_KEYS, Policy, Source
+
 from . import __version__
 from .batch.client import BatchError
 from .errors import HubConfigError, ProcessStartError
@@ -285,6 +287,51 @@ def cmd_share(args: argparse.Namespace) -> int:
     return 0
 
 
+def _harvests(args: argparse.Namespace):
+    from .ingest.client import HarvestClient
+
+    return HarvestClient(args.hub, args.token)
+
+
+def _harvest_line(h: dict) -> str:
+    counts = " ".join(f"{k}={v}" for k, v in h["counts"].items())
+    return (f"{h['id']}\t{h['state']}\t{h['dataset']}\t{h['site']}\t{h['policy']}\t{counts}"
+            + (f"\t{h['version']}" if h.get("version") else "") + (f"\t{h['message']}" if h.get("message") else ""))
+
+
+def cmd_harvest_create(args: argparse.Namespace) -> int:
+    query = dict(args.query or ())
+    client = _harvests(args)
+    harvest = client.create(args.dataset, args.site, args.policy, query, args.source, args.on_qc_failure)
+    print(f"harvest {harvest['id']} asked of {harvest['site']} ({harvest['policy']}, into {harvest['dataset']})")
+    if args.wait:
+        harvest = client.wait(harvest["id"])
+        print(_harvest_line(harvest))
+        return 0 if harvest["state"] == "delivered" else 1
+    return 0
+
+
+def cmd_harvest_list(args: argparse.Namespace) -> int:
+    for harvest in _harvests(args).list():
+        print(_harvest_line(harvest))
+    return 0
+
+
+def cmd_harvest_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_harvests(args).get(args.id), indent=1))
+    return 0
+
+
+def cmd_site_token(args: argparse.Namespace) -> int:
+    from .config import Deployment, site_token
+
+    settings = load(args.settings)
+    if args.site not in {site.name for site in settings.sites}:
+        raise HubConfigError(f"no [[site]] named {args.site!r} in {settings.source}")
+    print(site_token(Deployment.process(settings), args.site))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medhub",
@@ -401,6 +448,32 @@ def parser() -> argparse.ArgumentParser:
     share.add_argument("--server", default="", help="a named server of yours (default: the default server)")
     hub_args(share)
     share.set_defaults(func=cmd_share)
+
+    harvest = sub.add_parser("harvest", help="ask a site's edge node for data, into a dataset you own")
+    harvest_verbs = harvest.add_subparsers(dest="harvest_verb", metavar="VERB", required=True)
+    create = harvest_verbs.add_parser("create", help="a new harvest request")
+    create.add_argument("--dataset", required=True, help="a versioned dataset you own")
+    create.add_argument("--site", required=True, help="the site whose edge runs it ([[site]] name)")
+    create.add_argument("--policy", required=True, choices=[p.value for p in Policy],
+                        help="what leaves the site: identifiable files, anonymized files, or radiomic features")
+    create.add_argument("--source", default=Source.PACS.value, choices=[s.value for s in Source])
+    create.add_argument("-q", "--query", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                        help=f"a query key ({', '.join(QUERY_KEYS)}); StudyDate may be a range YYYYMMDD-YYYYMMDD")
+    create.add_argument("--on-qc-failure", choices=("hold", "flag"), default="hold",
+                        help="hold back a series that fails QC at the site (default), or deliver it flagged")
+    create.add_argument("--wait", action="store_true", help="wait for the outcome (exit 1 unless delivered)")
+    create.set_defaults(func=cmd_harvest_create)
+    listing = harvest_verbs.add_parser("list", help="the harvests of the datasets you own")
+    listing.set_defaults(func=cmd_harvest_list)
+    show = harvest_verbs.add_parser("show", help="one harvest: its state, counts and version")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_harvest_show)
+    for verb in (create, listing, show):
+        hub_args(verb)
+    token = sub.add_parser("site-token", help="print the hub token of a site's edge node (install it at the site)")
+    token.add_argument("site")
+    _settings_arg(token)
+    token.set_defaults(func=cmd_site_token)
     return p
 
 

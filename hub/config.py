@@ -113,7 +113,8 @@ def audit_services(settings: Settings, where: Deployment) -> tuple[list[dict[str
                          "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
                          "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(where.audit_anchor),
                          "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds),
-                         "MEDHUB_AUDIT_BATCH_WRITER": BATCH_SERVICE, **where.service_environment()}},
+                         "MEDHUB_AUDIT_WRITERS": json.dumps({BATCH_SERVICE: "batch", contract.INGEST_SERVICE: "ingest"}),
+                         **where.service_environment()}},
         {"name": writer, "api_token": where.state.audit_writer_token(), "display": False},
     ]
     access = f"access:services!service={name}"
@@ -148,6 +149,37 @@ def batch_service(settings: Settings, where: Deployment, audit_url: str) -> tupl
     role = {"name": BATCH_SERVICE, "services": [BATCH_SERVICE],
             "scopes": ["read:users", "servers", "tokens", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
     return service, role
+
+
+def site_token(where: Deployment, site: str) -> str:
+    """The API token of ``site``'s edge node (the hub service ``edge-<site>``), kept in the state folder."""
+    return where.state.secret(f"{contract.EDGE_SERVICE_PREFIX}{site}-token")
+
+
+def ingest_services(settings: Settings, where: Deployment, audit_url: str) -> tuple[list[dict], list[dict]]:
+    """The ingest service (:mod:`medhub.ingest.service`), one hub service per site for its edge
+    node, and their roles: an edge's token reaches the ingest service and nothing else."""
+    folder = where.state.path / "ingest"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "folder": str(folder), "audit_url": audit_url, "max_file_mb": settings.ingest.max_file_mb,
+        "min_free_mb": settings.ingest.min_free_mb, "datasets": [d.to_dict() for d in settings.datasets],
+        "sites": [site.model_dump() for site in settings.sites],
+    }))
+    name = contract.INGEST_SERVICE
+    services = [{"name": name, "url": where.service_url(settings.ingest.port), "display": False,
+                 "command": child.command("medhub.ingest.service"),
+                 "environment": {"MEDHUB_INGEST_CONFIG": str(config), **where.service_environment()}}]
+    roles = [{"name": name, "services": [name],
+              "scopes": ["read:users:groups", "read:users:name", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}]
+    edges = [f"{contract.EDGE_SERVICE_PREFIX}{site.name}" for site in settings.sites]
+    services += [{"name": edge, "api_token": site_token(where, site.name), "display": False}
+                 for edge, site in zip(edges, settings.sites)]
+    if edges:
+        roles.append({"name": "medhub-edges", "description": "Sites' edge nodes: deliver to the ingest service",
+                      "scopes": [f"access:services!service={name}"], "services": edges})
+    return services, roles
 
 
 def _chain(*hooks: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -252,7 +284,8 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     c.JupyterHub.custom_scopes = {READ_ALL: {"description": "Read every user's audit events, and export them."}}
     services, roles = audit_services(settings, where)
     # every user, on top of JupyterHub's default user role, may reach the audit and batch services
-    user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}", f"access:services!service={BATCH_SERVICE}"}
+    user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}", f"access:services!service={BATCH_SERVICE}",
+                   f"access:services!service={contract.INGEST_SERVICE}"}
     # a server's token may reach the audit service (its own events only: the service says who)
     token_scopes = ["users:activity!user", "access:servers!server", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]
     if where.kubernetes and settings.dask_gateway.enabled:
@@ -269,6 +302,9 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     service, role = batch_service(settings, where, audit_url)
     services.append(service)
     roles.append(role)
+    more_services, more_roles = ingest_services(settings, where, audit_url)
+    services += more_services
+    roles += more_roles
     # batch jobs run in named servers, batch-<job>; users may hold as many as jobs may run
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = settings.batch.max_running_per_user + 1

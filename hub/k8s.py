@@ -149,7 +149,11 @@ def values(settings: Settings) -> dict[str, Any]:
     k8s = settings.kubernetes
     for profile in settings.profiles:
         gpu_count(settings, profile)
-    ports = [settings.audit.port, settings.batch.port]
+    services = {"medhub-audit": settings.audit.port, "medhub-batch": settings.batch.port,
+                contract.INGEST_SERVICE: settings.ingest.port}
+    ports = list(services.values())
+    # the ingest service publishes delivered versions into the versioned datasets' volumes
+    delivered = [d for d in settings.datasets if d.versioned]
     proxy = {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "proxy"}}}
     hub_pod = {"podSelector": {"matchLabels": {"app": "jupyterhub", "component": "hub"}}}
     result: dict[str, Any] = {
@@ -168,15 +172,18 @@ def values(settings: Settings) -> dict[str, Any]:
                 {"name": "medhub-audit-anchor", "persistentVolumeClaim": {"claimName": k8s.audit_anchor_claim}},
                 {"name": "medhub-audit-key", "secret": {"secretName": SECRET_NAME, "defaultMode": 0o400,
                                                         "items": [{"key": AUDIT_KEY, "path": AUDIT_KEY}]}},
+                *({"name": f"dataset-{d.id}", "persistentVolumeClaim": {"claimName": k8s.datasets_claim_prefix + d.id}}
+                  for d in delivered),
             ],
             "extraVolumeMounts": [
                 {"name": "medhub-audit", "mountPath": AUDIT_MOUNT},
                 {"name": "medhub-audit-anchor", "mountPath": AUDIT_ANCHOR_MOUNT},
                 {"name": "medhub-audit-key", "mountPath": AUDIT_KEY_MOUNT, "readOnly": True},
+                *({"name": f"dataset-{d.id}", "mountPath": d.location} for d in delivered),
             ],
-            # the audit and batch services listen in the hub pod; the proxy routes users to them
+            # the audit, batch and ingest services listen in the hub pod; the proxy routes to them
             "service": {"extraPorts": [{"name": name, "port": port, "targetPort": port}
-                                       for name, port in zip(("medhub-audit", "medhub-batch"), ports)]},
+                                       for name, port in services.items()]},
             "networkPolicy": {"ingress": [{"from": [proxy, hub_pod],
                                            "ports": [{"port": port, "protocol": "TCP"} for port in ports]}]},
         },

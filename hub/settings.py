@@ -416,6 +416,30 @@ class BatchSettings(Table):
     """Kept free from jobs' results on the state folder's disk (the audit log's)."""
 
 
+class IngestSettings(Table):
+    """``[ingest]``: the ingest service, where the hospitals' edge nodes deliver into versioned
+    datasets and pick up the harvest requests addressed to them (:mod:`medhub.ingest`)."""
+
+    port: Port = 8093
+    """Its port (on 127.0.0.1; in the hub pod on Kubernetes)."""
+    max_file_mb: Annotated[int, _at_least(1)] = 2048
+    """A delivered file larger than this is refused."""
+    min_free_mb: Annotated[int, _at_least(0)] = 1024
+    """Kept free from deliveries on the state folder's disk (the audit log's)."""
+
+
+class Site(Table):
+    """``[[site]]``: a hospital whose edge node (`medlib edge`) delivers data. Its edge signs in as
+    the hub service `edge-<name>`; the token is `medhub site-token <name>`."""
+
+    name: Slug
+    """The site's id: lower-case letters, digits and '-'."""
+    datasets: Strings
+    """Versioned catalog datasets its edge may deliver to; nothing else."""
+    description: str = ""
+    """Shown to dataset owners choosing where to harvest."""
+
+
 class KubernetesSettings(Table):
     """``[kubernetes]``: the Zero to JupyterHub deployment (`medhub k8s-values`)."""
 
@@ -474,10 +498,12 @@ class Settings(Table):
     culler: CullerSettings = CullerSettings()
     audit: AuditSettings = AuditSettings()
     batch: BatchSettings = BatchSettings()
+    ingest: IngestSettings = IngestSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     dask_gateway: DaskGatewaySettings = DaskGatewaySettings()
     profiles: Annotated[tuple[Profile, ...], Field(strict=False)] = DEFAULT_PROFILES
     courses: Annotated[tuple[Course, ...], Field(strict=False, alias="course")] = ()
+    sites: Annotated[tuple[Site, ...], Field(strict=False, alias="site")] = ()
 
     _source: Path = PrivateAttr(Path("medhub.toml"))
     _datasets: tuple[Dataset, ...] = PrivateAttr(())
@@ -516,6 +542,9 @@ class Settings(Table):
         names = [c.name for c in self.courses]
         if len(set(names)) != len(names):
             raise SettingError(f"names must be unique, got {names}", "course")
+        names = [site.name for site in self.sites]
+        if len(set(names)) != len(names):
+            raise SettingError(f"names must be unique, got {names}", "site")
         for i, course in enumerate(self.courses):
             if course.profile not in slugs:
                 raise SettingError(f"{course.profile!r} is not a profile; choose one of {', '.join(slugs)}",
@@ -557,6 +586,14 @@ class Settings(Table):
                 if course.students not in by_id[dataset].groups:
                     raise HubConfigError(f"{where}: the catalog does not grant {dataset!r} to {course.students!r}; "
                                          "add the group to that dataset's groups")
+        for i, site in enumerate(self.sites):
+            for dataset in site.datasets:
+                where = f"{source}: site[{i}].datasets"
+                if dataset not in by_id:
+                    raise HubConfigError(f"{where}: {dataset!r} is not in the dataset catalog (hub.catalog)")
+                if not by_id[dataset].versioned:
+                    raise HubConfigError(f"{where}: {dataset!r} is not versioned; sites deliver only into datasets "
+                                         "catalogued with versioned = true")
 
     @property
     def source(self) -> Path:

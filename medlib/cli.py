@@ -200,6 +200,12 @@ def parser() -> argparse.ArgumentParser:
                      help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")
     rad.add_argument("-o", "--output", metavar="CSV", help="write one CSV row (default: print name and value)")
     rad.set_defaults(func=cmd_radiomics)
+    try:
+        from medhub_edge.cli import add_parser as edge_parser
+    except ImportError:  # a notebook image: the edge runs at hospitals, with the `edge` extra
+        pass
+    else:
+        edge_parser(sub)
     return p
 
 

@@ -101,3 +101,47 @@ class JobState(StrEnum):
     @property
     def final(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+# --- harvests: the hub's ingest service and the hospitals' edge nodes -----------------------
+#: The hub service that takes harvest requests and deliveries, and the prefix of the hub
+#: service each site's edge signs in as (``edge-<site>``).
+INGEST_SERVICE = "medhub-ingest"
+EDGE_SERVICE_PREFIX = "edge-"
+
+
+class Policy(StrEnum):
+    """What of a harvest leaves the site (the design's solutions 1, 2 and 3)."""
+
+    IDENTIFIABLE = "identifiable"  # the files as the PACS holds them, only into an identifiable dataset
+    ANONYMIZED = "anonymized"  # de-identified at the site with its key; the mapping stays there
+    FEATURES = "features"  # radiomic features of the site's segmentations; only the table leaves
+
+
+class Source(StrEnum):
+    """Where an edge finds a harvest's instances."""
+
+    PACS = "pacs"  # C-FIND, then C-MOVE to the edge (or C-GET)
+    DICOMWEB = "dicomweb"  # QIDO-RS, then WADO-RS
+    INBOX = "inbox"  # what was pushed to the edge's C-STORE SCP or dropped on its upload page
+
+
+class HarvestState(StrEnum):
+    """A harvest request's state: the hub sets ``pending``; the edge reports the rest."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+    @property
+    def final(self) -> bool:
+        return self in (HarvestState.DELIVERED, HarvestState.FAILED, HarvestState.REFUSED)
+
+
+#: The query keys a harvest request may carry (DICOM keywords; a date is ``YYYYMMDD`` or a
+#: range ``YYYYMMDD-YYYYMMDD``).
+QUERY_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber", "StudyDate", "Modality")
+#: What the counts of a harvest report: every instance found ends delivered, quarantined or failed.
+COUNTS = ("found", "received", "processed", "quarantined", "failed", "delivered")

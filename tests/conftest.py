@@ -130,8 +130,9 @@ class Platform:
         self.hub = self.stack.start(hub_process(self.settings), timeout=120)
 
 
-def write_catalog(root: Path) -> Path:
-    """Two small CT datasets with their manifests, and the catalog that grants them."""
+def write_catalog(root: Path, more: tuple[dict, ...] = ()) -> Path:
+    """Two small CT datasets with their manifests, and the catalog that grants them (with the
+    entries ``more``)."""
     datasets = root / "datasets"
     for name, patient in (("research-ct", "PAT-0001"), ("teaching-ct", "PAT-0002")):
         if not (datasets / name / MANIFEST).is_file():
@@ -144,6 +145,7 @@ def write_catalog(root: Path) -> Path:
          "groups": ["radiology-research"], **entry},
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
          "groups": ["course-students", "course-instructors", "course-tutors"], **entry},
+        *more,
     ]}))
     return catalog
 
@@ -157,8 +159,8 @@ def write_materials(root: Path) -> Path:
 
 
 def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: str, batch_limit: int = 1,
-                   sections: dict | None = None, **hub: object) -> Path:
-    catalog = write_catalog(root)
+                   sections: dict | None = None, datasets: tuple[dict, ...] = (), **hub: object) -> Path:
+    catalog = write_catalog(root, datasets)
     observer = root / "observer_config.py"
     settings = {
         "hub": {
@@ -236,11 +238,12 @@ class ContainerisedHub:
 
 def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 1, sections: dict | None = None,
                    hub_image: str | None = None, extra_config: str = "", public_host: str = "127.0.0.1",
-                   **hub: object) -> Platform:
+                   datasets: tuple[dict, ...] = (), **hub: object) -> Platform:
     """Start IdP (unless ``issuer`` points elsewhere), proxy and hub under ``root``; with
     ``hub_image``, the hub runs in a container of that image (``medhub up``) instead.
     ``extra_config`` is JupyterHub configuration loaded last (``hub.extra_config``);
-    ``public_host`` the address the proxy serves on (a users' network's gateway for containers)."""
+    ``public_host`` the address the proxy serves on (a users' network's gateway for containers);
+    ``datasets`` more catalog entries."""
     root.mkdir(parents=True, exist_ok=True)
     accounts = make_accounts()
     client_secret = secrets.token_urlsafe(24)
@@ -263,7 +266,7 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
             stack.start(idp_process(idp, root / "logs"))
             issuer = idp.issuer
         settings = load(write_settings(root, issuer, client_secret, public_url=public_url, batch_limit=batch_limit,
-                                       sections=sections, **hub))
+                                       sections=sections, datasets=datasets, **hub))
         if hub_image:
             hub_proc = stack.start(ContainerisedHub(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)
         else:

@@ -382,7 +382,7 @@ def test_the_hub_is_configured_alike_by_medhub_run_and_by_the_chart(settings_fil
         "access:services!service=dask-gateway"}  # the gateway runs only on Kubernetes
     assert comparable_services(hub_run["services"]) == comparable_services(hub_pod["services"])
     assert set(comparable_services(hub_pod["services"])) == {"medhub-audit", "medhub-audit-hub", "medhub-batch",
-                                                             "idle-culler"}
+                                                             "medhub-ingest", "idle-culler"}
     assert hub_run["tornado_settings"]["log_function"] == hub_pod["tornado_settings"]["log_function"]
 
     spawner_run, spawner_pod = run["Spawner"], pod["Spawner"]
@@ -416,7 +416,7 @@ def test_the_values_fit_the_charts_own_schema(settings_file: Path):
     assert schema_errors(JUPYTERHUB_CHART, wrong)  # the check can fail
 
 
-def test_audit_and_batch_services_run_in_the_hub_pod_reached_only_through_the_proxy(settings_file: Path,
+def test_the_hub_services_run_in_the_hub_pod_reached_only_through_the_proxy(settings_file: Path,
                                                                                   tmp_path: Path):
     settings = load(settings_file)
     hub = values(settings)["hub"]
@@ -430,9 +430,9 @@ def test_audit_and_batch_services_run_in_the_hub_pod_reached_only_through_the_pr
     valid({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hub"},
            "spec": {"containers": [{"name": "hub", "image": "medhub/hub", "volumeMounts": hub["extraVolumeMounts"]}],
                     "volumes": hub["extraVolumes"]}})
-    assert [p["port"] for p in hub["service"]["extraPorts"]] == [8082, 8092]
+    assert [p["port"] for p in hub["service"]["extraPorts"]] == [8082, 8092, 8093]
     (rule,) = hub["networkPolicy"]["ingress"]  # to those ports, from the proxy (and the hub) only
-    assert [p["port"] for p in rule["ports"]] == [8082, 8092]
+    assert [p["port"] for p in rule["ports"]] == [8082, 8092, 8093]
     assert [f["podSelector"]["matchLabels"]["component"] for f in rule["from"]] == ["proxy", "hub"]
     valid({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "hub"},
            "spec": {"podSelector": {"matchLabels": {"component": "hub"}}, "policyTypes": ["Ingress"],
@@ -443,9 +443,11 @@ def test_audit_and_batch_services_run_in_the_hub_pod_reached_only_through_the_pr
     assert all(rule["to"][0]["podSelector"]["matchLabels"]["component"] == "proxy" for rule in user_egress)
 
     services = {s["name"]: s for s in pod_traits(settings_file, tmp_path)["JupyterHub"]["services"]}
-    audit, batch = services["medhub-audit"], services["medhub-batch"]
-    assert audit["url"] == "http://hub:8082" and batch["url"] == "http://hub:8092"
-    assert audit["environment"]["MEDHUB_SERVICE_BIND"] == batch["environment"]["MEDHUB_SERVICE_BIND"] == "0.0.0.0"
+    audit, batch, ingest = services["medhub-audit"], services["medhub-batch"], services["medhub-ingest"]
+    assert audit["url"] == "http://hub:8082" and batch["url"] == "http://hub:8092" and ingest["url"] == "http://hub:8093"
+    assert {s["environment"]["MEDHUB_SERVICE_BIND"] for s in (audit, batch, ingest)} == {"0.0.0.0"}
+    ports = {p["name"]: p["port"] for p in values(settings)["hub"]["service"]["extraPorts"]}
+    assert ports == {"medhub-audit": 8082, "medhub-batch": 8092, "medhub-ingest": 8093}
     assert audit["environment"]["MEDHUB_AUDIT_DIR"] == AUDIT_MOUNT
     assert audit["environment"]["MEDHUB_AUDIT_ANCHOR"] == AUDIT_ANCHOR_MOUNT
     assert audit["environment"]["MEDHUB_AUDIT_KEY_FILE"] == f"{AUDIT_KEY_MOUNT}/{AUDIT_KEY}"

@@ -188,7 +188,7 @@ def test_the_readme_reference_is_the_models(tmp_path: Path):
         "README.md's settings reference is stale: run `medhub settings-reference --write README.md`"
     reference = settings_reference.markdown()
     for name, field in Settings.model_fields.items():  # every table and every key, with its documentation
-        model = field.annotation.__args__[0] if name in ("profiles", "courses") else field.annotation
+        model = field.annotation.__args__[0] if name in ("profiles", "courses", "sites") else field.annotation
         for key, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{key} has no docstring"
             assert f"| `{key}` |" in reference

@@ -34,6 +34,11 @@ EVENT_IDS = {
     "job-end": ("110100", "Application Activity", "E"),
     "admin-change": ("110136", "Security Roles Changed", "U"),
     "token-created": ("110137", "User Security Attributes Changed", "C"),
+    "harvest-request": ("110100", "Application Activity", "E"),
+    "harvest-run": ("110104", "DICOM Instances Transferred", "R"),
+    "quarantine": ("110103", "DICOM Instances Accessed", "U"),
+    "delivery": ("110107", "Import", "C"),
+    "dataset-version": ("110107", "Import", "C"),
 }
 #: action → DICOM event type code (CID 401/403/...), where one says more
 EVENT_TYPES = {

@@ -10,8 +10,8 @@ An event::
      "details": {...}}                                  # anything else, free form
 
 The actor's user and groups come from the hub (a token or the hub itself), never from the
-client; ``source`` says which part of the platform acted, and the token's kind bounds it: the hub
-and the batch service write as themselves, a user's token (a server's, a job's, the CLI's) only
+client; ``source`` says which part of the platform acted, and the token's kind bounds it: the hub,
+the batch service and the ingest service write as themselves, a user's token (a server's, a job's, the CLI's) only
 as ``notebook`` or ``cli``. ``time`` is the audit service's clock when it accepted the event; a
 time the writer reports (an event delivered late from its buffer) is kept as
 ``details.reported_time``.
@@ -29,8 +29,9 @@ ACTIONS = frozenset({
     "anonymize-run", "reidentify",
     "train-start", "train-round", "train-end", "job-submit", "job-end",
     "admin-change", "token-created", "dataset-mount",
+    "harvest-request", "harvest-run", "quarantine", "delivery", "dataset-version",
 })
-SOURCES = ("hub", "notebook", "batch", "cli")
+SOURCES = ("hub", "notebook", "batch", "cli", "ingest")
 #: The sources a user's own token may name (its code, in a server or on the command line).
 USER_SOURCES = ("notebook", "cli")
 OUTCOMES = ("success", "denied", "failure")

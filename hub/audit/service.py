@@ -4,7 +4,8 @@
 JupyterHub token (a notebook server's ``JUPYTERHUB_API_TOKEN``, a batch job's, a user's): the
 event's actor is that identity, whatever the body says. Only the hub's own writer (the service
 named by ``MEDHUB_AUDIT_HUB_WRITER``) states actors, for the hub's events (logins, spawns, …),
-and the batch service (``MEDHUB_AUDIT_BATCH_WRITER``), for the jobs it runs for users.
+and the services named in ``MEDHUB_AUDIT_WRITERS`` (JSON: service name → source): the batch
+service for the jobs it runs for users, the ingest service for harvests and deliveries.
 Events are chained and on disk (fsync) before the reply; requests that arrive together share
 one write (group commit). Accepted events are then forwarded to syslog if configured.
 
@@ -97,12 +98,12 @@ class AuditHandler(TokenHandler):
         return model.get("kind") == "service" and model.get("name") == self.settings["hub_writer"]
 
     def trusted_source(self, model: dict[str, Any]) -> str | None:
-        """"hub" for the hub's writer, "batch" for the batch service: the services that state the
-        actor (a user they identified by that user's own token); None for everyone else."""
+        """"hub" for the hub's writer, and each service of ``writers`` its source: the services that
+        state the actor (a user or site they identified by its own token); None for everyone else."""
         if self.is_hub_writer(model):
             return "hub"
-        if model.get("kind") == "service" and model.get("name") == self.settings.get("batch_writer"):
-            return "batch"
+        if model.get("kind") == "service":
+            return self.settings["writers"].get(model.get("name"))
         return None
 
     def is_admin(self, model: dict[str, Any]) -> bool:
@@ -164,7 +165,7 @@ class ExportHandler(AuditHandler):
 
 
 def make_app(folder: Path, key: bytes, hub_writer: str, *, fsync: str = "always",
-             syslog: str | None = None, prefix: str = "/", batch_writer: str | None = None,
+             syslog: str | None = None, prefix: str = "/", writers: dict[str, str] | None = None,
              anchor: Path | None = None, checkpoint_seconds: float = 60) -> web.Application:
     forward = export.SyslogForwarder(syslog) if syslog else None
     audit_log = AuditLog(folder, key, fsync=fsync, anchor=anchor, checkpoint_seconds=checkpoint_seconds,
@@ -175,7 +176,7 @@ def make_app(folder: Path, key: bytes, hub_writer: str, *, fsync: str = "always"
         "writer": Writer(audit_log, forward),
         "folder": folder,
         "hub_writer": hub_writer,
-        "batch_writer": batch_writer,
+        "writers": dict(writers or {}),
         "groups_cache": {},
         "audit_log": audit_log,
     }
@@ -191,7 +192,7 @@ def main() -> None:
     key = bytes.fromhex(Path(env["MEDHUB_AUDIT_KEY_FILE"]).read_text().strip())
     app = make_app(Path(env["MEDHUB_AUDIT_DIR"]), key, env["MEDHUB_AUDIT_HUB_WRITER"],
                    fsync=env.get("MEDHUB_AUDIT_FSYNC", "always"), syslog=env.get("MEDHUB_AUDIT_SYSLOG") or None,
-                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), batch_writer=env.get("MEDHUB_AUDIT_BATCH_WRITER"),
+                   prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", "/"), writers=json.loads(env.get("MEDHUB_AUDIT_WRITERS") or "{}"),
                    anchor=Path(env["MEDHUB_AUDIT_ANCHOR"]),
                    checkpoint_seconds=float(env["MEDHUB_AUDIT_CHECKPOINT_SECONDS"]))
     listen(app)

@@ -177,8 +177,14 @@ def encode(ds: pydicom.Dataset) -> bytes:
     return out.getvalue()
 
 
-def _one(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
-         keep_mappings: bool, pixel_rules: tuple[PixelRule, ...]) -> tuple[FileOutcome, list]:
+def anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
+                   keep_mappings: bool, pixel_rules: tuple[PixelRule, ...] = ()) -> tuple[FileOutcome, list]:
+    """Anonymize the file ``src/rel`` into ``dst`` (or ``quarantine``), named by its new UIDs.
+
+    Returns:
+        what happened to it, and (with ``keep_mappings``) the (kind, pseudonym, original) rows
+        for a mapping store.
+    """
     mappings: set | None = set() if keep_mappings else None
     outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, mappings, pixel_rules)
     return outcome, sorted(mappings or ())
@@ -238,7 +244,7 @@ def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Pa
 
 
 def _work(args: tuple) -> tuple[FileOutcome, list]:
-    return _one(*args)
+    return anonymize_file(*args)
 
 
 def anonymize_tree(

@@ -1,5 +1,9 @@
 """The datasets this server's user may read, opened in one line; every access accounted for.
 
+A dataset that sites deliver to (catalogued ``versioned``) is read at its newest version unless
+a call names another (``version="v000002"``): each is immutable (:mod:`medlib.versions`), so a
+result can name exactly the data it came from.
+
 Grants come from the hub's signed manifest (:mod:`.grants`). A local dataset is read where the
 hub mounted it (read-only); one at a URL (any fsspec protocol: ``s3://``, ``gs://``, ...) is
 copied once into ``~/.cache/medlib/datasets/<id>`` and checked against its manifest there. The
@@ -15,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .. import audit
+from .. import audit, versions as _versions
 from ..contract import GRANTS_ENV, GRANTS_KEY_ENV, SLUG
 from ..manifest import MANIFEST, Verification, verify_manifest
 from .grants import GrantsError, current_grants, read_grants
@@ -24,7 +28,7 @@ from .series import Series, find_series
 CACHE_ENV = "MEDLIB_CACHE_DIR"
 #: What list() and info() show of a grant.
 FIELDS = ("id", "title", "description", "modality", "licence", "identifier", "provenance", "contact",
-          "sensitivity", "path")
+          "sensitivity", "versioned", "path")
 
 
 class DatasetNotFound(LookupError):
@@ -83,17 +87,33 @@ def info(dataset_id: str) -> dict[str, Any]:
     return {**{k: entry.get(k, "") for k in FIELDS}, "jsonld": entry.get("jsonld", {})}
 
 
-def local_root(dataset_id: str) -> Path:
-    """Where the dataset's files are read (a URL dataset: its local copy, made on first use)."""
-    return _root(_entry(dataset_id))
+def local_root(dataset_id: str, version: str | None = None) -> Path:
+    """Where the dataset's files are read (a URL dataset: its local copy, made on first use; a
+    versioned one: the folder of ``version``, default the newest)."""
+    return _root(_entry(dataset_id), version)
+
+
+def versions(dataset_id: str) -> list[dict[str, Any]]:
+    """The versions of a versioned dataset, oldest first: each one's provenance (site, policy,
+    harvest request, software, when) and the summary of its quality report."""
+    entry = _entry(dataset_id)
+    if not entry.get("versioned"):
+        return []
+    root = Path(entry["path"])
+    return [_versions.provenance(root, name) for name in _versions.versions(root)]
 
 
 def _manifest(entry: dict[str, Any]) -> str:
-    return entry.get("manifest", MANIFEST)
+    return MANIFEST if entry.get("versioned") else entry.get("manifest", MANIFEST)
 
 
-def _root(entry: dict[str, Any]) -> Path:
+def _root(entry: dict[str, Any], version: str | None = None) -> Path:
     location = entry["path"]
+    if entry.get("versioned"):
+        return _versions.resolve(location, version)
+    if version is not None:
+        raise _versions.VersionNotFound(f"dataset {entry['id']!r} is not versioned: it has one fixed content; "
+                                        "leave out version=")
     if "://" not in location:
         return Path(location)
     target = _cache_dir() / "datasets" / entry["id"]
@@ -109,49 +129,81 @@ def _root(entry: dict[str, Any]) -> Path:
     return target
 
 
-def series(dataset_id: str) -> list[Series]:
+def series(dataset_id: str, version: str | None = None) -> list[Series]:
     """The image series of a granted dataset (headers only; no pixels read)."""
-    return _series(_entry(dataset_id))
+    return _series(_entry(dataset_id), version)
 
 
-def _series(entry: dict[str, Any]) -> list[Series]:
-    return find_series(_root(entry), skip=(_manifest(entry),), index=_cache_dir() / "index" / f"{entry['id']}.json")
+def _series(entry: dict[str, Any], version: str | None = None) -> list[Series]:
+    root = _root(entry, version)
+    name = f"{entry['id']}@{root.name}" if entry.get("versioned") else entry["id"]
+    return find_series(root, skip=(_manifest(entry),), index=_cache_dir() / "index" / f"{name}.json")
 
 
-def open_dataset(dataset_id: str):
+def _opened(entry: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """The audit event's object for reading ``entry`` at ``version``."""
+    if not entry.get("versioned"):
+        return {"dataset": entry["id"]}
+    return {"dataset": entry["id"], "version": _root(entry, version).name}
+
+
+def open_dataset(dataset_id: str, version: str | None = None):
     """A granted dataset as an ``xarray.DataTree``: one node per series (named by its Series
-    Instance UID), each a lazy dask-backed ``image`` (z, y, x) in mm with its DICOM metadata."""
+    Instance UID), each a lazy dask-backed ``image`` (z, y, x) in mm with its DICOM metadata.
+    A versioned dataset opens at ``version`` (default: the newest), named in ``attrs``."""
     import xarray as xr
 
     entry = _entry(dataset_id)
-    found = _series(entry)
+    found = _series(entry, version)
     tree = xr.DataTree.from_dict({s.uid: s.to_xarray() for s in found})
-    tree.attrs.update({k: entry.get(k, "") for k in FIELDS if k != "path"})
-    audit.record("dataset-open", {"dataset": dataset_id, "series": len(found)})
+    opened = _opened(entry, version)
+    tree.attrs.update({k: entry.get(k, "") for k in FIELDS if k != "path"} | opened)
+    audit.record("dataset-open", {**opened, "series": len(found)})
     return tree
 
 
-def as_monai(dataset_id: str, transforms=None, cache: bool = False):
+def table(dataset_id: str, name: str | None = None, version: str | None = None):
+    """A table (CSV) of a granted dataset as a pandas ``DataFrame``: a features-only delivery's
+    radiomic features, for one. ``name`` is its path in the dataset; it may be left out when
+    there is one table."""
+    import pandas as pd
+
+    entry = _entry(dataset_id)
+    root = _root(entry, version)
+    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.csv"))
+    if name is None:
+        if len(found) != 1:
+            raise LookupError(f"dataset {dataset_id!r} holds {len(found)} tables ({', '.join(found) or 'none'}); "
+                              "name one")
+        name = found[0]
+    if name not in found:
+        raise LookupError(f"dataset {dataset_id!r} has no table {name!r}; it has: {', '.join(found) or 'none'}")
+    audit.record("dataset-open", {**_opened(entry, version), "table": name})
+    return pd.read_csv(root / name)
+
+
+def as_monai(dataset_id: str, transforms=None, cache: bool = False, version: str | None = None):
     """A granted dataset as a MONAI ``Dataset`` (``CacheDataset`` with ``cache``) of dicts, one
     per series: ``image`` (a MetaTensor, x-y-z, RAS affine), ``series`` and ``dataset``; then
     ``transforms``."""
     from .monai import monai_dataset
 
-    found = series(dataset_id)
-    audit.record("dataset-open", {"dataset": dataset_id, "series": len(found)}, via="monai")
+    entry = _entry(dataset_id)
+    found = _series(entry, version)
+    audit.record("dataset-open", {**_opened(entry, version), "series": len(found)}, via="monai")
     return monai_dataset([{"image": s, "series": s.uid, "dataset": dataset_id} for s in found], transforms, cache)
 
 
-def verify(dataset_id: str) -> Verification:
+def verify(dataset_id: str, version: str | None = None) -> Verification:
     """Check every file of a granted dataset against its manifest; the result names each file
     that changed, is missing or is not in the manifest."""
     entry = _entry(dataset_id)
-    result = verify_manifest(_root(entry), _manifest(entry))
-    audit.record("dataset-verify", {"dataset": dataset_id, "files": result.checked},
+    result = verify_manifest(_root(entry, version), _manifest(entry))
+    audit.record("dataset-verify", {**_opened(entry, version), "files": result.checked},
                  "success" if result.ok else "failure", changed=result.changed, missing=result.missing,
                  unlisted=result.unlisted)
     return result
 
 
 __all__ = ["DatasetNotFound", "GrantsError", "as_monai", "info", "list_datasets", "local_root", "open_dataset",
-           "series", "verify"]
+           "series", "table", "verify", "versions"]
