@@ -28,13 +28,15 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-# Debian packages the tests use: Chromium for the browser test (Playwright cannot download
-# its own here), dicom3tools' dciodvfy to validate anonymized files.
+# Debian packages the tests use: Chromium for the browser tests (Playwright cannot download
+# its own here), dicom3tools' dciodvfy to validate anonymized files, Orthanc (with DICOMweb) as
+# the PACS the edge node harvests from.
 system-packages:
-	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null || { \
+	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null \
+	  && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools orthanc orthanc-dicomweb >/dev/null; }
 
 # A Docker engine and the notebook and hub images for tests/test_containers.py (../shared/DOCKER.md's
 # recipe: no registry). If no engine can start, the container tests skip and say why.

@@ -11,18 +11,21 @@ import signal
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import Edge
     from .settings import load
-    from .web import start_web
+    from .web import WebServer
 
     settings = load(args.settings)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(asctime)s %(name)s] %(message)s")
     edge = Edge(settings)
     signal.signal(signal.SIGTERM, lambda *_: edge.stopping.set())
-    if settings.web.enabled:
-        start_web(settings, edge.inbox)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # one line per PDU otherwise
+    web = WebServer(settings, edge.inbox).start() if settings.web.enabled else None
     try:
         edge.serve()
     except KeyboardInterrupt:
         edge.stopping.set()
+    finally:
+        if web is not None:
+            web.stop()
     return 0
 
 

@@ -143,15 +143,31 @@ def make_app(settings: EdgeSettings, inbox: Inbox) -> web.Application:
         site=settings.site, users=Users(settings.state_dir), inbox=inbox)
 
 
-def start_web(settings: EdgeSettings, inbox: Inbox) -> threading.Thread:
-    """Serve the upload page from a thread of its own."""
-    def serve() -> None:
+class WebServer:
+    """The upload page, served from a thread of its own until :meth:`stop`."""
+
+    def __init__(self, settings: EdgeSettings, inbox: Inbox):
+        self.settings, self.inbox = settings, inbox
+        self.ready, self.thread = threading.Event(), threading.Thread(target=self._serve, name="edge-web", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopped: asyncio.Event | None = None
+
+    def start(self) -> WebServer:
+        self.thread.start()
+        self.ready.wait(30)
+        return self
+
+    def _serve(self) -> None:
         async def main() -> None:
-            server = HTTPServer(make_app(settings, inbox), max_body_size=settings.web.max_upload_mb << 20)
-            server.listen(settings.web.port, address=settings.web.bind)
-            await asyncio.Event().wait()
+            self.loop, self.stopped = asyncio.get_running_loop(), asyncio.Event()
+            server = HTTPServer(make_app(self.settings, self.inbox), max_body_size=self.settings.web.max_upload_mb << 20)
+            server.listen(self.settings.web.port, address=self.settings.web.bind)
+            self.ready.set()
+            await self.stopped.wait()
+            server.stop()
         asyncio.run(main())
 
-    thread = threading.Thread(target=serve, name="edge-web", daemon=True)
-    thread.start()
-    return thread
+    def stop(self) -> None:
+        if self.loop is not None and self.stopped is not None:
+            self.loop.call_soon_threadsafe(self.stopped.set)
+            self.thread.join(10)

@@ -10,7 +10,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -386,3 +388,76 @@ def test_a_killed_edge_resumes_without_duplicates_or_gaps(hub, owner, pacs, tmp_
     base = folder.parent / json.loads((folder / "provenance.json").read_text())["base"]
     before = [line for line in (base / "MANIFEST.sha256").read_text().splitlines() if line.endswith(".dcm")]
     assert len(ours) - len(before) == 40  # nothing lost
+
+
+@pytest.mark.browser
+def test_a_person_at_the_hospital_uploads_a_zip_through_the_page_behind_a_login(hub, owner, pacs, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from medhub_edge.web import Users, WebServer
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    port = free_port()
+    node = Edge(load_edge(edge_settings(hub, pacs, tmp_path / "web", web={"enabled": True, "port": port})))
+    Users(node.settings.state_dir).set("nurse", "correct horse")
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in patient_study(tmp_path, "P-WEB", 4):
+            z.write(path, f"P-WEB/{path.name}")
+        z.writestr("P-WEB/notes.txt", "not DICOM")
+    web = WebServer(node.settings, node.inbox).start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=False).status_code == 302  # login first
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("input[name=username]", "nurse")
+                page.fill("input[name=password]", "wrong")
+                page.click("button")
+                expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
+                page.fill("input[name=username]", "nurse")
+                page.fill("input[name=password]", "correct horse")
+                page.click("button")
+                page.set_input_files("input[name=files]", str(archive))
+                page.click("#drop button")
+                expect(page.locator("#result")).to_contain_text("4 DICOM instance(s) stored in the inbox; 1 quarantined")
+                expect(page.locator("table")).to_contain_text("not a DICOM instance")
+            finally:
+                browser.close()
+    finally:
+        web.stop()
+    reasons = [p.read_text() for p in (node.settings.state_dir / "quarantine" / "received").glob("*.reason.txt")]
+    assert len(reasons) == 1 and "not a DICOM instance" in reasons[0]
+    harvest = owner.create("harvest-ct", "site-a", "anonymized", {"PatientID": "P-WEB"}, source="inbox")
+    assert node.poll_once() == 1
+    assert owner.get(harvest["id"])["counts"]["delivered"] == 4
+
+
+def test_a_study_still_arriving_is_delivered_whole_once_quiet(hub, owner, pacs, tmp_path):
+    node = Edge(load_edge(edge_settings(hub, pacs, tmp_path / "quiet", quiet_seconds=1.5)))
+    node.scp.start()
+    files = patient_study(tmp_path, "P-SLOW", 8)
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.settings.scp.port, ae_title="EDGE")
+    try:
+        for path in files[:3]:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+        harvest = owner.create("harvest-ct", "site-a", "anonymized", {"PatientID": "P-SLOW"}, source="inbox")
+
+        def trickle() -> None:  # the modality sends the rest while the edge already works on the study
+            for path in files[3:]:
+                time.sleep(0.4)
+                assoc.send_c_store(pydicom.dcmread(path))
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        assert node.poll_once() == 1
+        sender.join()
+    finally:
+        assoc.release()
+        node.scp.stop()
+    done = owner.get(harvest["id"])
+    assert done["counts"]["found"] == done["counts"]["delivered"] == 8  # never half a study
