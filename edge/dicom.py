@@ -39,6 +39,16 @@ SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC210, 0xA700
 
 
 @dataclass(frozen=True)
+class FoundSeries:
+    """A series a query found at the PACS, with how many instances it holds."""
+
+    study: str
+    series: str
+    modality: str
+    instances: int
+
+
+@dataclass(frozen=True)
 class Found:
     """An instance a query found."""
 
@@ -138,7 +148,9 @@ def query_dataset(level: str, query: dict[str, str], *returned: str) -> Dataset:
     """A C-FIND identifier at ``level`` matching ``query``, asking for ``returned`` keys."""
     ds = Dataset()
     ds.QueryRetrieveLevel = level
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", *returned):
+    keys = {"STUDY": ("StudyInstanceUID",), "SERIES": ("StudyInstanceUID", "SeriesInstanceUID", "Modality"),
+            "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality")}[level]
+    for keyword in (*keys, *returned):
         setattr(ds, keyword, "")
     for keyword, value in query.items():
         setattr(ds, keyword, value)
@@ -178,20 +190,48 @@ class Pacs:
             self.sleep(wait)
         raise PacsUnreachable(f"PACS {pacs.aet} at {pacs.host}:{pacs.port}: {reason}")
 
-    def find(self, query: dict[str, str]) -> list[Found]:
-        """Every instance matching ``query`` (C-FIND by series, then by instance)."""
+    def find_series(self, query: dict[str, str]) -> tuple[list[FoundSeries], dict[str, int]]:
+        """The series matching ``query`` with their sizes, and the sizes of their studies:
+        C-FIND by study, then by series within each (the hierarchical query every PACS answers)."""
+        study_keys = {k: v for k, v in query.items() if k in ("PatientID", "StudyDate", "AccessionNumber",
+                                                                "StudyInstanceUID")}
+        series_keys = {k: v for k, v in query.items() if k in ("SeriesInstanceUID", "Modality")}
         assoc = self._associate(StudyRootQueryRetrieveInformationModelFind)
         try:
-            series = self._find(assoc, query_dataset("SERIES", query))
+            studies = self._find(assoc, query_dataset("STUDY", study_keys, "NumberOfStudyRelatedInstances"))
             found = []
-            for s in series:
-                images = self._find(assoc, query_dataset("IMAGE", {"StudyInstanceUID": s.StudyInstanceUID,
-                                                                   "SeriesInstanceUID": s.SeriesInstanceUID}))
-                found += [Found(str(i.SOPInstanceUID), str(s.StudyInstanceUID), str(s.SeriesInstanceUID),
-                                str(s.get("Modality", ""))) for i in images]
-            return found
+            for study in studies:
+                uid = str(study.StudyInstanceUID)
+                for s in self._find(assoc, query_dataset("SERIES", {"StudyInstanceUID": uid, **series_keys},
+                                                         "NumberOfSeriesRelatedInstances")):
+                    found.append(FoundSeries(uid, str(s.SeriesInstanceUID), str(s.get("Modality", "")),
+                                             int(s.get("NumberOfSeriesRelatedInstances") or 0)))
+            return found, {str(s.StudyInstanceUID): int(s.get("NumberOfStudyRelatedInstances") or 0) for s in studies}
         finally:
             assoc.release()
+
+    def instances_of(self, study: str, series: str) -> list[Found]:
+        """Every instance of one series (C-FIND at the instance level)."""
+        assoc = self._associate(StudyRootQueryRetrieveInformationModelFind)
+        try:
+            images = self._find(assoc, query_dataset("IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series}))
+        finally:
+            assoc.release()
+        return [Found(str(i.SOPInstanceUID), study, series, str(i.get("Modality", ""))) for i in images]
+
+    def study_sizes(self, studies: Iterable[str]) -> dict[str, int]:
+        """Instances the PACS holds of each study (one C-FIND at the study level): how an edge
+        sees that a study is still arriving, without listing its instances again."""
+        uids = sorted(studies)
+        if not uids:
+            return {}
+        assoc = self._associate(StudyRootQueryRetrieveInformationModelFind)
+        try:
+            answers = self._find(assoc, query_dataset("STUDY", {"StudyInstanceUID": "\\".join(uids)},
+                                                      "NumberOfStudyRelatedInstances"))
+        finally:
+            assoc.release()
+        return {str(a.StudyInstanceUID): int(a.get("NumberOfStudyRelatedInstances") or 0) for a in answers}
 
     def _find(self, assoc, identifier: Dataset) -> list[Dataset]:
         answers = []
@@ -204,8 +244,10 @@ class Pacs:
                 raise EdgeError(f"the PACS refused a C-FIND (status 0x{status.Status:04X})")
         return answers
 
-    def retrieve(self, series: Iterable[tuple[str, str]]) -> dict[str, int]:
-        """Bring each (study, series) into the inbox; the sub-operations' counts."""
+    def retrieve(self, series: Iterable[tuple[str, str]],
+                 done: Callable[[str, str], None] | None = None) -> dict[str, int]:
+        """Bring each (study, series) into the inbox, calling ``done(study, series)`` after each;
+        the sub-operations' counts."""
         get = self.settings.pacs.retrieve == "get"
         model = StudyRootQueryRetrieveInformationModelGet if get else StudyRootQueryRetrieveInformationModelMove
         totals = {"completed": 0, "failed": 0, "warning": 0}
@@ -228,6 +270,8 @@ class Pacs:
                     if last.Status == 0xA801:
                         raise EdgeError(f"the PACS does not know the move destination {self.settings.scp.aet}: add "
                                         "it to the PACS's DICOM nodes with this edge's host and port")
+                if done is not None:
+                    done(study, uid)
             return totals
         finally:
             assoc.release()

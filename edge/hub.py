@@ -29,9 +29,9 @@ class HubUnreachable(EdgeError):
 class HubRefused(EdgeError):
     """The hub answered with an error; the message is its reason."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None):
         super().__init__(f"the hub refused (HTTP {status}): {message}")
-        self.status = status
+        self.status, self.body = status, body or {}
 
 
 class HubClient:
@@ -60,7 +60,7 @@ class HubClient:
                     return response
                 from_service = response.headers.get("content-type", "").startswith("application/json")
                 if response.status_code < 500 and from_service:  # the service's own refusal, not a hub restarting
-                    raise HubRefused(response.status_code, _message(response))
+                    raise HubRefused(response.status_code, _message(response), response.json())
                 problem = f"HTTP {response.status_code}: {_message(response)}"
             wait = min(60.0, 2.0 ** attempt)
             log.warning("hub: %s; trying again in %.0f s", problem, wait)
@@ -80,8 +80,7 @@ class HubClient:
         """Send ``path`` (of SHA-256 ``digest``), from the byte the hub already holds."""
         size = path.stat().st_size
         url = f"/harvests/{harvest_id}/files/{digest}"
-        state = self.call("GET", url).json()
-        offset = state["received"]
+        state, offset = {"complete": False}, 0  # a first chunk that does not fit is answered with what the hub holds
         with open(path, "rb") as f:
             while not state["complete"]:
                 f.seek(offset)

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     caller TEXT NOT NULL, arrived REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_study ON inbox (study);
+CREATE INDEX IF NOT EXISTS inbox_series ON inbox (series);
 CREATE TABLE IF NOT EXISTS harvests (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, state TEXT NOT NULL, delivery TEXT, version TEXT,
     message TEXT NOT NULL DEFAULT '', started REAL NOT NULL
@@ -49,6 +50,8 @@ class Journal:
         self.lock = threading.Lock()
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
+            # a crash of the edge loses nothing; a power cut at most the last steps, which are done again
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
 
     def _rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -76,6 +79,10 @@ class Journal:
             marks = ",".join("?" * len(part))
             found.update({r["sop"]: r for r in self._rows(f"SELECT * FROM inbox WHERE sop IN ({marks})", *part)})
         return found
+
+    def inbox_series(self, series: str) -> list[dict[str, Any]]:
+        """The instances of one series in the inbox."""
+        return self._rows("SELECT * FROM inbox WHERE series = ?", series)
 
     def last_arrival(self, studies: set[str]) -> float:
         """When the latest instance of ``studies`` arrived (0: none)."""

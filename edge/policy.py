@@ -12,6 +12,7 @@ the harvest's outbox, or ends quarantined or failed with its reason.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from collections import defaultdict
@@ -29,6 +30,7 @@ from medlib.contract import Policy
 from medlib.manifest import sha256
 
 from .journal import Journal
+from .qc import Facts, file_facts
 
 #: The delivered table of a features harvest, in the dataset's version.
 FEATURES_TABLE = "features/{harvest}.csv"
@@ -41,6 +43,23 @@ class Processor:
                  workers: int | None = None):
         self.state_dir, self.journal, self.key = state_dir, journal, key
         self.options, self.workers = options, workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def pool(self) -> ProcessPoolExecutor:
+        """The anonymizing processes, started once (from a fork server: this process has threads)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+        return self._pool
+
+    def start(self) -> None:
+        """Start the anonymizing processes now, not at the first harvest."""
+        list(self.pool.map(int, range(self.workers)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def outbox(self, harvest_id: str) -> Path:
         return self.state_dir / "outbox" / harvest_id
@@ -66,27 +85,32 @@ class Processor:
     def _anonymized(self, harvest_id: str, instances: list[dict], inbox: dict[str, dict]) -> None:
         anonymizer = Anonymizer(self.key, self.options)
         out, quarantine = self.outbox(harvest_id), self.state_dir / "quarantine" / harvest_id
-        store = MappingStore(self.state_dir / "mapping.sqlite", self.key)
         src = self.state_dir / "inbox"
         by_name = {Path(inbox[r["sop"]]["path"]).name: r["sop"] for r in instances}
-        jobs = [(anonymizer, src, out, quarantine, name, True, ()) for name in by_name]
-        try:
-            with ProcessPoolExecutor(self.workers) as pool, \
-                    tqdm(total=len(jobs), unit="file", desc="anonymizing", disable=len(jobs) < 50) as bar:
-                for outcome, mappings in pool.map(_anonymize, jobs, chunksize=max(1, len(jobs) // (self.workers * 4))):
-                    sop = by_name[outcome.source]
-                    if mappings:
-                        store.add(mappings)  # before the journal: a processed file's pseudonyms are stored
-                    if outcome.outcome == "anonymized":
-                        self.journal.set(harvest_id, [sop], "processed", output=outcome.output,
-                                         sha256=sha256(out / outcome.output))
-                    elif outcome.outcome == "quarantined":
-                        self.journal.set(harvest_id, [sop], "quarantined", outcome.reason)
-                    else:  # skipped (not an image of the profile's kind), duplicate, failed
-                        self.journal.set(harvest_id, [sop], "failed", f"{outcome.outcome}: {outcome.reason}")
-                    bar.update(1)
+        jobs = [(anonymizer, src, out, quarantine, name) for name in by_name]
+        results = []
+        with tqdm(total=len(jobs), unit="file", desc="anonymizing", disable=len(jobs) < 50) as bar:
+            for result in self.pool.map(_anonymize, jobs, chunksize=max(1, len(jobs) // (self.workers * 4))):
+                results.append(result)
+                bar.update(1)
+        store = MappingStore(self.state_dir / "mapping.sqlite", self.key)
+        try:  # before the journal: a processed file's pseudonyms are stored
+            store.add([row for _, mappings, _ in results for row in mappings])
         finally:
             store.close()
+        for outcome, _, digest in results:
+            sop = by_name[outcome.source]
+            if outcome.outcome == "anonymized":
+                self.journal.set(harvest_id, [sop], "processed", output=outcome.output, sha256=digest)
+            elif outcome.outcome == "quarantined":
+                self.journal.set(harvest_id, [sop], "quarantined", outcome.reason)
+            else:  # skipped (not an image of the profile's kind), duplicate, failed
+                self.journal.set(harvest_id, [sop], "failed", f"{outcome.outcome}: {outcome.reason}")
+
+    def facts(self, paths: list[Path], decode_pixels: bool) -> list[Facts]:
+        """The QC facts of ``paths``, read by the worker processes."""
+        return list(self.pool.map(file_facts, paths, [decode_pixels] * len(paths),
+                                  chunksize=max(1, len(paths) // (self.workers * 4))))
 
     def _features(self, harvest_id: str, instances: list[dict], inbox: dict[str, dict]) -> None:
         table, used, reasons = segmentation_features(instances, inbox, self.key,
@@ -104,7 +128,11 @@ class Processor:
 
 
 def _anonymize(args: tuple):
-    return anonymize_file(*args)
+    """One file, in a worker: its outcome, its pseudonyms, and its output's SHA-256."""
+    anonymizer, src, out, quarantine, name = args
+    outcome, mappings = anonymize_file(anonymizer, src, out, quarantine, name, True)
+    digest = sha256(out / outcome.output) if outcome.outcome == "anonymized" else None
+    return outcome, mappings, digest
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -36,23 +36,66 @@ class SeriesReport:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What the checks need of one file (small, picklable: made in worker processes)."""
+
+    name: str
+    modality: str = ""
+    size: tuple[int, int] | None = None
+    orientation: tuple[float, ...] = ()
+    position: tuple[float, ...] = ()
+    problem: str | None = None  # the pixel data cannot be decoded
+
+
+def file_facts(path: str | Path, decode_pixels: bool = True) -> Facts:
+    """Read one file's header and check that its pixel data decodes: natively encoded data must
+    hold exactly the bytes its attributes say (read without loading it); compressed data is
+    decoded."""
+    name = Path(path).name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, defer_size=1024)
+            if decode_pixels and "PixelData" in ds:
+                if ds.file_meta.TransferSyntaxUID.is_compressed:
+                    ds.pixel_array  # noqa: B018 - decoding is the check
+                else:
+                    _native_length(ds)
+    except Exception as e:  # noqa: BLE001 - any failure to decode is the finding
+        return Facts(name, problem=f"{name}: pixel data cannot be decoded ({type(e).__name__}: {e})")
+    size = (int(ds.Rows), int(ds.Columns)) if "Rows" in ds and "Columns" in ds else None
+    return Facts(name, str(ds.get("Modality", "")), size,
+                 tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", ())),
+                 tuple(float(v) for v in ds.get("ImagePositionPatient", ())))
+
+
+def _native_length(ds: pydicom.Dataset) -> None:
+    """Raise ValueError unless native pixel data holds the bytes rows × columns × samples ×
+    bits × frames say (the check pydicom's decoder makes, without reading the pixels)."""
+    element = ds.get_item("PixelData")
+    have = element.length if hasattr(element, "length") else len(element.value)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.BitsAllocated)
+    need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames
+    need = (need * bits + 7) // 8
+    if have < need:
+        raise ValueError(f"The number of bytes of pixel data is less than expected ({have} vs {need} bytes)")
+
+
 def check_series(name: str, paths: Iterable[Path], allowed_modalities: Iterable[str], spacing_tolerance: float = 0.05,
                  decode_pixels: bool = True) -> SeriesReport:
     """Check the instances of one series (files of the inbox)."""
-    headers, problems = [], []
-    for path in paths:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=not decode_pixels)
-                if decode_pixels and "PixelData" in ds:
-                    ds.pixel_array  # noqa: B018 - decoding is the check
-        except Exception as e:  # noqa: BLE001 - any failure to decode is the finding
-            problems.append(f"{Path(path).name}: pixel data cannot be decoded ({type(e).__name__}: {e})")
-            continue
-        headers.append(ds)
-    modalities = sorted({str(ds.get("Modality", "")) for ds in headers})
-    report = SeriesReport(name, "/".join(modalities), len(headers) + len(problems), problems)
+    return check_facts(name, [file_facts(p, decode_pixels) for p in paths], allowed_modalities, spacing_tolerance)
+
+
+def check_facts(name: str, facts: list[Facts], allowed_modalities: Iterable[str],
+                spacing_tolerance: float = 0.05) -> SeriesReport:
+    """Check one series from the facts of its files."""
+    problems = [f.problem for f in facts if f.problem]
+    readable = [f for f in facts if not f.problem]
+    modalities = sorted({f.modality for f in readable})
+    report = SeriesReport(name, "/".join(modalities), len(facts), problems)
     allowed = set(allowed_modalities)
     unexpected = [m for m in modalities if m not in allowed]
     if unexpected:
@@ -60,18 +103,18 @@ def check_series(name: str, paths: Iterable[Path], allowed_modalities: Iterable[
                                f"{', '.join(sorted(allowed))})")
     if len(modalities) > 1:
         report.problems.append(f"mixed modalities {', '.join(modalities)}")
-    images = [ds for ds in headers if "ImagePositionPatient" in ds and str(ds.get("Modality", "")) not in NOT_STACKS]
+    images = [f for f in readable if f.position and f.size and f.modality not in NOT_STACKS]
     if images:
         report.problems += _geometry(images, spacing_tolerance)
     return report
 
 
-def _geometry(images: list[pydicom.Dataset], tolerance: float) -> list[str]:
+def _geometry(images: list[Facts], tolerance: float) -> list[str]:
     problems = []
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in images}
+    sizes = {f.size for f in images}
     if len(sizes) > 1:
         problems.append(f"mixed image sizes {sorted(sizes)}")
-    orientations = {tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", ())) for ds in images}
+    orientations = {f.orientation for f in images}
     if len(orientations) > 1:
         problems.append(f"mixed orientations ({len(orientations)} different)")
         return problems
@@ -79,7 +122,7 @@ def _geometry(images: list[pydicom.Dataset], tolerance: float) -> list[str]:
     if len(images) < 2 or len(orientation) != 6:
         return problems
     normal = np.cross(np.array(orientation[:3]), np.array(orientation[3:]))
-    positions = np.sort([float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images])
+    positions = np.sort([float(np.dot(normal, f.position)) for f in images])
     gaps = np.diff(positions)
     duplicates = int(np.sum(np.isclose(gaps, 0, atol=1e-3)))
     if duplicates:

@@ -168,7 +168,8 @@ def ingest_services(settings: Settings, where: Deployment, audit_url: str) -> tu
         "sites": [site.model_dump() for site in settings.sites],
     }))
     name = contract.INGEST_SERVICE
-    services = [{"name": name, "url": where.service_url(settings.ingest.port), "display": False,
+    services = [{"name": name, "url": where.service_url(settings.ingest.port), "display": True,
+                 "oauth_no_confirm": True,  # the hub's own page for owners: no consent screen
                  "command": child.command("medhub.ingest.service"),
                  "environment": {"MEDHUB_INGEST_CONFIG": str(config), **where.service_environment()}}]
     roles = [{"name": name, "services": [name],

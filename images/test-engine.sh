@@ -1,5 +1,5 @@
 #!/bin/sh
-# A Docker engine and the notebook and hub images for the end-to-end container tests, without a
+# A Docker engine and the notebook, hub and edge images for the end-to-end container tests, without a
 # registry (the recipe of ../shared/DOCKER.md): Debian's docker.io, dockerd with its iptables
 # rules (the users' network drops traffic between containers), a debootstrap-made base image
 # from the Debian mirror this machine's apt uses (a site mirror works unchanged), and both
@@ -12,6 +12,7 @@ set -eu
 PYTHON=${1:-.venv/bin/python}
 IMAGE=medhub/notebook:test
 HUB_IMAGE=medhub/hub:test
+EDGE_IMAGE=medhub/edge:test
 SUDO=$(command -v sudo >/dev/null 2>&1 && [ "$(id -u)" != 0 ] && echo sudo || true)
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
@@ -37,7 +38,7 @@ fi
 stamp=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat build/wheels/.made 2>/dev/null)" != "$stamp" ]; then
   rm -rf build/wheels && mkdir -p build/wheels
-  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,kubernetes,notebook]"
+  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,kubernetes,notebook,edge]"
   # Debian bookworm's Python is 3.11.2: soupsieve 3 and later want 3.11.5
   rm -f build/wheels/soupsieve-*.whl
   "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"
@@ -48,4 +49,6 @@ docker build -q --network host -f images/notebook/Dockerfile --build-arg BASE=lo
 cp /etc/ssl/certs/ca-certificates.crt build/ca.pem
 docker build -q --network host -f images/hub/Dockerfile --build-arg BASE=local/debian:bookworm \
   --build-arg WHEELS=build/wheels --build-arg CA_BUNDLE=build/ca.pem -t "$HUB_IMAGE" . >/dev/null
-echo "docker engine up; $IMAGE and $HUB_IMAGE ready"
+docker build -q --network host -f images/edge/Dockerfile --build-arg BASE=local/debian:bookworm \
+  --build-arg WHEELS=build/wheels -t "$EDGE_IMAGE" . >/dev/null
+echo "docker engine up; $IMAGE, $HUB_IMAGE and $EDGE_IMAGE ready"

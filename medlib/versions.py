@@ -111,6 +111,7 @@ def publish(root: str | os.PathLike[str], files: Mapping[str, tuple[Path, str]],
             except OSError:
                 shutil.copyfile(source, target)
         (staging / QC_REPORT).write_text(json.dumps(qc or {}, indent=1, sort_keys=True))
+        _fsync_files(staging)  # on disk before it is named: a version survives a power cut whole
         while True:
             name = f"v{len(versions(root)) + 1:06d}"
             (staging / PROVENANCE).write_text(json.dumps({**provenance, "version": name,
@@ -159,6 +160,20 @@ def _writable(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_dir():
             path.chmod(0o755)
+
+
+def _fsync_files(folder: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(sync, [p for p in folder.rglob("*") if p.is_file()]))
 
 
 def _fsync(folder: Path) -> None:

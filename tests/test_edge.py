@@ -461,3 +461,78 @@ def test_a_study_still_arriving_is_delivered_whole_once_quiet(hub, owner, pacs, 
         node.scp.stop()
     done = owner.get(harvest["id"])
     assert done["counts"]["found"] == done["counts"]["delivered"] == 8  # never half a study
+
+
+@pytest.mark.browser
+def test_an_owner_asks_for_a_harvest_on_the_hubs_page_and_watches_it_arrive(hub, edge):
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    page_url = f"{hub.url}/services/medhub-ingest/"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(page_url)  # the hub's login first, through the IdP's page
+            page.get_by_role("button", name="Sign in with").click()
+            page.wait_for_url(f"{hub.idp.issuer}/interaction/**")
+            page.fill("#username", "erin")
+            page.fill("#password", hub.accounts["erin"].password)
+            page.click("#sign-in")
+            if page.locator("#authorize").count():
+                page.click("#authorize")
+            page.wait_for_url(page_url + "**")
+            expect(page.locator("body")).to_contain_text("harvest-ct, harvest-features, harvest-raw")
+            page.select_option("select[name=dataset]", "harvest-ct")
+            page.select_option("select[name=site]", "site-a")
+            page.select_option("select[name=policy]", "identifiable")  # into an anonymized dataset: refused
+            page.fill("input[name=q-PatientID]", "P-D")
+            page.click("button")
+            expect(page.get_by_role("alert")).to_contain_text("may only go into a dataset catalogued identifiable")
+            page.select_option("select[name=dataset]", "harvest-ct")
+            page.select_option("select[name=site]", "site-a")
+            page.select_option("select[name=policy]", "anonymized")
+            page.fill("input[name=q-PatientID]", "P-D")
+            page.click("button")
+            row = page.locator("#harvests tr").nth(1)
+            expect(row).to_contain_text("pending")
+            assert edge.poll_once() == 1
+            page.reload()
+            expect(row).to_contain_text("delivered")
+            expect(row).to_contain_text("v0000")
+        finally:
+            browser.close()
+
+
+def test_the_edge_image_harvests_and_delivers_as_an_unprivileged_container(hub, owner, pacs, tmp_path):
+    """images/edge: `medlib edge run` in the image (uid 998, its own state volume) takes a harvest
+    from the PACS and delivers it; the container shares only the host's loopback with them."""
+    from test_containers import docker, engine_problem
+
+    image = "medhub/edge:test"
+    problem = engine_problem(image)
+    if problem:
+        pytest.skip(problem)
+    config = tmp_path / "etc"
+    path = edge_settings(hub, pacs, config, state_dir="/var/lib/medhub-edge", token_file="/etc/medhub-edge/token",
+                         key_file="/etc/medhub-edge/site.key")
+    assert path.name == "edge.toml"
+    for item in config.iterdir():
+        os.chown(item, 998, 100)
+    os.chown(config, 998, 100)
+    volume, name = f"medhub-test-edge-{tmp_path.name}", f"medhub-test-edge-{os.getpid()}"
+    assert docker("run", "--rm", "--entrypoint", "medlib", "-v", f"{config}:/etc/medhub-edge:ro", image,
+                  "edge", "check", "-s", "/etc/medhub-edge/edge.toml", check=False).stdout.startswith("site site-a")
+    docker("run", "-d", "--name", name, "--network", "host", "-v", f"{config}:/etc/medhub-edge:ro",
+           "-v", f"{volume}:/var/lib/medhub-edge", image)
+    try:
+        assert docker("exec", name, "id", "-u").stdout.strip() == "998"
+        harvest = owner.create("harvest-ct", "site-a", "anonymized", {"PatientID": "P-D"})
+        done = owner.wait(harvest["id"], timeout=120, every=0.5)
+        assert done["state"] == "delivered" and done["counts"]["delivered"] == 6, docker("logs", name).stderr[-3000:]
+        # the mapping store stayed in the container's volume, at the site
+        assert docker("exec", name, "test", "-s", "/var/lib/medhub-edge/mapping.sqlite", check=False).returncode == 0
+    finally:
+        docker("rm", "-f", name, check=False)
+        docker("volume", "rm", volume, check=False)

@@ -11,6 +11,9 @@ service publishes the files, with the versions before, as a new immutable versio
 (:func:`medlib.versions.publish`) and answers with its name. Resending a delivery returns the
 version it made.
 
+Owners also have a page, ``/services/medhub-ingest/`` (signed in through the hub), that lists
+their datasets' harvests with their progress and asks for new ones.
+
 Identity is the token's (a user, or the service ``edge-<site>``); what a site may deliver to
 is its ``[[site]] datasets`` in the hub's settings, never anything the edge sends. Every request,
 run, quarantine, delivery and version is an audit event (source ``ingest``).
@@ -23,11 +26,13 @@ import json
 import logging
 import os
 import shutil
+import secrets
 import signal
+from html import escape
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.services.auth import HubAuth
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 from tornado.ioloop import IOLoop
@@ -101,31 +106,12 @@ class IngestHandler(TokenHandler):
         if response.code != 201:
             log.error("the audit service refused %s of harvest %s (HTTP %s)", action, harvest["id"], response.code)
 
-    def body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError:
-            raise web.HTTPError(400, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "send a JSON object")
-        return body
-
-
-class HarvestsHandler(IngestHandler):
-    async def get(self) -> None:
-        states = tuple(s for s in self.get_argument("state", "").split(",") if s)
-        site = self.site()
-        if site is not None:
-            found = self.store.list(site=site, states=states)
-        else:
-            found = self.store.list(datasets=await self.owned(), states=states)
-        self.finish({"harvests": found})
-
-    async def post(self) -> None:
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new harvest request of the user holding the token (a dataset's owner); HTTPError saying
+        what is wrong with it otherwise."""
         model = self.current_user
         if model.get("kind") != "user":
             raise web.HTTPError(403, "a harvest is requested by a dataset's owner, with the owner's own token")
-        body = self.body()
         dataset_id, site = str(body.get("dataset", "")), str(body.get("site", ""))
         dataset = self.datasets.get(dataset_id)
         if dataset is None or not dataset.versioned:
@@ -162,6 +148,30 @@ class HarvestsHandler(IngestHandler):
         harvest = self.store.add(dataset=dataset_id, site=site, policy=policy, source=source, query=query,
                                  on_qc_failure=on_qc_failure, requested_by=model["name"])
         await self.audit("harvest-request", harvest, source=source, query=sorted(query))
+        return harvest
+
+    def body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "send a JSON object")
+        return body
+
+
+class HarvestsHandler(IngestHandler):
+    async def get(self) -> None:
+        states = tuple(s for s in self.get_argument("state", "").split(",") if s)
+        site = self.site()
+        if site is not None:
+            found = self.store.list(site=site, states=states)
+        else:
+            found = self.store.list(datasets=await self.owned(), states=states)
+        self.finish({"harvests": found})
+
+    async def post(self) -> None:
+        harvest = await self.create(self.body())
         self.set_status(201)
         self.finish(harvest)
 
@@ -224,7 +234,7 @@ class FileHandler(IngestHandler):
             have, complete = self.store.append(harvest_id, digest, offset, size, self.request.body)
         except OffsetMismatch as e:
             self.set_status(409)
-            self.finish({"status": 409, "message": str(e), "received": e.have})
+            self.finish({"status": 409, "message": str(e), "received": e.have, "complete": False})
             return
         except (DigestMismatch, ValueError) as e:
             raise web.HTTPError(422, str(e)) from None
@@ -256,10 +266,13 @@ class DeliveryHandler(IngestHandler):
             if not is_sha256(digest):
                 raise web.HTTPError(400, f"{path}: sha256 must be 64 lower-case hex digits")
             if not self.store.received(harvest_id, digest)[1]:
-                missing.append(path)
+                missing.append(digest)
             files[path] = (self.store.file(harvest_id, digest), digest)
-        if missing:
-            raise web.HTTPError(409, f"{len(missing)} file(s) not received completely yet, e.g. {missing[0]}")
+        if missing:  # the edge sends them (again: the hub may have lost what it had not published)
+            self.set_status(409)
+            self.finish({"status": 409, "message": f"{len(missing)} file(s) not received completely",
+                         "missing": sorted(set(missing))})
+            return
         dataset = self.datasets[harvest["dataset"]]
         provenance = {
             "dataset": dataset.id, "site": harvest["site"], "policy": harvest["policy"], "harvest": harvest["id"],
@@ -284,9 +297,69 @@ class DeliveryHandler(IngestHandler):
         self.finish(updated)
 
 
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Harvests · medhub</title>
+<style>body{{font-family:sans-serif;margin:2rem;max-width:72rem}} table{{border-collapse:collapse}}
+td,th{{padding:.25rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}} fieldset{{margin:1rem 0}}
+label{{display:inline-block;margin:.2rem 1rem .2rem 0}}</style></head><body>
+<h1>Harvests</h1><p>Signed in as {user}. You steer harvests into the datasets you own: {owned}.</p>{error}
+<form method="post">{xsrf}<fieldset><legend>New harvest request</legend>
+<label>Dataset <select name="dataset">{datasets}</select></label>
+<label>Site <select name="site">{sites}</select></label>
+<label>Policy <select name="policy">{policies}</select></label>
+<label>Source <select name="source">{sources}</select></label>
+<label>If a series fails QC <select name="on_qc_failure"><option value="hold">hold it back at the site</option>
+<option value="flag">deliver it flagged</option></select></label><br>{query}
+<p><button>Ask the site</button></p></fieldset></form>
+<table id="harvests"><tr><th>request</th><th>dataset</th><th>site</th><th>policy</th><th>query</th><th>state</th>
+<th>found</th><th>received</th><th>quarantined</th><th>failed</th><th>delivered</th><th>version</th><th>message</th></tr>
+{rows}</table><p><a href="">Refresh</a></p></body></html>"""
+
+
+def _options(values) -> str:
+    return "".join(f'<option value="{escape(str(v))}">{escape(str(v))}</option>' for v in values)
+
+
+class PageHandler(HubOAuthenticated, IngestHandler):
+    """The owners' page: their datasets' harvests with their progress, and a form for a new one.
+    Signed in through the hub (OAuth), not with a token."""
+
+    async def prepare(self) -> None:  # the cookie's user (HubOAuthenticated), not TokenHandler's header token
+        pass
+
+    @web.authenticated
+    async def get(self, error: str = "") -> None:
+        owned = sorted(await self.owned())
+        harvests = self.store.list(datasets=set(owned))
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
+                h["id"], h["dataset"], h["site"], h["policy"], " ".join(f"{k}={v}" for k, v in h["query"].items()),
+                h["state"], *(h["counts"][k] for k in ("found", "received", "quarantined", "failed", "delivered")),
+                h["version"] or "", h["message"])) + "</tr>" for h in reversed(harvests))
+        query = "".join(f'<label>{key} <input name="q-{key}" size="14"></label>' for key in QUERY_KEYS)
+        sites = sorted(name for name, datasets in self.settings["sites"].items() if set(datasets) & set(owned))
+        self.finish(PAGE.format(
+            user=escape(self.current_user["name"]), owned=escape(", ".join(owned) or "none"),
+            error=f'<p role="alert">{escape(error)}</p>' if error else "", xsrf=self.xsrf_form_html(),
+            datasets=_options(owned), sites=_options(sites), policies=_options(Policy), sources=_options(Source),
+            query=query, rows=rows))
+
+    @web.authenticated
+    async def post(self) -> None:
+        body = {name: self.get_argument(name, "") for name in ("dataset", "site", "policy", "source", "on_qc_failure")}
+        body["query"] = {key: value for key in QUERY_KEYS if (value := self.get_argument(f"q-{key}", "").strip())}
+        try:
+            await self.create(body)
+        except web.HTTPError as e:
+            self.set_status(e.status_code)
+            await self.get(e.log_message or "")
+            return
+        self.redirect(self.request.path)
+
+
 def make_app(store: HarvestStore, config: dict[str, Any], prefix: str = "/") -> web.Application:
     settings = {
-        "hub_auth": HubAuth(cache_max_age=5),
+        "hub_auth": HubOAuth(cache_max_age=5),
+        "cookie_secret": secrets.token_bytes(32),  # the page's OAuth sessions: signing in again after a restart is fine
         "hub_scopes": {f"access:services!service={os.environ.get('JUPYTERHUB_SERVICE_NAME', INGEST_SERVICE)}"},
         "groups_cache": {},
         "store": store,
@@ -299,6 +372,8 @@ def make_app(store: HarvestStore, config: dict[str, Any], prefix: str = "/") -> 
     }
     harvest, digest = r"([0-9a-f]{12})", r"([0-9a-f]{64})"
     return web.Application([
+        (prefix, PageHandler),
+        (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         (url_path_join(prefix, "harvests"), HarvestsHandler),
         (url_path_join(prefix, "harvests", harvest), HarvestHandler),
         (url_path_join(prefix, "harvests", harvest, "progress"), ProgressHandler),
