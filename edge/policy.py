@@ -6,15 +6,14 @@ the harvest's outbox, or ends quarantined or failed with its reason.
   recorded in the site's mapping store; a file that may carry burned-in text stays in the site's
   quarantine.
 - ``features``: radiomic features (:func:`medlib.radiomics.extract`) of each segment of each DICOM
-  SEG the harvest found, on the image series it references; only the table leaves, its rows
-  named by keyed pseudonyms of the series.
+  SEG, and each ROI of each RTSTRUCT, the harvest found (:mod:`.masks`), on the image series it
+  references; only the table leaves, its rows named by keyed pseudonyms of the series.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -145,52 +144,48 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def segmentation_features(instances: list[dict], inbox: dict[str, dict], key: SiteKey, work: Path):
-    """The radiomic features of every segment of every SEG among ``instances`` (``work``: a
-    folder of the edge's own for the image series' links).
+    """The radiomic features of every segment of every SEG, and every ROI of every RTSTRUCT,
+    among ``instances`` (``work``: a folder of the edge's own for the image series' links).
 
     Returns:
         (table, SOP Instance UIDs used, {SOP Instance UID: why it was not used}).
     """
-    import highdicom as hd
     import pandas as pd
 
     from medlib.datasets.series import find_series
     from medlib.radiomics import extract
 
+    from .masks import MASK_MODALITIES, masks, referenced_series
+
     by_series: dict[str, list[dict]] = defaultdict(list)
     for row in instances:
         by_series[row["series"]].append(row)
     rows, used, reasons = [], set(), {}
-    segs = [r for r in instances if r["modality"] == "SEG"]
     masked: set[str] = set()
-    for seg_row in segs:
+    for mask_row in (r for r in instances if r["modality"] in MASK_MODALITIES):
+        path = inbox[mask_row["sop"]]["path"]
         try:
-            seg = hd.seg.segread(inbox[seg_row["sop"]]["path"])
-            referenced = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+            referenced = referenced_series(path)
             images = by_series.get(referenced)
             if not images:
-                reasons[seg_row["sop"]] = "the series it segments is not in this harvest"
+                reasons[mask_row["sop"]] = "the series it segments is not in this harvest"
                 continue
             series, sops = _image_series(images, inbox, work / referenced, find_series)
             volume = series.read()
-            for segment in seg.SegmentSequence:
-                number = int(segment.SegmentNumber)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    mask = seg.get_pixels_by_source_instance(sops, segment_numbers=[number],
-                                                             assert_missing_frames_are_empty=True)[..., 0] > 0
+            for label, mask in masks(path, series, sops):
                 if not mask.any():
                     continue
                 features = extract(volume, mask, spacing=series.spacing)
-                features.insert(0, "segment", str(segment.SegmentLabel))
+                features.insert(0, "segment", label)
                 features.insert(0, "series", key.pseudonym("series", referenced))
                 features.insert(2, "modality", str(series.attrs.get("Modality", "")))
+                features.insert(3, "source", mask_row["modality"])
                 rows.append(features)
-            used.add(seg_row["sop"])
+            used.add(mask_row["sop"])
             used.update(r["sop"] for r in images)
             masked.add(referenced)
         except Exception as e:  # noqa: BLE001 - one bad segmentation is reported, the rest go on
-            reasons[seg_row["sop"]] = f"cannot compute features from this segmentation ({type(e).__name__}: {e})"
+            reasons[mask_row["sop"]] = f"cannot compute features from this segmentation ({type(e).__name__}: {e})"
     for row in instances:
         if row["sop"] not in used and row["sop"] not in reasons:
             reasons[row["sop"]] = ("no segmentation of this series at the site" if row["series"] not in masked

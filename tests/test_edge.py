@@ -23,7 +23,7 @@ import tomli_w
 from pacs import Orthanc
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
-from segmentations import sphere, write_seg
+from segmentations import sphere, write_rtstruct, write_seg
 
 import medlib.datasets as mds
 from medhub.catalog import granted
@@ -41,6 +41,7 @@ from medlib.synthetic import write_ct_series
 from conftest import start_platform, stop_platform
 
 OWNERS = "radiology-research"  # alice and erin; bob (a student) owns nothing
+SQUARE = np.array([[6, 6], [6, 15], [15, 15], [15, 6]], dtype=float)  # an RTSTRUCT contour, rows and columns
 
 
 def versioned(root: Path, dataset_id: str, sensitivity: str = "anonymized") -> dict:
@@ -104,6 +105,7 @@ def studies(tmp_path_factory) -> dict[str, list[Path]]:
     burned.save_as(found["P-A"][3])
     found["P-C"].pop(4).unlink()  # a slice lost on the way to the PACS
     found["P-B-SEG"] = [write_seg(found["P-B"], sphere((10, 24, 24), 3.5), root / "P-B-seg.dcm")]
+    found["P-B-RS"] = [write_rtstruct(found["P-B"], {k: SQUARE for k in range(3, 7)}, root / "P-B-rs.dcm")]
     return found
 
 
@@ -227,21 +229,27 @@ def test_a_features_harvest_delivers_only_the_table_computed_at_the_site(hub, ow
     assert edge.poll_once() == 1
     harvest = owner.get(harvest["id"])
     assert harvest["state"] == "delivered", harvest
-    assert harvest["counts"]["found"] == 11 and harvest["counts"]["delivered"] == 11 and adds_up(harvest["counts"])
+    assert harvest["counts"]["found"] == 12 and harvest["counts"]["delivered"] == 12 and adds_up(harvest["counts"])
 
     open_as(hub, "alice", [OWNERS], tmp_path, monkeypatch)
     root = mds.local_root("harvest-features")
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert files == ["MANIFEST.sha256", f"features/{harvest['id']}.csv", "provenance.json", "qc.json"]  # no image
-    table = mds.table("harvest-features")
-    assert list(table["segment"]) == ["lesion"] and "P-B" not in table.to_csv()
+    table = mds.table("harvest-features").set_index("segment")
+    assert sorted(table.index) == ["GTV", "lesion"] and set(table["source"]) == {"SEG", "RTSTRUCT"}
+    assert "P-B" not in table.to_csv()
 
-    # the same features, computed at the site from the PACS's own files
+    # the same features, computed at the site from the PACS's own files: the SEG's sphere, and the
+    # RTSTRUCT's squares on slices 3-6
     slices = sorted((pydicom.dcmread(p) for p in studies["P-B"]), key=lambda ds: float(ds.ImagePositionPatient[2]))
     volume = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
-    expected = extract(volume, sphere((10, 24, 24), 3.5), spacing=(2.5, 0.8, 0.8))
-    for column in expected.columns:
-        assert table[column].iloc[0] == pytest.approx(expected[column].iloc[0], rel=1e-6, nan_ok=True), column
+    square = np.zeros((10, 24, 24), dtype=bool)
+    square[3:7, 6:16, 6:16] = True
+    for label, mask in (("lesion", sphere((10, 24, 24), 3.5)), ("GTV", square)):
+        expected = extract(volume, mask, spacing=(2.5, 0.8, 0.8))
+        for column in expected.columns:
+            assert table.loc[label, column] == pytest.approx(expected[column].iloc[0], rel=1e-6, nan_ok=True), \
+                (label, column)
 
 
 def test_qc_holds_back_a_series_with_a_missing_slice_or_delivers_it_flagged(hub, owner, edge):
@@ -536,3 +544,22 @@ def test_the_edge_image_harvests_and_delivers_as_an_unprivileged_container(hub, 
     finally:
         docker("rm", "-f", name, check=False)
         docker("volume", "rm", volume, check=False)
+
+
+def test_identifiable_data_goes_only_into_an_identifiable_dataset_here_by_c_get(hub, owner, pacs, tmp_path,
+                                                                               monkeypatch):
+    """Solution 1: site-b sends the files as the PACS holds them (C-GET: on the edge's own
+    association, nothing to configure at the PACS), into the dataset catalogued identifiable."""
+    node = Edge(load_edge(edge_settings(hub, pacs, tmp_path / "site-b", site="site-b", pacs={"retrieve": "get"})))
+    harvest = owner.create("harvest-raw", "site-b", "identifiable", {"PatientID": "P-D"})
+    assert node.poll_once() == 1  # its SCP is not even listening: C-GET needs none
+    harvest = owner.get(harvest["id"])
+    assert harvest["state"] == "delivered" and harvest["counts"]["delivered"] == 6 and adds_up(harvest["counts"])
+    open_as(hub, "alice", [OWNERS], tmp_path / "alice", monkeypatch)
+    (series,) = mds.open("harvest-raw").children.values()
+    assert series.attrs["PatientID"] == "P-D"  # as the PACS holds it
+    (version,) = mds.versions("harvest-raw")
+    assert version["policy"] == "identifiable" and version["edge"]["key_fingerprint"] is None
+    open_as(hub, "bob", ["course-students"], tmp_path / "bob", monkeypatch)
+    with pytest.raises(PermissionError, match="radiology-research"):
+        mds.open("harvest-raw")
