@@ -96,17 +96,21 @@ def move(orthanc: Orthanc, destination: str, series: list[tuple[str, str]]) -> N
     assoc.release()
 
 
-def floor(orthanc: Orthanc, port: int, folder: Path, series: list[tuple[str, str]]) -> float:
-    """C-MOVE into a plain storage SCP that writes each instance as it comes."""
-    folder.mkdir()
-
+def plain_scp(ae_title: str, port: int, folder: Path):
+    """A storage SCP that writes each instance it receives to ``folder``, and nothing else."""
     def store(event) -> int:
         (folder / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(event.encoded_dataset())
         return 0
 
-    ae = AE(ae_title="FLOOR")
+    ae = AE(ae_title=ae_title)
     ae.supported_contexts = AllStoragePresentationContexts
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+
+
+def floor(orthanc: Orthanc, port: int, folder: Path, series: list[tuple[str, str]]) -> float:
+    """C-MOVE into a plain storage SCP that writes each instance as it comes."""
+    folder.mkdir()
+    server = plain_scp("FLOOR", port, folder)
     try:
         start = time.perf_counter()
         move(orthanc, "FLOOR", series)
@@ -129,15 +133,7 @@ def hand_made(orthanc: Orthanc, port: int, folder: Path, peers: Path | None, ser
                             "127.0.0.1", str(orthanc.dicom_port)], check=True, capture_output=True)
     else:
         how = "pynetdicom C-MOVE"
-        server_folder = received
-
-        def store(event) -> int:
-            (server_folder / f"{event.request.AffectedSOPInstanceUID}.dcm").write_bytes(event.encoded_dataset())
-            return 0
-
-        ae = AE(ae_title="HAND")
-        ae.supported_contexts = AllStoragePresentationContexts
-        server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+        server = plain_scp("HAND", port, received)
         move(orthanc, "HAND", series)
         server.shutdown()
     if peers is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import threading
 import time
 import uuid
@@ -375,6 +376,8 @@ class Edge:
             version = None
         self.journal.set(harvest_id, [r["sop"] for r in self.journal.instances(harvest_id, "uploaded")], "delivered")
         self.journal.set_harvest(harvest_id, state="delivered" if version else "failed", version=version)
+        for folder in (self.processor.outbox(harvest_id), self.settings.state_dir / "work" / harvest_id):
+            shutil.rmtree(folder, ignore_errors=True)  # delivered (the journal keeps names and digests)
         log.info("harvest %s: %s", harvest_id, f"delivered as {version}" if version else "nothing delivered")
 
     # -- reporting ----------------------------------------------------------------------------------

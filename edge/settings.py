@@ -68,7 +68,8 @@ class PacsSettings(Table):
     timeout: float = 60
     """Seconds to wait for an answer on an association."""
     retries: int = 5
-    """Attempts at reaching it before a harvest fails, with doubling waits."""
+    """Attempts at reaching it, with doubling waits, before a harvest reports it unreachable (and
+    tries again at the next poll)."""
 
 
 class ScpSettings(Table):
@@ -103,7 +104,8 @@ class QcSettings(Table):
     spacing_tolerance: float = 0.05
     """Largest relative deviation of a gap between slices from the series' median."""
     decode_pixels: bool = True
-    """Decode every instance's pixel data (catches corrupt or unsupported compression)."""
+    """Check every instance's pixel data: native data must hold the bytes its attributes say,
+    compressed data must decode (catches truncated files and unsupported compression)."""
 
 
 class WebSettings(Table):

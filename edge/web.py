@@ -105,7 +105,7 @@ class UploadHandler(Base):
         stored, refused = 0, []
         for field in ("files", "folder"):
             for item in self.request.files.get(field, []):
-                for name, data in _members(item["filename"], item["body"]):
+                for name, data in _members(item["filename"], item["body"], self.settings["max_bytes"]):
                     sop, reason = inbox.store(data, f"UPLOAD:{self.current_user}")
                     if sop:
                         stored += 1
@@ -118,13 +118,18 @@ class UploadHandler(Base):
         self.page(UPLOAD.format(user=escape(self.current_user), xsrf=self.xsrf_form_html(), result=result))
 
 
-def _members(filename: str, data: bytes):
-    """The files of an upload: a zip's members, or the file itself."""
+def _members(filename: str, data: bytes, limit: int):
+    """The files of an upload: a zip's members (none larger than ``limit`` bytes unpacked: no zip
+    bombs; their names are never used as paths), or the file itself."""
     if filename.lower().endswith(".zip") and zipfile.is_zipfile(BytesIO(data)):
         with zipfile.ZipFile(BytesIO(data)) as archive:
             for info in archive.infolist():
-                if not info.is_dir():
-                    yield f"{filename}/{info.filename}", archive.read(info)
+                if info.is_dir():
+                    continue
+                if info.file_size > limit:
+                    raise web.HTTPError(413, f"{filename}: {info.filename} unpacks to {info.file_size} bytes, more "
+                                             f"than [web] max_upload_mb")
+                yield f"{filename}/{info.filename}", archive.read(info)
     else:
         yield filename, data
 
@@ -140,7 +145,7 @@ def make_app(settings: EdgeSettings, inbox: Inbox) -> web.Application:
         web.url(r"/upload", UploadHandler),
         web.url(r"/login", LoginHandler),
     ], cookie_secret=secret_file.read_text().strip(), xsrf_cookies=True, login_url="/login",
-        site=settings.site, users=Users(settings.state_dir), inbox=inbox)
+        site=settings.site, users=Users(settings.state_dir), inbox=inbox, max_bytes=settings.web.max_upload_mb << 20)
 
 
 class WebServer:

@@ -1,13 +1,15 @@
-"""The settings reference in README.md, written from the settings model's fields.
+"""The settings references in README.md, written from the settings models' fields.
 
-Each table of :class:`medhub.settings.Settings` becomes a heading and a table of its keys:
-type, default and the field's docstring. ``medhub settings-reference --write README.md``
-replaces the text between the two markers; ``tests/test_settings.py`` fails when the README
-and the model disagree.
+Each table of :class:`medhub.settings.Settings` (the hub's file) and of
+:class:`medhub_edge.settings.EdgeSettings` (an edge node's) becomes a heading and a table of its
+keys: type, default and the field's docstring; an edge's top-level keys come first.
+``medhub settings-reference --write README.md`` replaces the text between each pair of markers;
+``tests/test_settings.py`` fails when the README and the models disagree.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import types
 import typing
@@ -16,10 +18,21 @@ from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
-from .settings import Settings, Table
+from pydantic import BaseModel
 
-BEGIN = "<!-- settings-reference: begin (medhub settings-reference --write README.md) -->"
-END = "<!-- settings-reference: end -->"
+from medhub_edge.settings import EdgeSettings
+
+from .settings import Settings
+
+#: Each reference: its marker's name → the model it documents.
+REFERENCES: dict[str, type[BaseModel]] = {"settings-reference": Settings, "edge-settings-reference": EdgeSettings}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: begin (medhub settings-reference --write README.md) -->", f"<!-- {name}: end -->"
+
+
+BEGIN, END = markers("settings-reference")
 TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path"}
 
 
@@ -35,6 +48,8 @@ def _type(annotation: Any) -> str:
         return " or ".join(kinds)
     if origin is tuple:
         return f"list of {_type(args[0])}s"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "string"
     return TYPES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
@@ -63,38 +78,49 @@ def _doc(text: str | None) -> str:
     return " ".join((text or "").split()).replace("|", "\\|")
 
 
-def _table(model: type[Table]) -> list[str]:
+def _table(fields: dict[str, FieldInfo]) -> list[str]:
     lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
-    for name, field in model.model_fields.items():
+    for name, field in fields.items():
         lines.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} | {_doc(field.description)} |")
     return lines
 
 
-def markdown() -> str:
-    """The reference: one heading and table per table of the settings file."""
-    out: list[str] = []
-    for name, field in Settings.model_fields.items():
+def _is_table(annotation: Any) -> bool:
+    inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is tuple else annotation
+    return isinstance(inner, type) and issubclass(inner, BaseModel)
+
+
+def markdown(root: type[BaseModel] = Settings) -> str:
+    """The reference of ``root``'s file: its top-level keys, then a heading and a table per table."""
+    top = {name: field for name, field in root.model_fields.items() if not _is_table(field.annotation)}
+    out: list[str] = [*_table(top), ""] if top else []
+    for name, field in root.model_fields.items():
         annotation = field.annotation
+        if not _is_table(annotation):
+            continue
         if typing.get_origin(annotation) is tuple:  # an array of tables
             model, heading = typing.get_args(annotation)[0], f"[[{field.alias or name}]]"
             note = " Left out: the defaults (`medhub.settings.DEFAULT_PROFILES`)." if name == "profiles" else ""
         else:
             model, heading, note = annotation, f"[{name}]", ""
         summary = _doc(model.__doc__).split(": ", 1)[-1]
-        out += [f"**{heading}** {summary}{note}", "", *_table(model), ""]
+        out += [f"**{heading}** {summary}{note}", "", *_table(model.model_fields), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
 def replace_in(text: str) -> str:
-    """``text`` (the README) with the reference between the markers made anew.
+    """``text`` (the README) with every reference between its markers made anew.
 
     Raises:
-        ValueError: the markers are missing.
+        ValueError: a pair of markers is missing.
     """
-    try:
-        head, rest = text.split(BEGIN + "\n", 1)
-        _, tail = rest.split(END, 1)
-    except ValueError:
-        raise ValueError(f"the README has no settings reference markers; put the lines\n{BEGIN}\n{END}\n"
-                         "where the reference belongs") from None
-    return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
+    for name, model in REFERENCES.items():
+        begin, end = markers(name)
+        try:
+            head, rest = text.split(begin + "\n", 1)
+            _, tail = rest.split(end, 1)
+        except ValueError:
+            raise ValueError(f"the README has no {name} markers; put the lines\n{begin}\n{end}\n"
+                             "where the reference belongs") from None
+        text = f"{head}{begin}\n{markdown(model)}{end}{tail}"
+    return text

@@ -165,19 +165,13 @@ def _writable(folder: Path) -> None:
 def _fsync_files(folder: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    def sync(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(sync, [p for p in folder.rglob("*") if p.is_file()]))
+        list(pool.map(_fsync, [p for p in folder.rglob("*") if p.is_file()]))
 
 
-def _fsync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -15,6 +15,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+def sign_in(page, platform: Platform, username: str) -> None:
+    """On the hub's login page: to the identity provider's own page, its form, consent, back."""
+    page.get_by_role("button", name="Sign in with").click()
+    page.wait_for_url(f"{platform.idp.issuer}/interaction/**")
+    page.fill("#username", username)
+    page.fill("#password", platform.accounts[username].password)
+    page.click("#sign-in")
+    if page.locator("#authorize").count():
+        page.click("#authorize")
+
+
 @pytest.mark.browser
 def test_browser_logs_in_through_the_idp_and_jupyterlab_loads(platform: Platform, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -24,14 +35,7 @@ def test_browser_logs_in_through_the_idp_and_jupyterlab_loads(platform: Platform
         try:
             page = browser.new_page()
             page.goto(f"{platform.url}/hub/login")
-            page.get_by_role("button", name="Sign in with").click()
-            # the identity provider's own login page
-            page.wait_for_url(f"{platform.idp.issuer}/interaction/**")
-            page.fill("#username", "erin")
-            page.fill("#password", platform.accounts["erin"].password)
-            page.click("#sign-in")
-            if page.locator("#authorize").count():
-                page.click("#authorize")
+            sign_in(page, platform, "erin")
             # back at the hub: the profile form
             page.wait_for_url(f"{platform.url}/hub/spawn**")
             page.check("#profile-cpu")

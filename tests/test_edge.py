@@ -475,7 +475,7 @@ def test_a_study_still_arriving_is_delivered_whole_once_quiet(hub, owner, pacs, 
 def test_an_owner_asks_for_a_harvest_on_the_hubs_page_and_watches_it_arrive(hub, edge):
     from playwright.sync_api import expect, sync_playwright
 
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, sign_in
 
     page_url = f"{hub.url}/services/medhub-ingest/"
     with sync_playwright() as pw:
@@ -483,13 +483,7 @@ def test_an_owner_asks_for_a_harvest_on_the_hubs_page_and_watches_it_arrive(hub,
         try:
             page = browser.new_page()
             page.goto(page_url)  # the hub's login first, through the IdP's page
-            page.get_by_role("button", name="Sign in with").click()
-            page.wait_for_url(f"{hub.idp.issuer}/interaction/**")
-            page.fill("#username", "erin")
-            page.fill("#password", hub.accounts["erin"].password)
-            page.click("#sign-in")
-            if page.locator("#authorize").count():
-                page.click("#authorize")
+            sign_in(page, hub, "erin")
             page.wait_for_url(page_url + "**")
             expect(page.locator("body")).to_contain_text("harvest-ct, harvest-features, harvest-raw")
             page.select_option("select[name=dataset]", "harvest-ct")
