@@ -10,6 +10,7 @@ and the worker pod its Kubernetes controller would create is checked and validat
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from pathlib import Path
 
 import kubernetes_asyncio.config.kube_config
@@ -467,3 +468,30 @@ def test_the_example_audit_claims_are_valid_kubernetes():
     assert sorted(r["metadata"]["name"] for r in resources) == ["medhub-audit", "medhub-audit-anchor"]
     assert all(r["kind"] == "PersistentVolumeClaim" and r["spec"]["accessModes"] == ["ReadWriteOnce"]
                for r in resources)
+
+
+def test_the_ingest_service_writes_versions_into_the_delivered_datasets_claims(settings_file: Path, tmp_path: Path):
+    """A versioned dataset's claim is mounted writable in the hub pod, at the location the ingest
+    service publishes to; its servers still mount it read-only; each site is a hub service."""
+    delivered = tmp_path / "delivered"
+    delivered.mkdir()
+    catalog = tmp_path / "datasets.toml"
+    entries = tomllib.loads(catalog.read_text())
+    entries["dataset"].append({"id": "harvest-ct", "title": "H", "location": str(delivered), "versioned": True,
+                               "groups": ["radiology-research"], "owners": ["radiology-research"],
+                               "sensitivity": "anonymized", "licence": "CC0-1.0"})
+    catalog.write_text(tomli_w.dumps(entries))
+    data = tomllib.loads(settings_file.read_text())
+    data["site"] = [{"name": "site-a", "datasets": ["harvest-ct"]}]
+    settings_file.write_text(tomli_w.dumps(data))
+    settings = load(settings_file)
+    hub = values(settings)["hub"]
+    (volume,) = [v for v in hub["extraVolumes"] if v["name"] == "dataset-harvest-ct"]
+    assert volume["persistentVolumeClaim"] == {"claimName": "medhub-dataset-harvest-ct"}
+    (mount,) = [m for m in hub["extraVolumeMounts"] if m["name"] == "dataset-harvest-ct"]
+    assert mount["mountPath"] == str(delivered) and not mount.get("readOnly")
+    valid({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hub"},
+           "spec": {"containers": [{"name": "hub", "image": "medhub/hub", "volumeMounts": hub["extraVolumeMounts"]}],
+                    "volumes": hub["extraVolumes"]}})
+    services = {s["name"] for s in pod_traits(settings_file, tmp_path)["JupyterHub"]["services"]}
+    assert {"medhub-ingest", "edge-site-a"} <= services
