@@ -6,7 +6,8 @@ user's server as a sibling container through the engine's socket (``hub.spawner 
 "docker"``). What the container sees is derived from the settings file, so it cannot drift
 from it: every file and folder the settings name (the settings file, the catalog and its local
 datasets, course material, the client secret file, the TLS certificate and key, the extra
-configuration) is bound read-only at the same path, the state folder read-write. The container
+configuration) is bound read-only at the same path, the state folder and the versioned datasets
+(where sites' deliveries are published) read-write. The container
 runs as the owner of the state folder (never root), on the host's network, restarted by the
 engine unless stopped with ``medhub down``.
 """
@@ -65,15 +66,22 @@ def read_only_paths(settings: Settings) -> list[Path]:
     hub = settings.hub
     paths = [settings.source, hub.catalog, hub.extra_config, hub.tls_cert, hub.tls_key,
              settings.oidc.client_secret_file]
-    paths += [d.path for d in settings.datasets if d.is_local]
+    paths += [d.path for d in settings.datasets if d.is_local and not d.versioned]
     paths += [c.materials for c in settings.courses]
     return [Path(p).resolve() for p in paths if p is not None]
 
 
-def readable(path: Path, uid: int, gid: int) -> bool:
-    """Whether ``uid:gid`` (no other groups) may read ``path``, and list it if a folder."""
+def written_paths(settings: Settings) -> list[Path]:
+    """The host folders the hub writes besides its state: the versioned datasets, where the
+    ingest service publishes what sites deliver."""
+    return [d.path.resolve() for d in settings.datasets if d.versioned]
+
+
+def readable(path: Path, uid: int, gid: int, need: int | None = None) -> bool:
+    """Whether ``uid:gid`` (no other groups) may read ``path``, and list it if a folder (or has
+    the permission bits ``need``)."""
     st = path.stat()
-    need = 0o5 if path.is_dir() else 0o4
+    need = need if need is not None else (0o5 if path.is_dir() else 0o4)
     if uid == st.st_uid:
         bits = st.st_mode >> 6
     elif gid == st.st_gid:
@@ -150,6 +158,12 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
             binds[str(path)] = {"bind": str(path), "mode": "ro"}
         if path.is_file():
             digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in written_paths(settings):
+        if not readable(path, owner.st_uid, owner.st_gid, need=0o7):
+            raise HubConfigError(
+                f"{path}: the hub's container runs as {owner.st_uid}:{owner.st_gid} (the owner of hub.state_dir) and "
+                f"publishes the versions sites deliver there; e.g. chown {owner.st_uid}:{owner.st_gid} {path}")
+        binds[str(path)] = {"bind": str(path), "mode": "rw"}
     environment = {}
     if settings.oidc.client_secret_file is None and CLIENT_SECRET_ENV in os.environ:
         environment[CLIENT_SECRET_ENV] = os.environ[CLIENT_SECRET_ENV]
@@ -179,8 +193,7 @@ def _client():
 def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME, timeout: float | None = None,
        say: Callable[[str], None] = print) -> str:
     """Start the hub's container, or keep it when nothing changed (its binds, the image, the
-    contents of the files the settings name); wait until the hub and its audit and batch
-    services answer.
+    contents of the files the settings name); wait until the hub and its services answer.
 
     Returns ``"started"``, ``"recreated"`` or ``"unchanged"``.
 
@@ -215,8 +228,8 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
             _stop(existing, settings)
             outcome = "recreated"
     container = existing if outcome == "unchanged" else client.containers.run(**spec.run_kwargs())
-    ready = [settings.hub_url + "/hub/health",  # the hub, then its audit and batch services
-             f"http://127.0.0.1:{settings.audit.port}/", f"http://127.0.0.1:{settings.batch.port}/"]
+    ready = [settings.hub_url + "/hub/health",  # the hub, then its services
+             *(f"http://127.0.0.1:{port}/" for port in (settings.audit.port, settings.batch.port, settings.ingest.port))]
     deadline = time.monotonic() + (timeout if timeout is not None else settings.hub.start_timeout + 60)
     while not all(map(url_answers, ready)):
         container.reload()

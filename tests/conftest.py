@@ -186,6 +186,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: s
         "culler": {"enabled": True, "timeout": 3600, "every": 600},
         "audit": {"port": free_port()},
         "batch": {"port": free_port(), "max_running_per_user": batch_limit, "max_output_mb": 2},
+        "ingest": {"port": free_port()},
         "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
                     "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }

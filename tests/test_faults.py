@@ -84,12 +84,12 @@ def test_the_hubs_services_heed_sigint_when_the_hub_was_started_in_the_backgroun
 
 
 def hub_services(p: Platform) -> list[psutil.Process]:
-    """The hub's managed services' processes: audit, batch and culler, once all are started."""
+    """The hub's managed services' processes: audit, batch, ingest and culler, once all are started."""
     hub = psutil.Process(p.hub.proc.pid)
     deadline = time.monotonic() + 60
-    while len(services := hub.children()) < 3 and time.monotonic() < deadline:
+    while len(services := hub.children()) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(services) == 3, [s.cmdline() for s in services]
+    assert len(services) == 4, [s.cmdline() for s in services]
     return services
 
 

@@ -76,6 +76,25 @@ def test_the_container_sees_what_the_settings_name_read_only_and_its_state_read_
     assert hub_container(settings).spec_hash != spec.spec_hash  # an edited file needs a restart
 
 
+def test_a_versioned_dataset_is_bound_writable_for_the_ingest_service(tmp_path, engine_socket):
+    path = write(tmp_path)
+    delivered = tmp_path / "delivered"
+    delivered.mkdir()
+    catalog = tmp_path / "datasets.toml"
+    catalog.write_text(catalog.read_text() + tomli_w.dumps({"dataset": [{
+        "id": "harvest-ct", "title": "H", "location": str(delivered), "groups": ["radiology-research"],
+        "sensitivity": "anonymized", "licence": "CC0-1.0", "versioned": True}]}).replace("[[dataset]]", "\n[[dataset]]"))
+    delivered.chmod(0o555)
+    with pytest.raises(HubConfigError, match=f"publishes the versions .* chown .* {delivered}"):  # it must write there
+        hub_container(load(path))
+    if os.getuid() == 0:  # the container runs as the state folder's owner
+        os.chown(delivered, 999, 100)
+    delivered.chmod(0o755)
+    spec = hub_container(load(path))
+    assert spec.binds[str(delivered)] == {"bind": str(delivered), "mode": "rw"}
+    assert spec.binds[str(tmp_path / "datasets" / "research-ct")]["mode"] == "ro"
+
+
 def test_a_path_inside_a_bound_folder_is_not_bound_twice(tmp_path, engine_socket):
     path = write(tmp_path)
     (tmp_path / "state" / "observer.py").write_text("")
