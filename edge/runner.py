@@ -235,7 +235,7 @@ class Edge:
                 "AccessionNumber": "accession", "Modality": "modality"}
         return [Found(r["sop"], r["study"], r["series"], r["modality"]) for r in self.journal.inbox().values()
                 if all(r[keys[k]] == v for k, v in query.items() if k in keys)
-                and _in_range(r["study_date"], query.get("StudyDate", "-"))]
+                and ("StudyDate" not in query or _in_range(r["study_date"], query["StudyDate"]))]
 
     def receive(self, harvest_id: str, source: Source, query: dict[str, str],
                 on_series: Callable[[str], None]) -> None:
