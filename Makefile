@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml package.json package-lock.json
 # its own here), dicom3tools' dciodvfy to validate anonymized files, Orthanc (with DICOMweb) as
 # the PACS the edge node harvests from.
 system-packages:
-	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null \
+	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null && [ -x /usr/sbin/Orthanc ] \
 	  && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \

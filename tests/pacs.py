@@ -15,13 +15,15 @@ import httpx
 from medhub.processes import free_port
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+#: Debian installs the server in /usr/sbin, which an ordinary user's PATH may lack.
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
 
 
 class Orthanc:
     """One Orthanc process; ``modalities`` are the DICOM nodes it may send to: name → (AE, port)."""
 
     def __init__(self, folder: Path, aet: str = "TESTPACS", modalities: dict[str, tuple[str, int]] | None = None):
-        if shutil.which("Orthanc") is None or not DICOMWEB_PLUGIN.is_file():
+        if ORTHANC is None or not DICOMWEB_PLUGIN.is_file():
             raise RuntimeError("Orthanc is not installed: `make test` installs Debian's orthanc and orthanc-dicomweb")
         self.folder, self.aet = folder, aet
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -36,7 +38,7 @@ class Orthanc:
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "wb")
-        self.proc = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=self.log,
+        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
