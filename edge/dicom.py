@@ -298,8 +298,20 @@ class DicomWeb:
                                    str(series.SeriesInstanceUID), str(series.get("Modality", ""))))
         return found
 
-    def retrieve(self, instances: Iterable[Found]) -> dict[str, int]:
+    def retrieve(self, instances: Iterable[Found], whole_series: bool = False) -> dict[str, int]:
+        """Fetch ``instances`` (WADO-RS) into the inbox; with ``whole_series`` (they are all of one
+        series), in one streamed request for the series instead of one per instance."""
+        instances = list(instances)
         totals = {"completed": 0, "failed": 0, "warning": 0}
+        if whole_series and instances:
+            try:
+                for ds in self.client.iter_series(instances[0].study, instances[0].series):
+                    self._store(ds, totals)
+                return totals
+            except Exception as e:  # noqa: BLE001 - fall back to one instance at a time, which counts each failure
+                log.warning("WADO-RS of series %s failed (%s); fetching instance by instance", instances[0].series, e)
+                here = set(self.inbox.journal.inbox([f.sop for f in instances]))
+                instances = [f for f in instances if f.sop not in here]
         for item in instances:
             try:
                 ds = self.client.retrieve_instance(item.study, item.series, item.sop)
@@ -307,8 +319,11 @@ class DicomWeb:
                 log.warning("WADO-RS of %s failed: %s", item.sop, e)
                 totals["failed"] += 1
                 continue
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            sop, _ = self.inbox.store(buffer.getvalue(), "DICOMWEB", header=ds)
-            totals["completed" if sop else "failed"] += 1
+            self._store(ds, totals)
         return totals
+
+    def _store(self, ds: Dataset, totals: dict[str, int]) -> None:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        sop, _ = self.inbox.store(buffer.getvalue(), "DICOMWEB", header=ds)
+        totals["completed" if sop else "failed"] += 1

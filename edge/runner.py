@@ -323,7 +323,7 @@ class Edge:
         for uid, members in by_series.items():
             here = self.journal.inbox([f.sop for f in members])
             if client is not None and len(here) < len(members):
-                client.retrieve([f for f in members if f.sop not in here])
+                client.retrieve([f for f in members if f.sop not in here], whole_series=not here)
                 here = self.journal.inbox([f.sop for f in members])
             waiting = {r["sop"] for r in self.journal.instances(harvest_id, "found")}
             newly = [sop for sop in here if sop in waiting]
