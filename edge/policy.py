@@ -27,6 +27,7 @@ from medlib.anonymize.mapping import MappingStore
 from medlib.anonymize.tree import anonymize_file
 from medlib.contract import Policy
 from medlib.manifest import sha256
+from medlib.versions import link_or_copy
 
 from .journal import Journal
 from .qc import Facts, file_facts
@@ -78,7 +79,7 @@ class Processor:
             target = out / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
-                _link_or_copy(Path(inbox[row["sop"]]["path"]), target)
+                link_or_copy(Path(inbox[row["sop"]]["path"]), target)
             self.journal.set(harvest_id, [row["sop"]], "processed", output=rel, sha256=sha256(target))
 
     def _anonymized(self, harvest_id: str, instances: list[dict], inbox: dict[str, dict]) -> None:
@@ -132,15 +133,6 @@ def _anonymize(args: tuple):
     outcome, mappings = anonymize_file(anonymizer, src, out, quarantine, name, True)
     digest = sha256(out / outcome.output) if outcome.outcome == "anonymized" else None
     return outcome, mappings, digest
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    import shutil
-
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def segmentation_features(instances: list[dict], inbox: dict[str, dict], key: SiteKey, work: Path):

@@ -338,11 +338,15 @@ class Edge:
     def upload(self, harvest_id: str, rows: list[dict[str, Any]]) -> None:
         """Upload the outputs of ``rows`` (processed instances) that are not uploaded yet."""
         outbox = self.processor.outbox(harvest_id)
-        outputs = sorted({(r["output"], r["sha256"]) for r in rows if r["state"] == "processed"})
+        sops: dict[tuple[str, str], list[str]] = defaultdict(list)  # an output, and the instances it came of
+        for r in rows:
+            if r["state"] == "processed":
+                sops[(r["output"], r["sha256"])].append(r["sop"])
+        outputs = sorted(sops)
         with ThreadPoolExecutor(UPLOADS) as pool:
             for output, _ in zip(outputs, pool.map(lambda o: self.hub.upload(harvest_id, outbox / o[0], o[1]),
                                                    outputs)):
-                self.journal.set(harvest_id, [r["sop"] for r in rows if r["output"] == output[0]], "uploaded")
+                self.journal.set(harvest_id, sops[output], "uploaded")
 
     def deliver(self, harvest_id: str, qc_report: dict[str, Any]) -> None:
         """Upload every output not yet uploaded, then publish them as a version."""

@@ -51,6 +51,12 @@ def _ae(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_ae)]
 
 
+def _site(value: str) -> str:
+    if not SLUG.match(value):
+        raise ValueError(f"{value!r} is not a site id (lower-case letters, digits and '-')")
+    return value
+
+
 class PacsSettings(Table):
     """``[pacs]``: the hospital's PACS, asked for harvests from ``source = "pacs"`` or ``"dicomweb"``."""
 
@@ -124,7 +130,7 @@ class WebSettings(Table):
 class EdgeSettings(Table):
     """The whole file; relative paths are the file's."""
 
-    site: Annotated[str, AfterValidator(lambda v: v if SLUG.match(v) else _bad_site(v))]
+    site: Annotated[str, AfterValidator(_site)]
     """The site's id, as the hub's `[[site]] name`."""
     hub_url: str
     """The hub's public address (HTTPS); the edge only ever calls out to it."""
@@ -155,10 +161,6 @@ class EdgeSettings(Table):
         except OSError as e:
             raise EdgeError(f"cannot read the site's token {self.token_file}: {e.strerror}; an administrator of the "
                             f"hub gets it with `medhub site-token {self.site}`") from None
-
-
-def _bad_site(value: str) -> str:
-    raise ValueError(f"{value!r} is not a site id (lower-case letters, digits and '-')")
 
 
 def load(path: str | os.PathLike[str]) -> EdgeSettings:

@@ -106,10 +106,7 @@ def publish(root: str | os.PathLike[str], files: Mapping[str, tuple[Path, str]],
         for name, (source, _) in sources.items():
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
+            link_or_copy(source, target)
         (staging / QC_REPORT).write_text(json.dumps(qc or {}, indent=1, sort_keys=True))
         _fsync_files(staging)  # on disk before it is named: a version survives a power cut whole
         while True:
@@ -139,6 +136,14 @@ def publish(root: str | os.PathLike[str], files: Mapping[str, tuple[Path, str]],
         if staging.exists():
             _writable(staging)
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link of ``source`` (no copy of the bytes), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def provenance(root: str | os.PathLike[str], version: str | None = None) -> dict[str, Any]:

@@ -17,8 +17,6 @@ import httpx
 
 from medlib.contract import TOKEN_ENV, URL_ENV, JobState
 
-SERVICE_PATH = "/services/medhub-batch/jobs"
-
 
 class BatchError(RuntimeError):
     """The batch service refused or could not be reached; the message says why."""
@@ -36,23 +34,33 @@ def hub_address(hub: str | None = None, token: str | None = None) -> tuple[str, 
     return hub.rstrip("/"), {"Authorization": f"token {token}"}
 
 
-class BatchClient:
+class ServiceClient:
+    """A hub service's REST API under ``/services/<name>/<path>``, called with the user's token;
+    an error is a :class:`BatchError` with the service's own message."""
+
+    name = "medhub-batch"
+    path = "jobs"
+
     def __init__(self, hub: str | None = None, token: str | None = None):
         hub, self.headers = hub_address(hub, token)
-        self.base = hub + SERVICE_PATH
+        self.base = f"{hub}/services/{self.name}/{self.path}"
 
     def _call(self, method: str, path: str = "", **kwargs) -> httpx.Response:
         try:
             response = httpx.request(method, self.base + path, headers=self.headers, timeout=60, **kwargs)
         except httpx.HTTPError as e:
-            raise BatchError(f"cannot reach the batch service at {self.base}: {e}") from None
+            raise BatchError(f"cannot reach the {self.name} service at {self.base}: {e}") from None
         if response.status_code >= 300:  # a redirect means the hub answered: no route to the service yet
             try:
                 message = response.json().get("message") or response.text
             except ValueError:  # the proxy or the hub answered, not the service
-                message = f"{response.reason_phrase}: the batch service is not answering (is the hub restarting?)"
+                message = f"{response.reason_phrase}: the {self.name} service is not answering (is the hub restarting?)"
             raise BatchError(f"HTTP {response.status_code}: {message}")
         return response
+
+
+class BatchClient(ServiceClient):
+    """The batch service's jobs."""
 
     def submit(self, notebook: Path, parameters: dict[str, Any], profile: str | None = None,
                datasets: list[str] | None = None) -> dict:

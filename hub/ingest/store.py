@@ -61,9 +61,14 @@ class HarvestStore:
 
     def list(self, *, site: str | None = None, datasets: set[str] | None = None,
              states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        found = [self._harvest(r) for r in self.db.execute("SELECT * FROM harvests ORDER BY created")]
-        return [h for h in found if (site is None or h["site"] == site) and (datasets is None or h["dataset"] in datasets)
-                and (not states or h["state"] in states)]
+        clauses, args = [], []
+        for column, values in (("site", None if site is None else [site]), ("dataset", datasets),
+                               ("state", states or None)):
+            if values is not None:
+                clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+                args += sorted(values)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [self._harvest(r) for r in self.db.execute(f"SELECT * FROM harvests{where} ORDER BY created", args)]
 
     def update(self, harvest_id: str, **fields: Any) -> dict[str, Any]:
         fields = {k: json.dumps(v) if k == "counts" else v for k, v in fields.items()} | {"updated": time.time()}
