@@ -558,3 +558,22 @@ def test_identifiable_data_goes_only_into_an_identifiable_dataset_here_by_c_get(
     open_as(hub, "bob", ["course-students"], tmp_path / "bob", monkeypatch)
     with pytest.raises(PermissionError, match="radiology-research"):
         mds.open("harvest-raw")
+
+
+def test_a_users_server_token_does_not_reach_the_ingest_service(hub, owner):
+    """What a user's code holds in its server is the server's token: its scopes, as the hub gives
+    them to alice's server, reach the audit service, not the ingest service (her own API token,
+    made on the hub's token page, would)."""
+    from traitlets.config import Config
+
+    from medhub.config import configure
+
+    c = Config()
+    configure(c, hub.settings)
+    scopes = [s.replace("!user", "!user=alice").replace("!server", "!server=alice/") if s.endswith(("!user", "!server"))
+              else s for s in c.MedhubLocalSpawner.server_token_scopes]
+    server_token = hub.api("POST", "/users/alice/tokens", json={"scopes": scopes, "note": "as a server's"}).json()
+    headers = {"Authorization": f"token {server_token['token']}"}
+    assert httpx.get(f"{hub.url}/services/medhub-ingest/harvests", headers=headers, timeout=30).status_code == 403
+    assert httpx.get(f"{hub.url}/services/medhub-audit/events", headers=headers, timeout=30).status_code == 200
+    assert httpx.get(f"{hub.url}/services/medhub-ingest/harvests", headers=owner.headers, timeout=30).status_code == 200
