@@ -13,6 +13,7 @@ PYTHON=${1:-.venv/bin/python}
 IMAGE=medhub/notebook:test
 HUB_IMAGE=medhub/hub:test
 EDGE_IMAGE=medhub/edge:test
+LABEL=org.medhub.test-engine=1  # on every image built here, so that the ones a rebuild replaced can be pruned
 SUDO=$(command -v sudo >/dev/null 2>&1 && [ "$(id -u)" != 0 ] && echo sudo || true)
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
@@ -44,11 +45,13 @@ if [ "$(cat build/wheels/.made 2>/dev/null)" != "$stamp" ]; then
   "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"
   echo "$stamp" > build/wheels/.made
 fi
-docker build -q --network host -f images/notebook/Dockerfile --build-arg BASE=local/debian:bookworm \
+docker build -q --network host --label "$LABEL" -f images/notebook/Dockerfile --build-arg BASE=local/debian:bookworm \
   --build-arg WHEELS=build/wheels -t "$IMAGE" . >/dev/null
 cp /etc/ssl/certs/ca-certificates.crt build/ca.pem
-docker build -q --network host -f images/hub/Dockerfile --build-arg BASE=local/debian:bookworm \
+docker build -q --network host --label "$LABEL" -f images/hub/Dockerfile --build-arg BASE=local/debian:bookworm \
   --build-arg WHEELS=build/wheels --build-arg CA_BUNDLE=build/ca.pem -t "$HUB_IMAGE" . >/dev/null
-docker build -q --network host -f images/edge/Dockerfile --build-arg BASE=local/debian:bookworm \
+docker build -q --network host --label "$LABEL" -f images/edge/Dockerfile --build-arg BASE=local/debian:bookworm \
   --build-arg WHEELS=build/wheels -t "$EDGE_IMAGE" . >/dev/null
+# each rebuild leaves the image it replaced behind, untagged (several GB a run): remove those
+docker image prune -f --filter "label=$LABEL" >/dev/null
 echo "docker engine up; $IMAGE, $HUB_IMAGE and $EDGE_IMAGE ready"
