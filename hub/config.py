@@ -113,7 +113,8 @@ def audit_services(settings: Settings, where: Deployment) -> tuple[list[dict[str
                          "MEDHUB_AUDIT_HUB_WRITER": writer, "MEDHUB_AUDIT_FSYNC": settings.audit.fsync,
                          "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(where.audit_anchor),
                          "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds),
-                         "MEDHUB_AUDIT_WRITERS": json.dumps({BATCH_SERVICE: "batch", contract.INGEST_SERVICE: "ingest"}),
+                         "MEDHUB_AUDIT_WRITERS": json.dumps({BATCH_SERVICE: "batch", contract.INGEST_SERVICE: "ingest",
+                                                               contract.FEDERATED_SERVICE: "federated"}),
                          **where.service_environment()}},
         {"name": writer, "api_token": where.state.audit_writer_token(), "display": False},
     ]
@@ -181,6 +182,28 @@ def ingest_services(settings: Settings, where: Deployment, audit_url: str) -> tu
         roles.append({"name": "medhub-edges", "description": "Sites' edge nodes: deliver to the ingest service",
                       "scopes": [f"access:services!service={name}"], "services": edges})
     return services, roles
+
+
+def federated_service(settings: Settings, where: Deployment, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The federated service (:mod:`medhub.federated.service`) and its role. It reads the engine's
+    admin startup kit; users reach it with their own tokens and never see the kit."""
+    fed = settings.federated
+    models = {d.id: d for d in settings.datasets}[fed.models_dataset]
+    folder = where.state.path / "federated"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "folder": str(folder), "audit_url": audit_url, "admin_kit": str(fed.admin_kit), "admin": fed.admin,
+        "sites": list(fed.sites), "groups": list(fed.groups), "models_dataset": fed.models_dataset,
+        "models_root": str(models.location), "round_timeout": fed.round_timeout, "poll_seconds": fed.poll_seconds,
+    }))
+    name = contract.FEDERATED_SERVICE
+    service = {"name": name, "url": where.service_url(fed.port), "display": False,
+               "command": child.command("medhub.federated.service"),
+               "environment": {"MEDHUB_FEDERATED_CONFIG": str(config), **where.service_environment()}}
+    role = {"name": name, "services": [name],
+            "scopes": ["read:users:groups", "read:users:name", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]}
+    return service, role
 
 
 def _chain(*hooks: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -292,6 +315,10 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     if where.kubernetes and settings.dask_gateway.enabled:
         user_scopes |= set(k8s.GATEWAY_USER_SCOPES)
         token_scopes += [scope for scope in k8s.GATEWAY_SERVER_TOKEN_SCOPES if scope not in token_scopes]
+    if settings.federated.enabled:  # federated_fit in a notebook: the user's runs, with the server's token
+        federated = f"access:services!service={contract.FEDERATED_SERVICE}"
+        user_scopes.add(federated)
+        token_scopes.append(federated)
     c.JupyterHub.extra_user_scopes = user_scopes
     s.server_token_scopes = token_scopes
     audit_url = f"http://127.0.0.1:{settings.audit.port}/services/{audit_hooks.AUDIT_SERVICE}/events"
@@ -306,6 +333,10 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     more_services, more_roles = ingest_services(settings, where, audit_url)
     services += more_services
     roles += more_roles
+    if settings.federated.enabled:
+        service, role = federated_service(settings, where, audit_url)
+        services.append(service)
+        roles.append(role)
     # batch jobs run in named servers, batch-<job>; users may hold as many as jobs may run
     c.JupyterHub.allow_named_servers = True
     c.JupyterHub.named_server_limit_per_user = settings.batch.max_running_per_user + 1

@@ -428,6 +428,43 @@ class IngestSettings(Table):
     """Kept free from deliveries on the state folder's disk (the audit log's)."""
 
 
+class FederatedSettings(Table):
+    """``[federated]``: cross-site training on an NVIDIA FLARE federation through the
+    ``medhub-federated`` service, which alone holds the engine's admin credentials and submits
+    recipes for users (:mod:`medhub.federated`)."""
+
+    enabled: bool = False
+    """Run the service; needs ``admin_kit``, ``admin`` and ``models_dataset``."""
+    port: Port = 8094
+    """Its port (on 127.0.0.1; in the hub pod on Kubernetes)."""
+    admin_kit: FilePath | None = None
+    """The engine's admin startup kit (the folder holding ``startup/fed_admin.json``): read by the
+    service only, never by a user's server."""
+    admin: str = ""
+    """The admin identity of that kit, e.g. ``admin@hospital.org``."""
+    sites: Strings = ()
+    """The federation's sites that runs may name."""
+    groups: Strings = ()
+    """Groups whose members may start runs."""
+    models_dataset: str = ""
+    """The versioned catalog dataset each run's final model is published to, as a version with its
+    provenance (sites, rounds, recipe digest, ε)."""
+    round_timeout: Annotated[int, _at_least(10, " seconds")] = 3600
+    """Seconds a round waits for a site's answer before going on without it."""
+    poll_seconds: Annotated[float, _at_least(0)] = 2.0
+    """How often the service follows its runs on the engine."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FederatedSettings:
+        if self.enabled:
+            for key in ("admin_kit", "admin", "models_dataset"):
+                if not getattr(self, key):
+                    raise SettingError("must be set when enabled = true", key)
+            if not (self.admin_kit / "startup" / "fed_admin.json").is_file():
+                raise SettingError(f"{self.admin_kit} is no admin startup kit (no startup/fed_admin.json)", "admin_kit")
+        return self
+
+
 class Site(Table):
     """``[[site]]``: a hospital whose edge node (`medlib edge`) delivers data. Its edge signs in as
     the hub service `edge-<name>`; the token is `medhub site-token <name>`."""
@@ -499,6 +536,7 @@ class Settings(Table):
     audit: AuditSettings = AuditSettings()
     batch: BatchSettings = BatchSettings()
     ingest: IngestSettings = IngestSettings()
+    federated: FederatedSettings = FederatedSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     dask_gateway: DaskGatewaySettings = DaskGatewaySettings()
     profiles: Annotated[tuple[Profile, ...], Field(strict=False)] = DEFAULT_PROFILES
@@ -573,6 +611,7 @@ class Settings(Table):
         """Read the dataset catalog, and check the courses against it."""
         self._source = source
         if self.hub.catalog is None:
+            self._check_models({})
             return
         course_groups = tuple(g for c in self.courses for g in c.groups)
         self._datasets = load_catalog(self.hub.catalog, known_groups=self.oidc.allowed_groups
@@ -594,6 +633,13 @@ class Settings(Table):
                 if not by_id[dataset].versioned:
                     raise HubConfigError(f"{where}: {dataset!r} is not versioned; sites deliver only into datasets "
                                          "catalogued with versioned = true")
+        self._check_models(by_id)
+
+    def _check_models(self, by_id: dict[str, Dataset]) -> None:
+        models = self.federated.models_dataset
+        if self.federated.enabled and not (models in by_id and by_id[models].versioned):
+            raise HubConfigError(f"{self._source}: federated.models_dataset: {models!r} is not a versioned dataset of "
+                                 "the catalog (hub.catalog); final models are published there as versions")
 
     @property
     def source(self) -> Path:

@@ -39,7 +39,7 @@ fi
 stamp=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat build/wheels/.made 2>/dev/null)" != "$stamp" ]; then
   rm -rf build/wheels && mkdir -p build/wheels
-  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,kubernetes,notebook,edge]"
+  "$PYTHON" -m pip wheel -q --wheel-dir build/wheels "setuptools>=69" wheel torch==2.13.0 ".[hub,kubernetes,notebook,edge,federated]"
   # Debian bookworm's Python is 3.11.2: soupsieve 3 and later want 3.11.5
   rm -f build/wheels/soupsieve-*.whl
   "$PYTHON" -m pip wheel -q --no-deps --wheel-dir build/wheels "soupsieve<3"

@@ -126,6 +126,44 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_federated_site(args: argparse.Namespace) -> int:
+    from .train.kits import harden_site
+
+    path = harden_site(args.kit, args.policy)
+    print(f"{args.kit}: no code from the centre, only medlib's executor, logs kept here; policy {path}")
+    return 0
+
+
+def cmd_federated_centre(args: argparse.Namespace) -> int:
+    from .train.kits import prepare_centre
+
+    print(f"{prepare_centre(args.kit)}: medlib's controller allowed")
+    return 0
+
+
+def cmd_federated_digest(args: argparse.Namespace) -> int:
+    from .train.recipe import parse
+
+    recipe = parse(Path(args.recipe).read_bytes())
+    print(recipe.digest)
+    return 0
+
+
+def _federated_parser(sub) -> None:
+    fed = sub.add_parser("federated", help="NVIDIA FLARE startup kits for medhub, and recipes' digests")
+    verbs = fed.add_subparsers(dest="federated_verb", metavar="VERB", required=True)
+    site = verbs.add_parser("site", help="harden a site's startup kit and install its policy")
+    site.add_argument("kit", help="the site's startup kit (the folder with startup/ and local/)")
+    site.add_argument("--policy", required=True, help="the site's policy file (TOML: approved, signers, datasets, ...)")
+    site.set_defaults(func=cmd_federated_site)
+    centre = verbs.add_parser("centre", help="allow medlib's controller in the server's startup kit")
+    centre.add_argument("kit")
+    centre.set_defaults(func=cmd_federated_centre)
+    digest = verbs.add_parser("digest", help="print a recipe's digest (what a site approves)")
+    digest.add_argument("recipe", help="the recipe, a JSON file")
+    digest.set_defaults(func=cmd_federated_digest)
+
+
 def _anonymize_parser(sub) -> None:
     from .anonymize import load_profile
 
@@ -200,6 +238,7 @@ def parser() -> argparse.ArgumentParser:
                      help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")
     rad.add_argument("-o", "--output", metavar="CSV", help="write one CSV row (default: print name and value)")
     rad.set_defaults(func=cmd_radiomics)
+    _federated_parser(sub)
     try:
         from medhub_edge.cli import add_parser as edge_parser
     except ImportError:  # a notebook image: the edge runs at hospitals, with the `edge` extra

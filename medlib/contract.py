@@ -108,6 +108,9 @@ class JobState(StrEnum):
 #: service each site's edge signs in as (``edge-<site>``).
 INGEST_SERVICE = "medhub-ingest"
 EDGE_SERVICE_PREFIX = "edge-"
+#: The hub service that submits federated runs to the engine for users (it holds the engine's
+#: admin credentials; users' servers call it with their own tokens).
+FEDERATED_SERVICE = "medhub-federated"
 
 
 class Policy(StrEnum):

@@ -44,7 +44,8 @@ def test_a_recipe_builds_the_network_loss_optimizer_and_transforms_it_names():
     loss.backward()
     optimizer.step()
     assert type(model).__name__ == "UNet" and type(optimizer).__name__ == "Adam"
-    assert float(build_transforms(recipe)(torch.full((1, 2, 2, 2), 5.0)).max()) <= 1.0
+    sample = build_transforms(recipe)({"image": torch.full((1, 2, 2, 2), 5.0), "label": torch.full((1, 2, 2, 2), 5.0)})
+    assert float(sample["image"].max()) <= 1.0 and float(sample["label"].max()) == 5.0  # intensity: the image only
     # the digest is the content's: key order and spacing do not change it, any value does
     reordered = json.dumps(dict(reversed(list(RECIPE.items()))), indent=3)
     assert parse(reordered).digest == recipe.digest

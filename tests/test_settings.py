@@ -90,6 +90,9 @@ def test_client_secret_from_file_and_environment(tmp_path: Path, monkeypatch):
         (with_("docker", subnet="nets"), "docker.subnet: 'nets' is not a network"),
         (with_("docker", pids_limit=10), "docker.pids_limit: must be 64 or more"),
         (with_("audit", anchor_dir="state/anchor"), "audit.anchor_dir: .* lies inside hub.state_dir"),
+        (with_("federated", enabled=True), "federated.admin_kit: must be set when enabled = true"),
+        (with_("federated", enabled=True, admin_kit="/tmp", admin="a@b", models_dataset="m"),
+         "federated.admin_kit: /tmp is no admin startup kit"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, data: dict, message: str):

@@ -31,7 +31,7 @@ ACTIONS = frozenset({
     "admin-change", "token-created", "dataset-mount",
     "harvest-request", "harvest-run", "quarantine", "delivery", "dataset-version",
 })
-SOURCES = ("hub", "notebook", "batch", "cli", "ingest")
+SOURCES = ("hub", "notebook", "batch", "cli", "ingest", "federated")
 #: The sources a user's own token may name (its code, in a server or on the command line).
 USER_SOURCES = ("notebook", "cli")
 OUTCOMES = ("success", "denied", "failure")

@@ -8,6 +8,8 @@ A site keeps a policy file of its own (TOML), which no job from the centre can c
     max_epochs = 5                              # optional caps
     require_privacy = true                      # DP-SGD or nothing
     min_noise_multiplier = 0.8
+    models = "/data/models"                     # where final and fine-tuned models are kept (optional)
+    share_fine_tuned = false                    # transfer learning: only metrics leave (the default)
     [datasets]                                  # the dataset ids recipes may name → the site's folders
     lung-ct = "/data/lung-ct"
 
@@ -46,6 +48,8 @@ class SitePolicy:
     max_epochs: int | None = None
     require_privacy: bool = False
     min_noise_multiplier: float = 0.0
+    models: Path | None = None
+    share_fine_tuned: bool = False
     source: Path = field(default=Path("policy.toml"), compare=False)
 
     @classmethod
@@ -60,7 +64,8 @@ class SitePolicy:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise MedlibError(f"cannot read the site's federated policy {path}: {e}") from None
-        known = {"site", "datasets", "approved", "signers", "max_epochs", "require_privacy", "min_noise_multiplier"}
+        known = {"site", "datasets", "approved", "signers", "max_epochs", "require_privacy", "min_noise_multiplier",
+                 "models", "share_fine_tuned"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise MedlibError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -73,7 +78,9 @@ class SitePolicy:
         return cls(site=str(data.get("site", "")), datasets={k: Path(v) for k, v in data.get("datasets", {}).items()},
                    approved=frozenset(data.get("approved", [])), signers=signers,
                    max_epochs=data.get("max_epochs"), require_privacy=bool(data.get("require_privacy", False)),
-                   min_noise_multiplier=float(data.get("min_noise_multiplier", 0.0)), source=path)
+                   min_noise_multiplier=float(data.get("min_noise_multiplier", 0.0)),
+                   models=Path(data["models"]) if data.get("models") else None,
+                   share_fine_tuned=bool(data.get("share_fine_tuned", False)), source=path)
 
     def decide(self, document: bytes, signature: bytes | None = None) -> tuple[Recipe, Path]:
         """The recipe and the folder of its dataset, if this site runs it.
@@ -88,7 +95,7 @@ class SitePolicy:
             raise Refused(f"site {self.site} refuses the job: {e}") from None
         if recipe.digest not in self.approved and not self._signed(recipe, signature):
             raise Refused(f"site {self.site} has not approved recipe {recipe.name!r} ({recipe.digest}): add that "
-                          f"digest to approved in {self.source}, or have the recipe signed by a key it trusts")
+                          f"digest to approved in its policy ({self.source.name}), or have the recipe signed by a key it trusts")
         if self.max_epochs is not None and recipe.epochs > self.max_epochs:
             raise Refused(f"site {self.site} runs at most {self.max_epochs} local epochs, not {recipe.epochs}")
         if self.require_privacy and (recipe.privacy is None or

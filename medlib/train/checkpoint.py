@@ -31,5 +31,5 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A checkpoint written by :func:`save`."""
     path = Path(path)
     if not path.is_file():
-        raise TrainError(f"no checkpoint at {path}; give the path of a file that fit() or federated_fit() wrote")
+        raise TrainError(f"no checkpoint at {path}; give the path of a file that fit() wrote")
     return torch.load(path, map_location="cpu", weights_only=False)

@@ -14,9 +14,10 @@ local schedule, privacy and transfer-learning settings as plain values::
      "optimizer": {"name": "Adam", "args": {"lr": 0.001}},
      "epochs": 1, "batch_size": 4,
      "privacy": {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5},
-     "fine_tune": ["model.2"]}
+     "fine_tune": ["model.2"], "validation": 0.2}
 
-Nothing in it is code: no pickles, no import paths, no callables; :func:`parse` refuses any key,
+``validation`` is the share of the site's cases held out for the metrics it reports (default
+0.2). Nothing in it is code: no pickles, no import paths, no callables; :func:`parse` refuses any key,
 name or argument the allow-list does not hold, saying which. Its :attr:`Recipe.digest` (SHA-256
 of its canonical JSON) is what a site approves (:mod:`medlib.train.approval`).
 """
@@ -38,7 +39,7 @@ from ..errors import MedlibError
 FORMAT = 1
 KINDS = {"architectures": "model", "transforms": "transforms", "losses": "loss", "optimizers": "optimizer"}
 FIELDS = ("format", "name", "dataset", "model", "transforms", "loss", "optimizer", "epochs", "batch_size", "privacy",
-          "fine_tune")
+          "fine_tune", "validation")
 
 
 class RecipeError(MedlibError, ValueError):
@@ -87,6 +88,7 @@ class Recipe:
     batch_size: int
     privacy: Privacy | None = None
     fine_tune: tuple[str, ...] = ()
+    validation: float = 0.2
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "name": self.name, "dataset": self.dataset, "model": self.model.to_json(),
@@ -95,7 +97,7 @@ class Recipe:
                 "privacy": None if self.privacy is None else {"noise_multiplier": self.privacy.noise_multiplier,
                                                                "max_grad_norm": self.privacy.max_grad_norm,
                                                                "delta": self.privacy.delta},
-                "fine_tune": list(self.fine_tune)}
+                "fine_tune": list(self.fine_tune), "validation": self.validation}
 
     def canonical(self) -> bytes:
         """The recipe as canonical JSON: sorted keys, no spaces; what is hashed and signed."""
@@ -197,7 +199,8 @@ def parse(document: str | bytes | dict[str, Any]) -> Recipe:
         loss=_component("losses", document.get("loss"), "loss"),
         optimizer=_component("optimizers", document.get("optimizer"), "optimizer"),
         epochs=_number(document, "epochs", int, 1, 10_000), batch_size=_number(document, "batch_size", int, 1, 100_000),
-        privacy=privacy, fine_tune=tuple(fine_tune))
+        privacy=privacy, fine_tune=tuple(fine_tune),
+        validation=_number(document, "validation", float, 0.0, 0.5) if "validation" in document else 0.2)
 
 
 def _class(kind: str, name: str):
@@ -224,10 +227,12 @@ def build_model(recipe: Recipe):
 
 
 def build_transforms(recipe: Recipe):
-    """The recipe's transforms, composed (MONAI ``Compose``)."""
+    """The recipe's transforms, composed (MONAI ``Compose``), on samples that are dicts of
+    "image" and "label"; each acts on the keys the allow-list gives it."""
     from monai.transforms import Compose
 
-    return Compose([_class("transforms", t.name)(**t.args) for t in recipe.transforms])
+    listed = allowlist()["transforms"]
+    return Compose([_class("transforms", t.name)(keys=listed[t.name]["keys"], **t.args) for t in recipe.transforms])
 
 
 def build_loss(recipe: Recipe):
