@@ -117,7 +117,8 @@ print(json.dumps({"round_seconds": rounds_seconds, "site_seconds": slowest}))
 
 
 def samples_per_second(workers: int, data, epochs: int = 5) -> float:
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, \
             Client(cluster) as client:
         result = fit(small_unet((16, 32, 64)), data, client=client, epochs=epochs, batch_size=4 * workers, loss=dice_loss,
                      optimizer=lambda p: torch.optim.SGD(p, lr=0.05), progress=False)
@@ -149,9 +150,10 @@ def dask_rounds(tmp: Path, initial: dict) -> tuple[list[float], list[float]]:
     """FedAvg with a Dask worker per site; each round's wall time and its slowest site's seconds."""
     import time
 
-    workers = {s: {"cls": Nanny, "options": {"name": s, "nthreads": 1}} for s in SITES}
+    workers = {s: {"cls": Nanny, "options": {"name": s, "nthreads": 1, "host": "127.0.0.1"}} for s in SITES}
     rounds, slowest, state = [], [], initial
-    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers) as cluster, \
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}}
+    with SpecCluster(scheduler=scheduler, workers=workers) as cluster, \
             Client(cluster) as client:
         client.wait_for_workers(len(SITES))
         for _ in range(ROUNDS):

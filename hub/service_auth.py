@@ -48,6 +48,16 @@ class TokenHandler(web.RequestHandler):
         message = error.log_message if isinstance(error, web.HTTPError) and error.log_message else self._reason
         self.finish({"status": status_code, "message": message})
 
+    def body(self) -> dict:
+        """The request's JSON object; HTTPError 400 otherwise."""
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            raise web.HTTPError(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "send a JSON object")
+        return body
+
     async def groups_of(self, name: str) -> list[str]:
         """The user's groups, asked of the hub with the service's own token (cached a minute)."""
         cache = self.settings["groups_cache"]

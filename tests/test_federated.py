@@ -270,6 +270,7 @@ def test_a_site_never_unpickles_what_the_centre_sends(federation, tmp_path):
     import pickle
 
     marker = tmp_path / "unpickled"
+    before = {p: p.read_bytes() for p in (federation.root / "hospitals").rglob("*.nii.gz")}
     steal = federation.root / "hospitals" / "site-a" / "spheres" / "images" / "case00.nii.gz"
     dask_style = cloudpickle.dumps(lambda: open(steal, "rb").read())  # what Client.submit sends a worker
     replies = attack(federation, tmp_path, RECIPE, [
@@ -282,6 +283,7 @@ def test_a_site_never_unpickles_what_the_centre_sends(federation, tmp_path):
         assert reply["rc"] == "BAD_TASK_DATA", reply
         assert "weights must be a mapping" in reply["refused"] or "runs only the tasks" in reply["refused"], reply
         assert reply["sent"] == {}
+    assert {p: p.read_bytes() for p in (federation.root / "hospitals").rglob("*.nii.gz")} == before  # untouched
 
 
 def test_a_job_with_code_for_the_sites_is_refused_by_every_site(federation, tmp_path):

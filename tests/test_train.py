@@ -59,7 +59,8 @@ def test_ddp_on_two_workers_takes_the_steps_of_one_process_and_resumes(tmp_path:
             optimizer.zero_grad()
             torch.nn.functional.mse_loss(reference(x), y).backward()
             optimizer.step()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, \
             Client(cluster) as client:
         two = fit(mlp(), data, client=client, checkpoint_dir=tmp_path / "two", **{**settings, "progress": True})
         bar = capsys.readouterr().err  # rank 0's losses reached the caller's progress bar
@@ -83,7 +84,8 @@ def test_a_monai_unet_learns_the_synthetic_spheres_data_parallel(audit_buffer: P
     model = small_unet((4, 8))
     data = SyntheticSpheres(8, size=16)
     before = copy.deepcopy(model)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, \
             Client(cluster) as client:
         result = fit(model, data, client=client, epochs=4, batch_size=4, loss=dice_loss,
                      optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), progress=False)

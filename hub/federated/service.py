@@ -115,12 +115,7 @@ class RunsHandler(TokenHandler):
         groups = set(await self.groups_of(user))
         if not groups & set(config["groups"]):
             raise web.HTTPError(403, f"federated runs are for members of {', '.join(config['groups']) or 'no group yet'}")
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError:
-            raise web.HTTPError(400, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "send a JSON object")
+        body = self.body()
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise web.HTTPError(400, f"a run is {{{', '.join(sorted(FIELDS))}}} and nothing else (no code, no "

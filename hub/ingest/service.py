@@ -150,15 +150,6 @@ class IngestHandler(TokenHandler):
         await self.audit("harvest-request", harvest, source=source, query=sorted(query))
         return harvest
 
-    def body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError:
-            raise web.HTTPError(400, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise web.HTTPError(400, "send a JSON object")
-        return body
-
 
 class HarvestsHandler(IngestHandler):
     async def get(self) -> None:

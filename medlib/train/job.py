@@ -18,6 +18,9 @@ import numpy as np
 from . import weights
 from .recipe import Recipe
 
+#: seconds a site waits before asking the centre again for a task while there is none (FLARE's
+#: default is 2: with two tasks a round, that alone added about 4 s to every round)
+TASK_REQUEST_INTERVAL = 0.1
 #: the classes a job names (installed with medlib at the centre and at the sites)
 CONTROLLER = "medlib.train.centre.RecipeRounds"
 EXECUTOR = "medlib.train.site.RecipeExecutor"
@@ -43,7 +46,8 @@ def write_job(folder: str | Path, *, run: str, recipe: Recipe, sites: list[str],
         raise ValueError("run ids and site names are lower-case letters, digits and dashes; give one site or more")
     folder = Path(folder)
     document = recipe.to_json()
-    centre = {"format_version": 2, "components": [], "workflows": [{"id": "rounds", "path": CONTROLLER, "args": {
+    centre = {"format_version": 2, "server": {"task_request_interval": TASK_REQUEST_INTERVAL}, "components": [],
+              "workflows": [{"id": "rounds", "path": CONTROLLER, "args": {
         "run": run, "recipe": document, "sites": list(sites), "rounds": rounds, "first_round": first_round,
         "min_sites": min_sites, "round_timeout": round_timeout, "mode": mode, "requester": requester}}]}
     site = {"format_version": 2, "components": [], "executors": [{"tasks": list(TASKS), "executor": {
