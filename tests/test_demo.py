@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -35,11 +36,30 @@ def start_demo(state: Path, ports: dict[str, int], *extra: str) -> subprocess.Po
     raise AssertionError("demo did not start:\n" + "".join(lines))
 
 
-def stop_demo(proc: subprocess.Popen) -> str:
+def stop_demo(proc: subprocess.Popen, state: Path) -> str:
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        kill_everything_in(state)  # a demo that does not stop must not hold its ports for later runs
+        raise
     assert proc.returncode == 0, out
     return out
+
+
+def kill_everything_in(state: Path) -> None:
+    """SIGKILL every process working in ``state`` (the demo's hub, proxy, IdP and services) and the demo."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(str(state)) or str(state).encode() in argv:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
@@ -56,7 +76,7 @@ def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
         assert me["name"] == "ada" and me["admin"] is True
         assert sorted(me["groups"]) == ["course-instructors", "radiology-research"]
     finally:
-        stop_demo(proc)
+        stop_demo(proc, state)
     # Ctrl-C stopped everything it started
     for port in ports.values():
         assert not url_answers(f"http://127.0.0.1:{port}/", timeout=1)
@@ -72,10 +92,10 @@ def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
             scripted_login(client, url, "ada", ada.password)
             assert client.get(f"{url}/hub/api/user").json()["name"] == "ada"
     finally:
-        stop_demo(proc)
+        stop_demo(proc, state)
     assert (state / "oidc_client_secret").read_text() == secret
     assert next(dataset.iterdir()).stat().st_mtime == first_mtime
 
     proc = start_demo(state, ports, "--reset")  # --reset starts clean
-    stop_demo(proc)
+    stop_demo(proc, state)
     assert (state / "oidc_client_secret").read_text() != secret

@@ -180,7 +180,8 @@ class RecipeExecutor(Executor):
             self.refusal = str(e)
         if not self.run_id or not self.run_id.replace("-", "").isalnum():
             self.refusal = self.refusal or f"run id {self.run_id!r} is not an id"
-        self.state_file = Path(workspace.get_root_dir()) / "medlib-runs" / f"{self.run_id or 'none'}.json"
+        else:  # what the site remembers of the run, beside its workspace (no job can change it)
+            self.state_file = Path(workspace.get_root_dir()) / "medlib-runs" / f"{self.run_id}.json"
         self._audit("medlib.decision", {"recipe": self.recipe.digest if self.recipe else digest(canonical),
                                         "decision": "refused" if self.refusal else "approved",
                                         "reason": self.refusal, "dataset": self.recipe.dataset if self.recipe else None})
