@@ -118,7 +118,8 @@ def follow(run_id: str, *, progress: bool = True, every: float = 2.0, client: Fe
             for record in run.history[shown:]:
                 if record.get("sites"):  # a round that updated the model (not one voided by a dropout)
                     monitor.step(1, record.get("loss"))
-                    monitor.point(record["loss"])
+                    if record.get("loss") is not None:  # transfer learning reports each site's metrics only
+                        monitor.point(record["loss"])
             shown = len(run.history)
             monitor.bar.set_description(f"{run.id}, {run.state}")
             if run.state in FINAL:
