@@ -203,7 +203,14 @@ class Stack:
                 signal.signal(s, handler)
 
     def __enter__(self) -> Stack:
+        # Ctrl-C (SIGINT) stops the stack at any moment, even before wait() takes the signal over:
+        # a process started in the background (`medhub demo &`, nohup, a CI job) inherits SIGINT
+        # ignored, and a SIGINT that came before wait() would otherwise be lost.
+        self._previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            signal.signal(signal.SIGINT, self._previous_sigint)
