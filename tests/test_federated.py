@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medlib.train import weights
 from medlib.train.approval import public_key_text, sign
-from medlib.train.job import write_job
+from medlib.train.job import TASK_REQUEST_INTERVAL, write_job
 from medlib.train.recipe import build_model, parse
 
 from flare import ADMIN, Federation
@@ -204,8 +204,8 @@ def attack_job(folder: Path, recipe: dict, tasks: list, signature: bytes | None 
     (folder / "centre" / "custom").mkdir()
     (folder / "centre" / "custom" / "attacker.py").write_text(ATTACKER)
     (folder / "centre" / "config" / "config_fed_server.json").write_text(json.dumps(
-        {"format_version": 2, "workflows": [{"id": "attack", "path": "attacker.Attacker", "args": {"tasks": tasks}}],
-         "components": []}))
+        {"format_version": 2, "server": {"task_request_interval": TASK_REQUEST_INTERVAL},
+         "workflows": [{"id": "attack", "path": "attacker.Attacker", "args": {"tasks": tasks}}], "components": []}))
     executor = {"path": "medlib.train.site.RecipeExecutor",
                 "args": {"run": "attack", "recipe": recipe, "signature": signature.hex() if signature else ""}}
     if site_code is not None:
@@ -311,7 +311,7 @@ def test_a_site_killed_mid_run_rejoins_and_the_run_completes(federation, tmp_pat
     from medlib.train.runs import FINAL, Engine, advance, new_run
 
     engine = Engine(federation.kit("admin@nvidia.com"), "admin@nvidia.com")
-    run = new_run("run-rejoin", RECIPE, sites=SITES, rounds=5, requester="ada", round_timeout=120)
+    run = new_run("run-rejoin", RECIPE, sites=SITES, rounds=3, requester="ada", round_timeout=120)
     killed = restarted = False
     deadline = time.monotonic() + 240
     while run["state"] not in FINAL and time.monotonic() < deadline:
@@ -327,8 +327,8 @@ def test_a_site_killed_mid_run_rejoins_and_the_run_completes(federation, tmp_pat
     assert run["state"] == "completed", run["message"]
     assert len(run["jobs"]) >= 2  # the restarted site-c no longer ran the job: a new one took it back
     rounds = [r["round"] for r in run["history"]]
-    assert len(rounds) == 5 and rounds == sorted(set(rounds)), rounds  # five rounds, no number used twice
-    assert rounds != list(range(5))  # the round under way when the job stopped is not taken up again
+    assert len(rounds) == 3 and rounds == sorted(set(rounds)), rounds  # three rounds, no number used twice
+    assert rounds != list(range(3))  # the round under way when the job stopped is not taken up again
     assert all(r["sites"] == SITES for r in run["history"]), [(r["round"], r["sites"], r["skipped"]) for r in run["history"]]
     arrays, metadata = weights.load(run["model"])
     provenance = json.loads(metadata["provenance"])
