@@ -354,6 +354,8 @@ def hub(federation, tmp_path_factory):
                "round_timeout": 120}
     platform = start_platform(root, sections={"federated": section}, datasets=(dataset,))
     try:
+        for user in ("alice", "bob"):  # users exist once they have logged in
+            assert platform.login(platform.browser(), user).status_code == 200
         platform.models = models
         yield platform
     finally:
@@ -381,8 +383,6 @@ def test_a_researcher_trains_from_a_notebook_call_and_the_model_is_versioned_wit
     from medlib import versions
     from medlib.train import federated_fit, follow
 
-    for user in ("alice", "bob"):
-        assert hub.login(hub.browser(), user).status_code == 200
     token = user_token(hub, "alice")
     started = federated_fit(RECIPE, sites=SITES, rounds=2, wait=False, hub=hub.url, token=token)
     for issued in hub.api("GET", "/users/alice/tokens").json()["api_tokens"]:  # as when her server stops:
@@ -414,6 +414,11 @@ def test_the_service_takes_only_a_recipe_from_a_member_and_reports_a_sites_refus
     assert httpx.post(url, json={"recipe": RECIPE, "sites": SITES}, headers=bob).status_code == 403
     with pytest.raises(TrainError, match=r"refused: site-a: site site-a has not approved recipe 'spheres' \(sha256:"):
         federated_fit(changed(epochs=2), sites=SITES, rounds=1, progress=False, hub=hub.url, token=alice["Authorization"][6:])
+    # another user sees none of alice's runs, by list or by id (the run's owner is the token's, not a value sent)
+    mine = httpx.get(url, headers=alice).json()["runs"]
+    assert mine and all(r["requester"] == "alice" for r in mine)
+    assert httpx.get(url, headers=bob).json()["runs"] == []
+    assert httpx.get(f"{url}/{mine[0]['id']}", headers=bob).status_code == 404
 
 
 def test_transfer_learning_at_a_site_sends_back_only_metrics(hub, federation):
