@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"  # the CPU wheel on disk, before anything asks for torch
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	# an editable install skips pyproject's data-files: the kernelspec and the server extension's switch
+	# an editable install skips pyproject's data-files: the kernelspec, the server's settings, JupyterLab's
 	$(BIN)/jupyter kernelspec install --sys-prefix --name medlib kernels/medlib >/dev/null
 	install -D -m 644 extensions/jupyter-config/medhub_jupyter.json $(VENV)/etc/jupyter/jupyter_server_config.d/medhub_jupyter.json
+	install -D -m 644 extensions/jupyter-config/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 

@@ -37,6 +37,14 @@ from .state import StateDir
 
 PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
 BATCH_SERVICE = "medhub-batch"
+TEMPLATES = Path(__file__).with_name("templates")
+_TEACHING = f"user-redirect/lab/tree/{contract.NOTEBOOKS_FOLDER}"
+#: The home page's links (paths under the hub's base URL): name, where, what it is.
+HOME_LINKS = (
+    ("My datasets", f"{_TEACHING}/{contract.WELCOME_NOTEBOOK}", "The datasets your groups may use, in your server"),
+    ("Batch jobs", f"{_TEACHING}/5-batch-job.ipynb", "Run a notebook as a job, and see your jobs"),
+    ("Deliveries", f"../services/{contract.INGEST_SERVICE}/", "Data owners: what the hospitals' edge nodes delivered"),
+)
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,16 @@ def _process(c: Config, settings: Settings, state: StateDir) -> None:
     c.ConfigurableHTTPProxy.auth_token = os.environ.get(PROXY_TOKEN_ENV) or state.proxy_token()
 
 
+def _pages(c: Config, settings: Settings) -> None:
+    """The hub's pages in medhub's look (JupyterHub's template mechanism: ``hub/templates``
+    extend JupyterHub's own), naming the institution and its identity provider."""
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+    c.JupyterHub.template_vars = {"medhub": {
+        "institution": settings.hub.institution, "identity_provider": settings.oidc.login_service,
+        "links": [{"name": name, "path": path, "title": title} for name, path, title in HOME_LINKS],
+    }}
+
+
 def _authenticator(c: Config, settings: Settings) -> None:
     oidc = settings.oidc
     c.JupyterHub.authenticator_class = OIDCAuthenticator
@@ -262,7 +280,7 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
         s = c.KubeSpawner
         s.profile_list = k8s.profiles_for_groups(settings)
         s.pre_spawn_hook = _chain(k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
-                                                           str(where.grants_key)), audit_hooks.pre_spawn)
+                                                           str(where.grants_key)), audit_hooks.spawned)
         return s
     if settings.hub.spawner == "docker":
         c.JupyterHub.spawner_class = MedhubDockerSpawner
@@ -285,8 +303,7 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
     s.profiles = _profile_dicts(settings)
     s.datasets = [d.to_dict() for d in settings.datasets]
     s.courses = [course.to_dict() for course in settings.courses]
-    s.grants_key_file = str(where.grants_key)
-    s.pre_spawn_hook = audit_hooks.pre_spawn
+    s.grants_key_file = str(where.grants_key)  # medhub's spawners record their spawns (audit_hooks.spawned)
     return s
 
 
@@ -297,6 +314,7 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     where = where or Deployment.process(settings)
     if not where.kubernetes:
         _process(c, settings, where.state)
+    _pages(c, settings)
     _authenticator(c, settings)
 
     s = _spawner(c, settings, where)
@@ -310,8 +328,10 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     # every user, on top of JupyterHub's default user role, may reach the audit and batch services
     user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}", f"access:services!service={BATCH_SERVICE}",
                    f"access:services!service={contract.INGEST_SERVICE}"}
-    # a server's token may reach the audit service (its own events only: the service says who)
-    token_scopes = ["users:activity!user", "access:servers!server", f"access:services!service={audit_hooks.AUDIT_SERVICE}"]
+    # a server's token may reach the audit service (its own events only: the service says who) and
+    # the batch service (its user's jobs: a notebook submits one, 5-batch-job.ipynb)
+    token_scopes = ["users:activity!user", "access:servers!server", f"access:services!service={audit_hooks.AUDIT_SERVICE}",
+                    f"access:services!service={BATCH_SERVICE}"]
     if where.kubernetes and settings.dask_gateway.enabled:
         user_scopes |= set(k8s.GATEWAY_USER_SCOPES)
         token_scopes += [scope for scope in k8s.GATEWAY_SERVER_TOKEN_SCOPES if scope not in token_scopes]

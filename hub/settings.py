@@ -116,6 +116,8 @@ class HubSettings(Table):
 
     public_url: str = "http://127.0.0.1:8000"
     """Where users reach medhub. Plain http only on loopback (or with `insecure_http`)."""
+    institution: str = ""
+    """The institution's name, on the login and home pages ("": none named)."""
     hub_port: Port = 8081
     """The hub's own HTTP port (its API, which servers call)."""
     proxy_api_port: Port = 8001
@@ -205,7 +207,7 @@ class OIDCSettings(Table):
     each check reads the groups again: a user the IdP has removed from every allowed group has
     their servers stopped and their API tokens refused until a login, which is then refused."""
     login_service: str = "your institution"
-    """Shown on the login button."""
+    """The identity provider's name, on the login button and page ("Sign in with ...")."""
 
     @model_validator(mode="before")
     @classmethod
@@ -272,7 +274,11 @@ class Profile(Table):
     mem_limit: Annotated[str | None, AfterValidator(_memory)] = None
     """Memory, such as "8G"; none: no limit."""
     gpus: Annotated[int, BeforeValidator(_gpus)] = 0
-    """GPUs: 0, a number, or "all" (on Kubernetes: `kubernetes.gpus_per_node`)."""
+    """GPUs: 0, a number, or "all" (on Kubernetes: `kubernetes.gpus_per_node`). A profile that
+    needs more than the node has free is shown as unavailable, and refused."""
+    shm_size: Annotated[str, AfterValidator(_memory)] = "1G"
+    """Shared memory (`/dev/shm`) of its container: PyTorch's data-loader workers pass batches
+    through it, and Docker's default (64M) stops them."""
     default: bool = False
     """The profile chosen unless the user picks another (at most one; none: the first)."""
     groups: Strings = ()
@@ -515,13 +521,13 @@ class DaskGatewaySettings(Table):
 
 DEFAULT_PROFILES = (
     Profile(slug="cpu", display_name="CPU only", description="2 CPUs, 8 GB memory, no GPU", cpu_limit=2,
-            mem_limit="8G", default=True),
+            mem_limit="8G", shm_size="2G", default=True),
     Profile(slug="gpu1", display_name="1 GPU", description="8 CPUs, 32 GB memory, one GPU", cpu_limit=8,
-            mem_limit="32G", gpus=1),
+            mem_limit="32G", gpus=1, shm_size="8G"),
     Profile(slug="gpu-all", display_name="All GPUs", description="16 CPUs, 64 GB memory, every GPU of the node",
-            cpu_limit=16, mem_limit="64G", gpus=-1),
+            cpu_limit=16, mem_limit="64G", gpus=-1, shm_size="16G"),
     Profile(slug="teaching", display_name="Teaching", description="1 CPU, 2 GB memory, no GPU: for courses",
-            cpu_limit=1, mem_limit="2G"),
+            cpu_limit=1, mem_limit="2G", shm_size="512M"),
 )
 
 

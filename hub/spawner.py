@@ -11,6 +11,10 @@ concrete spawners only say how that reaches a process or a container:
   per-user folder of links to granted datasets; GPUs are chosen with CUDA_VISIBLE_DEVICES.
   It isolates nothing from the hub's own user: never use it in production.
 
+A profile that needs more GPUs than the node has free (:mod:`medhub.gpus`) is shown as
+unavailable and refused; a server that cannot start reaches its user as a sentence that says
+what to do, and the audit log records the spawn as a failure.
+
 Tokens never enter the environment except the server's own short-lived hub API token:
 the identity provider's tokens stay in the hub's encrypted auth_state.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import html
 import os
 import pwd
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +33,25 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.utils import random_port
 from tornado import web
+from traitlets import Callable as CallableTrait
 from traitlets import Dict, List, Unicode, default
 from traitlets.config import Configurable
 
 from medlib import contract
 
 from . import grants
+from .audit import hooks as audit_hooks
 from .catalog import Dataset, granted
 from .courses import check_start_by, courses_of, materials_for
+from .gpus import GPUs, engine_devices, node_devices
 from .settings import Course, Profile
+
+
+def refusal(status: int, message: str) -> web.HTTPError:
+    """An HTTP error whose ``message`` JupyterHub shows the user as it is (spawn form, progress page)."""
+    error = web.HTTPError(status, message)
+    error.jupyterhub_message = message
+    return error
 
 
 def docker_device_requests(gpus: int) -> list[DeviceRequest]:
@@ -84,6 +99,15 @@ class ProfilesMixin(Configurable):
         read-only to the servers of their instructors and students, at ~/courses/<name>.""",
     )
 
+    gpu_devices: Callable[[Any], Any] | None = CallableTrait(
+        None,
+        allow_none=True,
+        config=True,
+        help="""A function of the spawner returning the node's GPUs now (a list of any ids; it may be
+        async). None: each spawner's live inventory (:meth:`node_gpus`).""",
+    )
+    start_error: str | None = None  # why the last spawn failed (the audit hook records it), or None
+
     @default("apply_user_options")
     def _default_apply_user_options(self):
         return type(self).apply_profile
@@ -124,7 +148,16 @@ class ProfilesMixin(Configurable):
         for instructor in instructors:
             orm.Share.grant(self.user.db, self.orm_spawner, instructor)
         self._course_shares = [u.name for u in instructors]
-        return await super().start()
+        try:
+            url = await super().start()
+        except Exception as e:
+            self.log.exception("%s could not start", self._log_name)
+            self.start_error = str(e) or type(e).__name__
+            raise refusal(503, "Your server could not start. Try again in a minute, or choose a smaller "
+                               "profile; if it fails again, tell the platform's administrators the time "
+                               f"({type(e).__name__}: the hub's log has the details).") from e
+        audit_hooks.spawned(self)
+        return url
 
     async def stop(self, now: bool = False):
         """Stop the server and take back exactly what :meth:`start` shared (whoever teaches now)."""
@@ -157,21 +190,47 @@ class ProfilesMixin(Configurable):
         takes or teaches."""
         return materials_for(self.teaching_courses() or courses_of(self._courses(), self.group_names()))
 
-    def _options_form(self) -> str:
+    async def node_gpus(self) -> list[str]:
+        """The node's GPUs (:attr:`gpu_devices`, or the node's NVIDIA device files)."""
+        if self.gpu_devices is not None:
+            found = self.gpu_devices(self)
+            return list(await found if hasattr(found, "__await__") else found)
+        return node_devices()
+
+    async def gpus(self) -> GPUs:
+        """The node's GPUs and how many this hub's other running servers hold."""
+        from jupyterhub import orm
+
+        wanted = {p["slug"]: Profile.model_validate(p, strict=False).gpus for p in self.profiles}
+        running = self.user.db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None))
+        mine = self.orm_spawner.id if self.orm_spawner is not None else None
+        held = [wanted.get((s.user_options or {}).get("profile", ""), 0) for s in running if s.id != mine]
+        return GPUs.held(len(await self.node_gpus()), held)
+
+    async def _options_form(self) -> str:
+        gpus = await self.gpus()
+        profiles = self._profiles()
+        unavailable = {p.slug: gpus.unavailable(p.gpus) for p in profiles}
+        chosen = self.profile.slug if not unavailable.get(self.profile.slug) else \
+            next((p.slug for p in profiles if not unavailable[p.slug]), "")
         rows = []
-        for p in self._profiles():
-            checked = "checked" if p.slug == self.profile.slug else ""
+        for p in profiles:
+            why = unavailable[p.slug]
+            state = "disabled" if why else ("checked" if p.slug == chosen else "")
+            note = f' <span class="text-muted">(unavailable: {html.escape(why, quote=False)})</span>' if why else ""
             rows.append(
                 f'<div class="form-check"><input class="form-check-input" type="radio" name="profile" '
-                f'id="profile-{p.slug}" value="{p.slug}" {checked}>'
+                f'id="profile-{p.slug}" value="{p.slug}" {state}>'
                 f'<label class="form-check-label" for="profile-{p.slug}"><b>{html.escape(p.display_name)}</b> '
-                f"{html.escape(p.description)}</label></div>"
+                f"{html.escape(p.description)}{note}</label></div>"
             )
         return "<fieldset><legend>Server profile</legend>" + "".join(rows) + "</fieldset>"
 
     @default("options_form")
     def _default_options_form(self):
-        return lambda spawner: spawner._options_form() if len(spawner._profiles()) > 1 else ""
+        async def form(spawner):
+            return await spawner._options_form() if len(spawner._profiles()) > 1 else ""
+        return form
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         return {"profile": formdata.get("profile", [""])[0]}
@@ -187,21 +246,33 @@ class ProfilesMixin(Configurable):
         profiles = self._profiles()
         return next((p for p in profiles if p.default), profiles[0])
 
-    def apply_profile(self, user_options: dict[str, Any]) -> None:
-        """``apply_user_options`` hook: validate the chosen profile and apply its limits."""
+    async def apply_profile(self, user_options: dict[str, Any]) -> None:
+        """``apply_user_options`` hook: validate the chosen profile, check that the node has the
+        GPUs it needs free, and apply its limits."""
+        self.start_error = None
         slug = (user_options or {}).get("profile") or self._default_profile().slug
         by_slug = {p.slug: p for p in self._profiles()}
         if slug not in by_slug:
-            raise web.HTTPError(400, f"Unknown profile {slug!r}; choose one of {', '.join(by_slug)}")
+            self.start_error = f"unknown profile {slug!r}"
+            raise refusal(400, f"There is no profile {slug!r} for you; choose one of {', '.join(by_slug)}.")
+        profile = by_slug[slug]
+        why = (await self.gpus()).unavailable(profile.gpus)
+        if why:
+            self.start_error = f"profile {slug!r} needs GPUs: {why}"
+            others = [p.display_name for p in by_slug.values() if p.gpus == 0]
+            raise refusal(409, f"The profile '{profile.display_name}' needs "
+                               f"{'every GPU' if profile.gpus < 0 else f'{profile.gpus} GPU' + 's' * (profile.gpus > 1)}"
+                               f" and {why}. Choose {' or '.join(repr(o) for o in others) or 'another profile'}, "
+                               "or try again when a GPU is free.")
         check_start_by(self._courses(), getattr(self.handler, "current_user", None) if self.handler else None,
                        self.user.name, self.group_names(), slug)
-        self._profile = by_slug[slug]
-        self.cpu_limit = self._profile.cpu_limit
-        self.mem_limit = self._profile.mem_limit
-        self.apply_gpus(self._profile.gpus)
+        self._profile = profile
+        self.cpu_limit = profile.cpu_limit
+        self.mem_limit = profile.mem_limit
+        self.apply_hardware(profile)
 
-    def apply_gpus(self, gpus: int) -> None:
-        """Make ``gpus`` GPUs visible to the server (subclasses)."""
+    def apply_hardware(self, profile: Profile) -> None:
+        """Give the server the profile's GPUs (and shared memory, in a container): each spawner says how."""
         raise NotImplementedError
 
     def group_names(self) -> list[str]:
@@ -259,8 +330,8 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
     _cuda_visible_devices: str | None = ""
     mounts_read_only = False  # links to the datasets: only their files' modes keep them unchanged
 
-    def apply_gpus(self, gpus: int) -> None:
-        self._cuda_visible_devices = cuda_visible_devices(gpus)
+    def apply_hardware(self, profile: Profile) -> None:
+        self._cuda_visible_devices = cuda_visible_devices(profile.gpus)
 
     def _view_dir(self) -> Path:
         return Path(self.datasets_view_root) / self.user.name
@@ -316,11 +387,17 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
     def _remove_default(self):
         return True
 
-    def apply_gpus(self, gpus: int) -> None:
-        self.extra_host_config = {
-            **{k: v for k, v in self.extra_host_config.items() if k != "device_requests"},
-            "device_requests": docker_device_requests(gpus),
-        }
+    def apply_hardware(self, profile: Profile) -> None:
+        self.extra_host_config = {**self.extra_host_config, "device_requests": docker_device_requests(profile.gpus),
+                                  "shm_size": profile.shm_size}
+
+    async def node_gpus(self) -> list[str]:
+        """The Docker engine's discovered NVIDIA devices; where it reports none (engines before
+        API 1.50), the node's device files."""
+        if self.gpu_devices is not None:
+            return await super().node_gpus()
+        found = engine_devices(await self.docker("info"))
+        return node_devices() if found is None else found
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()

@@ -33,6 +33,11 @@ WORKER_PROFILE_ENV = "MEDHUB_WORKER_PROFILE"  # the profile of a Dask worker
 #: Where a server finds its granted datasets, one folder per id.
 DATASETS_ROOT = "/datasets"
 
+# The notebooks that teach medlib (medlib/notebooks), copied into each home at this folder, and
+# the one JupyterLab opens for a first-time user.
+NOTEBOOKS_FOLDER = "medhub-notebooks"
+WELCOME_NOTEBOOK = "1-welcome.ipynb"
+
 # --- ids -----------------------------------------------------------------------------------
 #: Dataset, profile and course ids: lower-case letters, digits and '-', at most 63 (a DNS label,
 #: so that an id can name a Kubernetes volume or claim).

@@ -170,31 +170,72 @@ def test_a_dataset_at_a_url_is_copied_once_and_read_there(as_user, tmp_path: Pat
     assert mds.verify("teaching-url").ok
 
 
-def test_dataset_browser_shows_grants_series_and_windowed_slices(as_user):
+def test_dataset_browser_shows_grants_and_series_in_niivue_with_the_value_at_the_crosshair(as_user):
+    import nibabel
+
+    from medlib.viewer import PRESETS
+    from medlib.widgets import DatasetBrowser
+
+    as_user("alice", ["radiology-research"])
+    browser = DatasetBrowser()
+    assert "research-ct" in browser.table.value and "teaching-ct" not in browser.table.value
+    assert browser.viewer is None  # nothing opened before a pick
+    browser.dataset.value = "research-ct"
+    assert len(browser.series.options) == 2
+    browser.series.value = next(v for label, v in browser.series.options if "6 slices" in label)
+    viewer = browser.viewer
+    assert viewer.kind == "niivue" and viewer.unit == "HU"
+    (volume,) = viewer.view.volumes
+    nii = nibabel.Nifti1Image.from_bytes(volume.data)
+    node = browser._tree[browser.series.value]
+    assert nii.shape == tuple(reversed(node["image"].shape))  # x, y, z
+    # the voxel sizes NiiVue draws with are the series' spacing: the aspect ratio is right
+    np.testing.assert_allclose(nibabel.affines.voxel_sizes(nii.affine), list(reversed(node.attrs["spacing"])))
+    width, level = PRESETS["CT soft tissue"]
+    assert (volume.cal_min, volume.cal_max) == (level - width / 2, level + width / 2)
+    viewer.preset.value = "CT bone"
+    width, level = PRESETS["CT bone"]
+    assert (volume.cal_min, volume.cal_max) == (level - width / 2, level + width / 2)
+    viewer._located({"vox": [3, 2, 1], "mm": [1.0, 2.0, 3.0], "values": []})  # what NiiVue sends on a click
+    expected = node["image"].values[1, 2, 3]
+    assert f"<b>{float(expected):g} HU</b>" in viewer.status.value and "slice 1" in viewer.status.value
+
+
+def test_the_viewer_shows_overlays_and_falls_back_to_slices_where_niivue_cannot_load(as_user, monkeypatch):
+    import sys
     from io import BytesIO
 
     from PIL import Image
 
-    from medlib.widgets import PRESETS, DatasetBrowser, window
+    import medlib.datasets as mds
+    from medlib.viewer import PRESETS, SeriesViewer, window
 
     assert window(np.array([-1000, -160, 40, 240, 3000]), 400, 40).tolist() == [0, 0, 128, 255, 255]
     as_user("alice", ["radiology-research"])
-    browser = DatasetBrowser()
-    assert "research-ct" in browser.table.value and "teaching-ct" not in browser.table.value
-    assert browser.image.value == b""  # nothing opened before a pick
-    browser.dataset.value = "research-ct"
-    assert len(browser.series.options) == 2
-    browser.series.value = next(v for label, v in browser.series.options if "6 slices" in label)
-    assert browser.slice.max == 5 and browser.slice.value == 3
-    shown = np.asarray(Image.open(BytesIO(browser.image.value)))
-    np.testing.assert_array_equal(shown, window(browser.current_slice, *PRESETS["CT soft tissue"]))
-    soft = browser.image.value
-    browser.preset.value = "CT bone"
-    assert browser.image.value != soft
-    browser.slice.value = 0
-    np.testing.assert_array_equal(np.asarray(Image.open(BytesIO(browser.image.value))),
-                                  window(browser.current_slice, *PRESETS["CT bone"]))
-    assert "slice 1/6" in browser.status.value
+    node = next(n for n in mds.open("research-ct").children.values() if n["image"].shape[0] == 6)
+    mask = node["image"].values > 0
+    viewer = SeriesViewer(node, overlays={"dense": mask})
+    assert len(viewer.view.volumes) == 2 and viewer.view.volumes[1].opacity == 0.5
+    viewer.opacity["dense"].value = 0.8
+    assert viewer.view.volumes[1].opacity == 0.8
+    with pytest.raises(ValueError, match="overlay 'dense' has shape"):
+        SeriesViewer(node, overlays={"dense": mask[1:]})
+    with pytest.raises(TypeError, match="a series of medlib.datasets.open"):
+        SeriesViewer(mask)
+
+    monkeypatch.setitem(sys.modules, "ipyniivue", None)  # as where the widget is not installed
+    viewer = SeriesViewer(node)
+    assert viewer.kind == "png" and "The NiiVue viewer could not load" in viewer.children[0].value
+    slices = viewer.view
+    assert slices.slice.max == 5 and slices.slice.value == 3
+    assert slices.image.layout.width == f"{min(node['image'].shape[2] * 4, 512)}px"  # not stretched to the cell
+    shown = np.asarray(Image.open(BytesIO(slices.image.value)))
+    np.testing.assert_array_equal(shown, window(slices.current_slice, *PRESETS["CT soft tissue"]))
+    slices.preset.value = "CT bone"
+    slices.slice.value = 0
+    np.testing.assert_array_equal(np.asarray(Image.open(BytesIO(slices.image.value))),
+                                  window(slices.current_slice, *PRESETS["CT bone"]))
+    assert "slice 1/6" in viewer.status.value
 
 
 def test_the_header_index_is_remade_when_a_file_changes(as_user, catalog, tmp_path: Path):

@@ -53,8 +53,9 @@ def run(folder: Path) -> int:
     parameters = json.loads((folder / "parameters.json").read_text())
     write_status(folder, status=JobState.RUNNING, pid=os.getpid())  # the run leads its own process group
     try:
+        # widgets are not live in a kept notebook: their state (a viewer's whole script and data) is left out
         papermill.execute_notebook(str(folder / "input.ipynb"), str(folder / "output.ipynb"), parameters=parameters,
-                                   cwd=str(Path.home()), log_output=True, progress_bar=False)
+                                   cwd=str(Path.home()), log_output=True, progress_bar=False, store_widget_state=False)
     except PapermillExecutionError as e:
         write_status(folder, status=JobState.FAILED, error=f"cell {e.exec_count}: {e.ename}: {e.evalue}")
         return 1

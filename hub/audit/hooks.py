@@ -2,9 +2,10 @@
 
 - logins and failed logins: :meth:`medhub.auth.OIDCAuthenticator.get_authenticated_user`;
 - logouts: :class:`medhub.auth.OIDCLogoutHandler`;
-- spawns (with profile and mounted datasets), one ``dataset-mount`` per dataset a server is
-  given (so the access record never depends on code inside the user's server), and stops: the
-  spawners' ``pre_spawn_hook`` and ``post_stop_hook`` (:func:`pre_spawn`, :func:`post_stop`);
+- spawns (with profile and mounted datasets) and one ``dataset-mount`` per dataset a server is
+  given (so the access record never depends on code inside the user's server), when the server
+  has started (:func:`spawned`: medhub's spawners call it; KubeSpawner's ``pre_spawn_hook``);
+  stops, and spawns that failed (with the reason), from the ``post_stop_hook`` (:func:`post_stop`);
 - changes made through the REST API (users, groups, roles, servers of others) and token
   creation: the hub's tornado ``log_function`` (:func:`log_request`), which sees every
   finished request with its user and status.
@@ -62,8 +63,8 @@ def _report(future) -> None:
         log.error("could not record a hub audit event: %s", future.exception())
 
 
-def pre_spawn(spawner) -> None:
-    """``pre_spawn_hook``: the spawn, with its profile, and each dataset it is given."""
+def spawned(spawner) -> None:
+    """The spawn, with its profile, and each dataset the server is given."""
     mounted = spawner.mounted_datasets() if hasattr(spawner, "mounted_datasets") else []
     profile = spawner.profile.slug if hasattr(spawner, "profile") else (spawner.user_options or {}).get("profile", "")
     server = spawner.name or ""
@@ -74,8 +75,16 @@ def pre_spawn(spawner) -> None:
 
 
 def post_stop(spawner) -> None:
-    """``post_stop_hook``: the server stopped."""
-    record("stop", spawner.user, {"server": spawner.name or ""})
+    """``post_stop_hook``: the server stopped, or (JupyterHub cleans up after a failed start)
+    never started: a failed spawn with the reason medhub's spawners kept (``start_error``)."""
+    server = {"server": spawner.name or ""}
+    failure = getattr(spawner, "start_error", None)
+    if failure:
+        profile = (spawner.user_options or {}).get("profile", "")
+        record("spawn", spawner.user, {**server, "profile": profile}, outcome="failure", reason=failure)
+        spawner.start_error = None
+    else:
+        record("stop", spawner.user, server)
 
 
 def log_request(handler) -> None:
@@ -96,7 +105,7 @@ def log_request(handler) -> None:
         record("token-created", current, {"user": token.group(1)})
         return
     target = path.split("/hub/api/", 1)[1]
-    if re.fullmatch(r"users/[^/]+/(server|servers/[^/]*)/?(progress)?", target) and \
+    if re.fullmatch(r"users/[^/]+/((server|servers/[^/]*)/?(progress)?|activity)", target) and \
             getattr(current, "name", None) == target.split("/")[1]:
-        return  # starting or stopping one's own server: spawn and stop events say it
+        return  # one's own server started or stopped (spawn and stop events say it), or its activity
     record("admin-change", current, {"target": target}, method=request.method, status=status)

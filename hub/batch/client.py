@@ -81,6 +81,10 @@ class BatchClient(ServiceClient):
     def output(self, job_id: str) -> bytes:
         return self._call("GET", f"/{job_id}/output").content
 
+    def log(self, job_id: str) -> str:
+        """The job's log: papermill's, and why it failed."""
+        return self._call("GET", f"/{job_id}/log").text
+
     def cancel(self, job_id: str) -> dict:
         return self._call("DELETE", f"/{job_id}").json()
 

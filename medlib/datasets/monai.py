@@ -15,15 +15,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .series import Series
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from .series import Series, ras_affine
 
 
 def series_tensor(series: Series) -> MetaTensor:
     """The series volume (x, y, z), float32, with its RAS affine and DICOM metadata."""
     volume = series.read().transpose(2, 1, 0).astype(np.float32)
-    affine = LPS_TO_RAS @ series.affine[:, [2, 1, 0, 3]]
+    affine = ras_affine(series.affine)
     meta = {**series.attrs, "SeriesInstanceUID": series.uid, "space": "RAS", "original_affine": affine,
             "spatial_shape": np.array(volume.shape), "original_channel_dim": float("nan")}
     return MetaTensor(volume, affine=affine, meta=meta)

@@ -218,6 +218,15 @@ class _LazyVolume:
         return block[(slice(None), *key[1:])]
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ras_affine(affine: np.ndarray) -> np.ndarray:
+    """:attr:`Series.affine` (indices (slice, row, column) to LPS mm) as NIfTI and MONAI take it:
+    indices (x, y, z), that is (column, row, slice), to RAS mm."""
+    return LPS_TO_RAS @ np.asarray(affine, dtype=float)[:, [2, 1, 0, 3]]
+
+
 def _pixel_offset(f, syntax: UID) -> int | None:
     """The start of native pixel bytes, with ``f`` just before the Pixel Data element, or None."""
     if syntax.is_compressed or not syntax.is_little_endian or syntax.is_deflated:

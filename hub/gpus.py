@@ -1,0 +1,65 @@
+"""The GPUs a new server could have now, for the spawn form and the spawn itself.
+
+The node's GPUs come from a live inventory read at each form render and each spawn: the
+Docker engine's discovered NVIDIA devices (CDI, engines that report ``DiscoveredDevices``),
+else the node's ``/dev/nvidia<N>`` device files. The GPUs in use are those the profiles of
+this hub's running servers asked for. A profile that needs more than is free is shown as
+unavailable, with the reason, and a request for it is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+NODE_DEVICE = re.compile(r"nvidia[0-9]+")
+CDI_GPU = re.compile(r"nvidia\.com/gpu=(?!all$).+")
+
+
+def node_devices(root: Path = Path("/dev")) -> list[str]:
+    """The node's NVIDIA GPUs: its ``nvidia<N>`` device files (``nvidiactl`` and the like are not GPUs)."""
+    try:
+        return sorted(p.name for p in root.iterdir() if NODE_DEVICE.fullmatch(p.name))
+    except OSError:
+        return []
+
+
+def engine_devices(info: dict) -> list[str] | None:
+    """The NVIDIA GPUs a Docker engine's ``/info`` reports (CDI ids such as ``nvidia.com/gpu=0``),
+    or None where the engine does not report devices (before API 1.50)."""
+    if "DiscoveredDevices" not in info:
+        return None
+    return sorted(d["ID"] for d in info["DiscoveredDevices"] or () if CDI_GPU.fullmatch(d.get("ID", "")))
+
+
+@dataclass(frozen=True)
+class GPUs:
+    """The node's GPUs, and how many of them this hub's servers hold."""
+
+    total: int
+    in_use: int
+
+    @property
+    def free(self) -> int:
+        return max(self.total - self.in_use, 0)
+
+    @classmethod
+    def held(cls, total: int, requests: Iterable[int]) -> GPUs:
+        """``total`` GPUs, of which running servers asked for ``requests`` (-1: all of them)."""
+        return cls(total, sum(total if n < 0 else n for n in requests))
+
+    def unavailable(self, gpus: int) -> str | None:
+        """Why a server asking for ``gpus`` (-1: all) cannot start now; None when it can."""
+        if gpus == 0:
+            return None
+        if self.total == 0:
+            return "this node has no GPU"
+        if gpus < 0 and self.in_use:
+            return f"{min(self.in_use, self.total)} of the node's {self.total} GPUs are in use"
+        if gpus > self.free:
+            if gpus > self.total:
+                return f"this node has {self.total} GPU{'s' * (self.total != 1)}"
+            return f"{self.free} of the node's {self.total} GPUs {'is' if self.free == 1 else 'are'} free"
+        return None

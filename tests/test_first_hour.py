@@ -1,0 +1,117 @@
+"""A new user's first hour, on a real platform (IdP, proxy, hub, services, servers on 127.0.0.1):
+the teaching notebooks run end to end, the spawn form tells the truth about this machine's
+GPUs (it has none), a refused or failed spawn reaches the user as a sentence and the audit log as
+a failure. The browser's view of the same hour is tests/test_browser.py."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import nbformat
+import pytest
+
+from medhub.batch.client import BatchClient, BatchError
+from medhub.gpus import node_devices
+from medlib import notebooks
+from medlib.contract import JobState
+
+#: What each notebook runs with here, and a line its executed copy must show.
+RUNS = {
+    "1-welcome.ipynb": ({}, "research-ct: 1 series; the first is (4, 16, 16) voxels"),
+    "2-deidentify.ipynb": ({"workdir": "deidentify-test"}, "PatientIdentityRemoved: YES"),
+    "3-radiomics.ipynb": ({"low": 30, "high": 200}, "ROI: "),
+    "4-train-unet.ipynb": ({"epochs": 2, "workers": 2}, "predicted "),
+    "5-batch-job.ipynb": ({"parameters": {"epochs": 1, "workers": 1}}, "job "),
+}
+
+
+def user_token(platform, name: str) -> str:
+    assert platform.login(platform.browser(), name).status_code == 200
+    return platform.api("POST", f"/users/{name}/tokens", json={"note": "first hour"}).json()["token"]
+
+
+def batch_client(platform, token: str) -> BatchClient:
+    client = BatchClient(platform.url, token)
+    deadline = time.monotonic() + 60
+    while True:  # the hub starts its services without waiting for them to listen
+        try:
+            client.jobs()
+            return client
+        except BatchError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def printed(executed: bytes) -> str:
+    nb = nbformat.reads(executed.decode(), as_version=4)
+    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for cell in nb.cells for o in cell.get("outputs", []))
+
+
+def audit_events(platform, user: str) -> list[dict]:
+    """``user``'s audit events (the observer reads everyone's), once the audit service answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.get(f"{platform.url}/services/medhub-audit/events", params={"user": user},
+                             headers={"Authorization": f"token {platform.observer_token}"}, timeout=30)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response.json()["events"]
+        time.sleep(0.5)
+
+
+def test_every_teaching_notebook_runs_end_to_end_as_a_batch_job(platform):
+    assert notebooks.names() == sorted(RUNS)
+    client = batch_client(platform, user_token(platform, "nina"))
+    for name, (parameters, shown) in RUNS.items():
+        job = client.wait(client.submit(notebooks.path(name), parameters, profile="cpu")["id"], timeout=600)
+        assert job["status"] == JobState.SUCCEEDED, f"{name}: {job}\n{client.log(job['id'])[-3000:]}"
+        output = printed(client.output(job["id"]))
+        assert shown in output, f"{name}: {output[-2000:]}"
+    # the batch notebook submitted the training notebook as a job of nina's: it runs too
+    (nested,) = [j for j in client.jobs() if j["name"] == "4-train-unet.ipynb" and j["parameters"].get("epochs") == 1]
+    assert client.wait(nested["id"], timeout=600)["status"] == JobState.SUCCEEDED
+
+
+@pytest.mark.skipif(bool(node_devices()), reason="this machine has NVIDIA GPUs: the no-GPU path is not the one here")
+def test_on_a_machine_without_gpus_gpu_profiles_are_unavailable_and_refused_with_a_sentence(platform):
+    audit_events(platform, "uma")  # the audit service is up (the hub's events wait for it otherwise)
+    client = platform.browser()
+    assert platform.login(client, "uma").status_code == 200
+    form = client.get(f"{platform.url}/hub/spawn/uma")
+    assert form.status_code == 200
+    for slug in ("gpu1", "gpu-all"):
+        assert f'value="{slug}" disabled' in form.text
+    assert form.text.count("(unavailable: this node has no GPU)") == 2
+    xsrf = client.cookies.get("_xsrf", path="/hub/")
+    refused = client.post(f"{platform.url}/hub/spawn/uma", data={"profile": "gpu1", "_xsrf": xsrf})
+    assert refused.status_code == 409
+    assert "needs 1 GPU and this node has no GPU. Choose" in refused.text  # the form again, with the sentence
+    assert platform.api("GET", "/users/uma").json()["servers"] == {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        spawns = [e for e in audit_events(platform, "uma") if e["action"] in ("spawn", "stop")]
+        if spawns:
+            break
+        time.sleep(0.3)
+    (event,) = spawns  # one failed spawn, no "stop" of a server that never ran
+    assert event["action"] == "spawn" and event["outcome"] == "failure"
+    assert event["object"]["profile"] == "gpu1" and "no GPU" in event["details"]["reason"]
+
+
+def test_a_servers_activity_reports_are_not_admin_changes(platform):
+    client = platform.browser()
+    assert platform.login(client, "nina").status_code == 200
+    platform.spawn(client, "nina")
+    assert platform.server_status(client, "nina").status_code == 200
+    token = platform.api("POST", "/users/nina/tokens", json={"scopes": ["users:activity!user=nina"]}).json()["token"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    report = httpx.post(f"{platform.url}/hub/api/users/nina/activity", headers={"Authorization": f"token {token}"},
+                        json={"last_activity": now, "servers": {"": {"last_activity": now}}}, timeout=30)
+    assert report.status_code == 200
+    time.sleep(1.5)
+    changes = [e for e in audit_events(platform, "nina") if e["action"] == "admin-change"]
+    assert not [e for e in changes if "activity" in e["object"].get("target", "")], changes
+    platform.api("DELETE", "/users/nina/server")
