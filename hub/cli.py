@@ -29,6 +29,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(Path(args.state), ports, reset=args.reset)
 
 
+def cmd_idp(args: argparse.Namespace) -> int:
+    from .idp import Client, DevIdentityProvider, load_accounts
+    from .processes import Stack, idp_process
+    from .state import StateDir
+
+    state = StateDir(Path(args.state).resolve())
+    secret = state.secret("oidc_client_secret")
+    logins = tuple(url.removesuffix("/oauth_callback") + "/login" for url in args.redirect_url)
+    idp = DevIdentityProvider(state_dir=state.path, port=args.port, host=args.host,
+                              accounts=load_accounts(args.accounts),
+                              clients=(Client(args.client_id, secret, tuple(args.redirect_url), logins),))
+    with Stack() as stack:
+        try:
+            stack.start(idp_process(idp, state.logs_dir))
+            print(f"development identity provider at {idp.issuer} (Ctrl-C stops it)\n"
+                  f"  oidc.issuer = \"{idp.issuer}\"\n  oidc.client_id = \"{args.client_id}\"\n"
+                  f"  oidc.client_secret_file: a copy of {state.path / 'oidc_client_secret'} the hub can read\n"
+                  f"  accounts: {', '.join(a.username for a in idp.accounts)}; logs in {state.logs_dir}", flush=True)
+            reason = stack.wait()
+        except KeyboardInterrupt:
+            reason = "SIGINT"
+        print(f"stopping ({reason}) …", flush=True)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .preflight import check_issuer
 
@@ -48,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(("issuer: " if status.reachable else "warning: ") + status.detail, flush=True)
     with Stack() as stack:
         try:
-            stack.start(proxy_process(settings))
-            stack.start(hub_process(settings), timeout=settings.hub.start_timeout)
+            # the logs go to files in the state folder and to our output (a container's log, journald)
+            stack.start(proxy_process(settings, echo=True))
+            stack.start(hub_process(settings, echo=True), timeout=settings.hub.start_timeout)
             print(f"medhub is running at {settings.hub.public_url}/ (Ctrl-C stops it)", flush=True)
             reason = stack.wait()
         except KeyboardInterrupt:  # Ctrl-C before wait() took over the signal
@@ -348,6 +374,19 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--proxy-api-port", type=int, default=8001, help="proxy API port (default: 8001)")
     demo.add_argument("--idp-port", type=int, default=9000, help="development IdP port (default: 9000)")
     demo.set_defaults(func=cmd_demo)
+
+    idp = sub.add_parser("idp", help="run the development OpenID Connect provider alone (a trial without the "
+                                     "institution's IdP; never in production)")
+    idp.add_argument("--accounts", required=True, help="TOML file of [[account]] tables (images/single-node/accounts.toml)")
+    idp.add_argument("--redirect-url", required=True, action="append",
+                     help="the hub's OAuth callback, <public_url>/hub/oauth_callback (repeat for more hubs)")
+    idp.add_argument("--client-id", default="medhub", help="the hub's client id (default: medhub)")
+    idp.add_argument("--host", default="127.0.0.1", help="address it listens on and names in its issuer URL "
+                                                         "(default: 127.0.0.1; users' browsers must reach it)")
+    idp.add_argument("--port", type=int, default=9000, help="its port (default: 9000)")
+    idp.add_argument("--state", default="state/idp", help="its folder: signing keys, client secret, log "
+                                                          "(default: state/idp)")
+    idp.set_defaults(func=cmd_idp)
 
     run = sub.add_parser("run", help="start the hub from a settings file")
     _settings_arg(run)

@@ -2,7 +2,8 @@
 
 The node's GPUs come from a live inventory read at each form render and each spawn: the
 Docker engine's discovered NVIDIA devices (CDI, engines that report ``DiscoveredDevices``),
-else the node's ``/dev/nvidia<N>`` device files. The GPUs in use are those the profiles of
+else the node's ``/dev/nvidia<N>`` device files (a hub in a container sees the host's ``/dev``
+where ``medhub up`` binds it read-only, at :data:`HOST_DEV`). The GPUs in use are those the profiles of
 this hub's running servers asked for. A profile that needs more than is free is shown as
 unavailable, with the reason, and a request for it is refused before anything starts.
 """
@@ -16,10 +17,13 @@ from pathlib import Path
 
 NODE_DEVICE = re.compile(r"nvidia[0-9]+")
 CDI_GPU = re.compile(r"nvidia\.com/gpu=(?!all$).+")
+HOST_DEV = Path("/run/medhub/host-dev")  # the host's /dev in the hub's container (medhub up), names only
 
 
-def node_devices(root: Path = Path("/dev")) -> list[str]:
-    """The node's NVIDIA GPUs: its ``nvidia<N>`` device files (``nvidiactl`` and the like are not GPUs)."""
+def node_devices(root: Path | None = None) -> list[str]:
+    """The node's NVIDIA GPUs: its ``nvidia<N>`` device files (``nvidiactl`` and the like are not
+    GPUs), in ``root``: by default the host's /dev as :data:`HOST_DEV` where it is bound, else /dev."""
+    root = root or (HOST_DEV if HOST_DEV.is_dir() else Path("/dev"))
     try:
         return sorted(p.name for p in root.iterdir() if NODE_DEVICE.fullmatch(p.name))
     except OSError:

@@ -2,8 +2,9 @@
 
 Each process (development IdP, configurable-http-proxy, JupyterHub) is a
 :class:`ManagedProcess`: started in its own session with its output in a log file under
-``<state>/logs``, ready when its URL answers, stopped with SIGTERM (then SIGKILL). The
-test fixtures use the same functions, so the tests start the platform exactly as users do.
+``<state>/logs`` (and, for ``medhub run``, on its own output too: ``docker logs medhub``),
+ready when its URL answers, stopped with SIGTERM (then SIGKILL). The test fixtures use the
+same functions, so the tests start the platform exactly as users do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +42,7 @@ class ManagedProcess:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     stop_timeout: float = 15.0
+    echo: bool = False  # copy its output to ours too, line by line
     proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> ManagedProcess:
@@ -53,14 +56,17 @@ class ManagedProcess:
         log = open(self.log_file, "ab")
         self.proc = subprocess.Popen(
             self.argv,
-            stdout=log,
+            stdout=subprocess.PIPE if self.echo else log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **self.env},
             cwd=self.cwd,
             start_new_session=True,
         )
-        log.close()
+        if self.echo:
+            threading.Thread(target=self._copy_output, args=(log,), name=f"{self.name} output", daemon=True).start()
+        else:
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -70,6 +76,15 @@ class ManagedProcess:
             time.sleep(0.2)
         self.stop()
         raise ProcessStartError(f"{self.name} did not answer at {self.ready_url} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _copy_output(self, log) -> None:
+        """Each line of the process's output to its log file and to ours, until it closes."""
+        with log:
+            for line in iter(self.proc.stdout.readline, b""):
+                log.write(line)
+                log.flush()
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -115,10 +130,10 @@ def idp_process(idp: DevIdentityProvider, logs: Path) -> ManagedProcess:
     return ManagedProcess("identity provider", idp.command(), logs / "idp.log", idp.ready_url)
 
 
-def proxy_process(settings: Settings) -> ManagedProcess:
+def proxy_process(settings: Settings, echo: bool = False) -> ManagedProcess:
     """configurable-http-proxy on ``hub.public_url``, its API on loopback. With users' servers
     on medhub's Docker network, the network is made first: the proxy and the hub may listen on
-    its gateway."""
+    its gateway. ``echo``: its log on our output too."""
     if settings.users_network:
         docker_network.ensure(settings.docker.network, settings.docker.subnet)
     state = StateDir(settings.hub.state_dir)
@@ -142,11 +157,13 @@ def proxy_process(settings: Settings) -> ManagedProcess:
         state.logs_dir / "proxy.log",
         f"http://127.0.0.1:{settings.hub.proxy_api_port}/api/routes",
         env={"CONFIGPROXY_AUTH_TOKEN": state.proxy_token()},
+        echo=echo,
     )
 
 
-def hub_process(settings: Settings) -> ManagedProcess:
-    """JupyterHub with medhub's configuration, its state folder as working directory."""
+def hub_process(settings: Settings, echo: bool = False) -> ManagedProcess:
+    """JupyterHub with medhub's configuration, its state folder as working directory.
+    ``echo``: its log on our output too."""
     state = StateDir(settings.hub.state_dir)
     state.ensure()
     return ManagedProcess(
@@ -162,6 +179,7 @@ def hub_process(settings: Settings) -> ManagedProcess:
         cwd=state.path,
         # with hub.cleanup_servers the hub stops every server before it exits
         stop_timeout=max(15.0, float(settings.hub.start_timeout)),
+        echo=echo,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import docker_network
 from .errors import HubConfigError, ProcessStartError
+from .gpus import HOST_DEV
 from .processes import url_answers
 from .settings import CLIENT_SECRET_ENV, Settings
 
@@ -144,7 +145,10 @@ def hub_container(settings: Settings, image: str | None = None, name: str = CONT
         anchor.mkdir(mode=0o700, parents=True)
         os.chown(anchor, owner.st_uid, owner.st_gid)
     binds = {str(state): {"bind": str(state), "mode": "rw"}, str(anchor): {"bind": str(anchor), "mode": "rw"},
-             str(socket): {"bind": str(socket), "mode": "rw"}}
+             str(socket): {"bind": str(socket), "mode": "rw"},
+             # the host's device files, read-only, for the spawn form's GPU inventory (the engine's
+             # device cgroup lets the container open none of them)
+             "/dev": {"bind": str(HOST_DEV), "mode": "ro"}}
     digest = hashlib.sha256()
     for path in read_only_paths(settings):
         if not path.exists():

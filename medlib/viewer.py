@@ -87,7 +87,8 @@ class SeriesViewer(widgets.VBox):
         self.preset = widgets.ToggleButtons(options=list(PRESETS), value=preset if preset in PRESETS else None,
                                             description="Window", style={"button_width": "auto"})
         try:
-            from ipyniivue import NiiVue  # noqa: F401
+            self.view = self._niivue(height)
+            self.kind = "niivue"
         except ImportError as e:
             self.kind = "png"
             self.view = SliceViewer(values, attrs.get("spacing", (1.0, 1.0, 1.0)), preset=preset, status=self.status)
@@ -96,8 +97,6 @@ class SeriesViewer(widgets.VBox):
                                 "single slices instead. Install ipyniivue for axial, coronal and sagittal views.</p>")
             super().__init__([note, self.view], **kwargs)
             return
-        self.kind = "niivue"
-        self.view = self._niivue(height)
         self.opacity = {name: widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description=name,
                                                   continuous_update=True) for name in overlays}
         for index, slider in enumerate(self.opacity.values(), start=1):

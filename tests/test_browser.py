@@ -1,12 +1,19 @@
-"""A real Chromium, driven by Playwright, logs in through the IdP's page and sees JupyterLab."""
+"""A real Chromium, driven by Playwright, walks a new user's first hour: medhub's login page, the
+IdP's own page, the spawn form (GPU profiles unavailable on this GPU-less machine), JupyterLab
+opening on the welcome notebook with one kernel and no news prompt, and the NiiVue viewer
+showing the value under the cursor. Screenshots go to the test's temporary folder; the checks
+are on the page, not on pixels."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
 
 from conftest import Platform
+from medhub.gpus import node_devices
+from medlib.contract import NOTEBOOKS_FOLDER, WELCOME_NOTEBOOK
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -27,23 +34,66 @@ def sign_in(page, platform: Platform, username: str) -> None:
 
 
 @pytest.mark.browser
-def test_browser_logs_in_through_the_idp_and_jupyterlab_loads(platform: Platform, tmp_path):
+def test_a_new_users_first_hour_in_a_real_browser(platform: Platform, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{platform.url}/hub/login")
+            # medhub's look: the platform, the institution and its identity provider, named
+            expect(page).to_have_title("medhub · Example University Hospital")
+            expect(page.locator("#medhub-intro h1")).to_have_text("medhub at Example University Hospital")
+            expect(page.locator("#medhub-intro")).to_contain_text("radiomics")
+            expect(page.locator("#medhub-idp")).to_contain_text("the hospital's identity provider")
+            expect(page.get_by_role("button", name="Sign in with the hospital's identity provider")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "1-login.png"))
             sign_in(page, platform, "erin")
-            # back at the hub: the profile form
+
             page.wait_for_url(f"{platform.url}/hub/spawn**")
-            page.check("#profile-cpu")
+            if not node_devices():  # this machine has no GPU: the form says so
+                for slug in ("gpu1", "gpu-all"):
+                    expect(page.locator(f"#profile-{slug}")).to_be_disabled()
+                expect(page.locator("#spawn_form")).to_contain_text("(unavailable: this node has no GPU)")
+            expect(page.locator("#profile-cpu")).to_be_checked()
+            page.screenshot(path=str(tmp_path / "2-spawn-form.png"))
             page.click("#spawn_form button[type=submit]")
+
+            # a first start opens JupyterLab on the welcome notebook
             page.wait_for_url(f"{platform.url}/user/erin/lab**", timeout=90_000)
-            expect(page.locator(".jp-Launcher")).to_be_visible(timeout=90_000)
-            expect(page.locator("#jupyterlab-splash")).to_have_count(0)
-            expect(page.locator(".jp-DirListing")).to_be_visible()
-            page.screenshot(path=str(tmp_path / "jupyterlab.png"))
+            expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=90_000)
+            expect(page.locator(".lm-TabBar-tab.jp-mod-current")).to_contain_text(WELCOME_NOTEBOOK)
+            assert f"/lab/tree/{NOTEBOOKS_FOLDER}/{WELCOME_NOTEBOOK}" in page.url
+            expect(page.locator(".jp-Notebook")).to_contain_text("Welcome to medhub")
+            expect(page.locator(".jp-DirListing")).to_contain_text("medhub-notebooks")
+
+            # one kernel, the medlib one, in the launcher; no question about Jupyter's news
+            page.get_by_role("menuitem", name="File").click()
+            page.get_by_role("menuitem", name="New Launcher").click()
+            cards = page.locator(".jp-Launcher-section:has(.jp-Launcher-sectionTitle:text-is('Notebook')) .jp-LauncherCard")
+            expect(cards).to_have_count(1)
+            expect(cards.first).to_have_attribute("title", re.compile("Python 3 \\(medlib\\)"))
+            page.screenshot(path=str(tmp_path / "3-launcher.png"))
+            assert page.get_by_text("official Jupyter news").count() == 0
+            page.locator(".lm-TabBar-tab", has_text=WELCOME_NOTEBOOK).click()
+
+            # run the tour: the viewer shows the series; a click reads the HU value under it
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells").click()
+            canvas = page.locator(".jp-OutputArea-output canvas").first
+            expect(canvas).to_be_visible(timeout=120_000)
+            cell = page.locator(".jp-OutputArea-output", has=canvas).first
+            box, room = canvas.bounding_box(), cell.bounding_box()
+            assert box["width"] <= room["width"] + 1 and box["height"] <= 430  # the viewer fits the cell
+            canvas.scroll_into_view_if_needed()
+            page.wait_for_timeout(1000)  # NiiVue draws once its volume has arrived
+            box = canvas.bounding_box()
+            # the top-left quarter of the grid is the axial view: click in its middle
+            page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+            value = page.locator(".medlib-value").first
+            expect(value).to_contain_text(re.compile(r"-?\d+(\.\d+)? HU"), timeout=30_000)
+            page.screenshot(path=str(tmp_path / "4-viewer.png"), full_page=True)
+            assert page.get_by_text("official Jupyter news").count() == 0
         finally:
             browser.close()

@@ -7,19 +7,27 @@ only where no engine runs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+import tomli_w
 
 from conftest import Platform, start_platform, stop_platform
 from medhub import docker_network, single_node
 from medhub.errors import HubConfigError
+from medhub.idp.browser import scripted_login, submit_spawn_form
+from medhub.processes import free_port, url_answers
+from medlib.synthetic import write_ct_series
 
 IMAGE = "medhub/notebook:test"
 HUB_IMAGE = "medhub/hub:test"
@@ -27,6 +35,11 @@ HUB_IMAGE = "medhub/hub:test"
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``medhub ARGS``, as an administrator types it."""
+    return subprocess.run([sys.executable, "-m", "medhub.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def engine_problem(*images: str) -> str | None:
@@ -270,3 +283,87 @@ def test_the_hub_image_runs_the_charts_hub_configuration(tmp_path: Path):
                        env={"MEDHUB_TEST_SECRET_OIDC_CLIENT_SECRET": "s"})
     assert image["Authenticator"] == local["Authenticator"]
     assert comparable_services(image["JupyterHub"]["services"]) == comparable_services(local["JupyterHub"]["services"])
+
+
+#: The single-node example's own users' network (made by medhub up, removed afterwards).
+NODE_NETWORK, NODE_SUBNET = "medhub-test-node-users", "172.29.236.0/24"
+EXAMPLE = Path(__file__).parents[1] / "images" / "single-node"
+
+
+def wait_for(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not url_answers(url):
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
+        time.sleep(0.3)
+
+
+def test_the_single_node_example_runs_with_medhub_up_and_the_development_idp_alone():
+    """images/single-node as an administrator follows it: its settings and catalog (paths moved
+    to a temporary folder; the test's own IdP, images and network, plain http on the network's
+    gateway), prepare.sh for owners and modes, `medhub idp` for the identity provider, `medhub
+    up`; a user signs in and starts a server; the hub's log is the container's; `medhub down`
+    leaves no volume behind."""
+    problem = engine_problem(IMAGE, HUB_IMAGE)
+    if problem:
+        pytest.skip(problem)
+    root = Path(tempfile.mkdtemp(prefix="medhub-node-"))
+    root.chmod(0o755)  # the hub (uid 999) walks down to its files
+    etc, state, data = root / "etc-medhub", root / "var-lib-medhub", root / "srv-medhub-datasets"
+    etc.mkdir()
+    shutil.copy(EXAMPLE / "prepare.sh", etc)
+    public_url = f"http://{docker_network.gateway(NODE_SUBNET)}:{free_port()}"
+    settings = tomllib.loads((EXAMPLE / "medhub.toml").read_text().replace("/etc/medhub", str(etc))
+                             .replace("/var/lib/medhub", str(state)))
+    hub = settings["hub"]
+    del hub["tls_cert"], hub["tls_key"]
+    hub.update(public_url=public_url, insecure_http=True, hub_port=free_port(), proxy_api_port=free_port())
+    settings["docker"].update(image=IMAGE, hub_image=HUB_IMAGE, network=NODE_NETWORK, subnet=NODE_SUBNET,
+                              home_volume="medhub-test-node-home-{username}")
+    idp_port = free_port()
+    settings["oidc"]["issuer"] = f"http://127.0.0.1:{idp_port}"
+    for service in ("audit", "batch", "ingest"):
+        settings[service] = {"port": free_port()}
+    (etc / "medhub.toml").write_text(tomli_w.dumps(settings))
+    (etc / "datasets.toml").write_text((EXAMPLE / "datasets.toml").read_text().replace("/srv/medhub/datasets", str(data)))
+    write_ct_series(data / "phantom-ct" / "series-001", shape=(4, 16, 16))
+    assert cli("catalog", "manifest", str(data / "phantom-ct")).returncode == 0
+
+    idp = subprocess.Popen([sys.executable, "-m", "medhub.cli", "idp", "--accounts", str(EXAMPLE / "accounts.toml"),
+                            "--redirect-url", f"{public_url}/hub/oauth_callback", "--port", str(idp_port),
+                            "--state", str(root / "idp")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    container, volumes = "medhub-test-node", set(docker("volume", "ls", "-q").stdout.split())
+    try:
+        wait_for(f"http://127.0.0.1:{idp_port}/.well-known/openid-configuration")
+        shutil.copy(root / "idp" / "oidc_client_secret", etc / "oidc-client-secret")
+        prepared = subprocess.run([str(etc / "prepare.sh")], capture_output=True, text=True,
+                                  env={**os.environ, "ETC": str(etc), "STATE": str(state), "DATASETS": str(data)})
+        assert prepared.returncode == 0, prepared.stderr
+        assert (state.stat().st_uid, state.stat().st_mode & 0o777) == (999, 0o700)
+        assert oct((etc / "oidc-client-secret").stat().st_mode & 0o777) == "0o640"
+
+        up = cli("up", "--settings", str(etc / "medhub.toml"), "--name", container, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        client = httpx.Client(timeout=30, follow_redirects=True)
+        assert scripted_login(client, public_url, "sam", "change-me-sam").status_code == 200
+        assert submit_spawn_form(client, public_url, "sam", "cpu")
+        deadline = time.monotonic() + 180
+        while client.get(f"{public_url}/user/sam/api/status").status_code != 200:
+            assert time.monotonic() < deadline, docker("logs", "--tail", "40", container).stdout
+            time.sleep(1)
+        server = json.loads(docker("inspect", "jupyter-sam").stdout)[0]
+        assert server["HostConfig"]["ShmSize"] == 2 * 1024**3  # the cpu profile's shm_size, not Docker's 64 MB
+        assert docker("exec", "jupyter-sam", "ls", "/datasets").stdout.split() == ["phantom-ct"]
+        logs = docker("logs", container)
+        assert "JupyterHub is now running" in logs.stdout + logs.stderr  # the hub's own log, not two lines
+        client.close()
+    finally:
+        down = cli("down", "--settings", str(etc / "medhub.toml"), "--name", container)
+        docker("rm", "-f", "jupyter-sam", check=False)
+        idp.terminate()
+        idp.wait(10)
+        left = set(docker("volume", "ls", "-q").stdout.split()) - volumes
+        docker("volume", "rm", "-f", *left, check=False)
+        docker("network", "rm", NODE_NETWORK, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+    assert left == {"medhub-test-node-home-sam"}  # the user's home, and no anonymous volume of the hub's

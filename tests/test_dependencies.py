@@ -65,3 +65,42 @@ def test_every_trait_medhub_sets_exists_in_the_lowest_version_allowed(tmp_path: 
                         "raise the lower bound")
                     checked.append(name)
     assert {"extra_user_scopes", "auth_refresh_strict"} <= set(checked)  # the check reads the docs it relies on
+
+
+def node_satisfies(version: tuple[int, int, int], spec: str) -> bool:
+    """Whether Node.js ``version`` meets an npm ``engines.node`` range of the forms the lock file
+    holds: ``*``, ``>=X``, ``>= X``, ``^X`` and ``||`` between them (``x`` parts read as 0)."""
+    def parse(text: str) -> tuple[int, int, int]:
+        parts = [int(p) if p.isdigit() else 0 for p in text.strip().split(".")]
+        return tuple((parts + [0, 0])[:3])
+
+    for alternative in spec.split("||"):
+        alternative = alternative.strip()
+        if alternative == "*":
+            return True
+        if alternative.startswith(">="):
+            if version >= parse(alternative[2:]):
+                return True
+        elif alternative.startswith("^"):
+            low = parse(alternative[1:])
+            if version >= low and version[0] == low[0]:
+                return True
+        else:
+            raise AssertionError(f"engines range {spec!r}: a form this check does not read; extend node_satisfies")
+    return False
+
+
+def test_every_node_package_runs_on_the_node_version_package_json_asks_for():
+    """package.json says which Node.js medhub needs; every package of the lock file must accept
+    the lowest such version (npm only warns otherwise, and the IdP or proxy may then fail)."""
+    import json
+
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    wanted = json.loads((ROOT / "package.json").read_text())["engines"]["node"]
+    assert wanted.startswith(">=")
+    lowest = tuple(int(p) for p in (wanted[2:].strip().split(".") + ["0", "0"])[:3])
+    refusing = {path.split("node_modules/")[-1]: package["engines"]["node"]
+                for path, package in lock["packages"].items()
+                if path and "node" in package.get("engines", {}) and not node_satisfies(lowest, package["engines"]["node"])}
+    assert refusing == {}, f"these packages refuse Node.js {wanted}: pin versions that accept it, or raise engines"
+    assert not node_satisfies((20, 20, 2), ">=22.12.0") and node_satisfies((20, 0, 0), "^16 || ^18 || >=20")

@@ -64,6 +64,7 @@ def test_the_container_sees_what_the_settings_name_read_only_and_its_state_read_
         state: {"bind": state, "mode": "rw"},
         str(settings.audit_anchor): {"bind": str(settings.audit_anchor), "mode": "rw"},  # made if missing
         str(engine_socket): {"bind": str(engine_socket), "mode": "rw"},
+        "/dev": {"bind": "/run/medhub/host-dev", "mode": "ro"},  # its GPUs' names, for the spawn form
         **{str(p): {"bind": str(p), "mode": "ro"} for p in expected_ro},
     }
     assert spec.environment == {}  # the secret is read from its bound file, never passed in the environment

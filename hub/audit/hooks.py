@@ -12,7 +12,8 @@
 
 Events go to the audit service with the hub writer's token (the only one allowed to state an
 actor), from a worker thread so that the hub's event loop never waits on the disk; when the
-service is down they wait in the hub's state folder and are delivered with the next ones.
+service is down they wait in the hub's state folder and are delivered with the next ones, or
+within :data:`FLUSH_SECONDS` when no other comes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from medlib.audit import AuditClient
 AUDIT_SERVICE, HUB_WRITER = "medhub-audit", "medhub-audit-hub"
 log = logging.getLogger("medhub.audit")
 _client: AuditClient | None = None
+_flusher = None  # tornado's PeriodicCallback delivering what waits, from the first event on
+FLUSH_SECONDS = 5
 ADMIN_PATHS = re.compile(r"/hub/api/(users|groups|roles|services|shares)(/|$)")
 TOKEN_PATH = re.compile(r"/hub/api/users/([^/]+)/tokens/?$")
 
@@ -56,6 +59,17 @@ def record(action: str, user: Any, object: dict[str, Any] | None = None,  # noqa
     loop = asyncio.get_event_loop()
     future = loop.run_in_executor(None, lambda: _client.record(action, object, outcome, actor=actor, **details))
     future.add_done_callback(_report)
+    global _flusher
+    if _flusher is None:
+        from tornado.ioloop import PeriodicCallback
+
+        _flusher = PeriodicCallback(_flush, FLUSH_SECONDS * 1000)
+        _flusher.start()
+
+
+def _flush() -> None:
+    """Deliver the events that wait in the buffer (the service was down when they came)."""
+    asyncio.get_event_loop().run_in_executor(None, _client.flush).add_done_callback(_report)
 
 
 def _report(future) -> None:

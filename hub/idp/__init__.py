@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ProcessStartError
+from ..errors import HubConfigError, ProcessStartError
 
 SCRIPT = Path(__file__).with_name("server.mjs")
 
@@ -36,6 +37,29 @@ DEMO_ACCOUNTS = (
     Account("sam", "sam-demo", "Sam Student", "sam@university.example", ("course-students",)),
     Account("eve", "eve-demo", "Eve Visitor (in no allowed group)", "eve@elsewhere.example", ("visitors",)),
 )
+
+
+ACCOUNT_FIELDS = ("username", "password", "name", "email", "groups")
+
+
+def load_accounts(path: str | os.PathLike[str]) -> tuple[Account, ...]:
+    """The accounts of a TOML file: ``[[account]]`` tables of username, password, name, email
+    and groups (``medhub idp --accounts``; images/single-node/accounts.toml is one)."""
+    try:
+        tables = tomllib.loads(Path(path).read_text()).get("account", [])
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise HubConfigError(f"{path}: cannot read the accounts ({e})") from None
+    accounts = []
+    for index, table in enumerate(tables):
+        missing = [k for k in ACCOUNT_FIELDS if k not in table]
+        unknown = sorted(set(table) - set(ACCOUNT_FIELDS))
+        if missing or unknown or not isinstance(table.get("groups"), list):
+            raise HubConfigError(f"{path}: account[{index}] needs exactly {', '.join(ACCOUNT_FIELDS)} (groups a list); "
+                                 f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+        accounts.append(Account(**{**table, "groups": tuple(table["groups"])}))
+    if not accounts:
+        raise HubConfigError(f"{path}: no [[account]] table: add at least one account")
+    return tuple(accounts)
 
 
 @dataclass(frozen=True)
