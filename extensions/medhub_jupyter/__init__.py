@@ -6,10 +6,11 @@ signed grants manifest), with their catalog metadata and schema.org JSON-LD.
 Authenticated
 like every Jupyter server API: only the server's own user (through the hub) reaches it.
 
-At start it copies medlib's teaching notebooks (:mod:`medlib.notebooks`) into the home, never
-over a file that is there, and on a user's first start JupyterLab opens on the welcome notebook.
-Enabled by ``jupyter_server_config.d/medhub_jupyter.json``, which installing medhub puts in
-``<prefix>/etc/jupyter`` with the kernel settings (the medlib kernel only).
+At start it offers one kernel, the medlib one (the interpreter's own kernelspec hidden), copies
+medlib's teaching notebooks (:mod:`medlib.notebooks`) into the home, never over a file that is
+there, and on a user's first start has JupyterLab open on the welcome notebook. Enabled by
+``jupyter_server_config.d/medhub_jupyter.json``, which installing medhub puts in
+``<prefix>/etc/jupyter``.
 """
 
 from __future__ import annotations
@@ -41,13 +42,23 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "medhub_jupyter"}]
 
 
+KERNEL = "medlib"  # the kernelspec installed with medhub (kernels/medlib)
+
+
 def _link_jupyter_server_extension(serverapp) -> None:
-    """Before the web application is made: the teaching notebooks, and where a first start opens."""
+    """Before the kernel managers and the web application are made: one kernel, the teaching
+    notebooks, and where a first start opens."""
     from pathlib import Path
+
+    from jupyter_client.kernelspec import KernelSpecManager
 
     from medlib import notebooks
     from medlib.contract import NOTEBOOKS_FOLDER, WELCOME_NOTEBOOK
 
+    if KERNEL in KernelSpecManager(parent=serverapp).find_kernel_specs():  # never hide the only kernel
+        serverapp.config.KernelSpecManager.allowed_kernelspecs = {KERNEL}
+        serverapp.config.KernelSpecManager.ensure_native_kernel = False
+        serverapp.config.MappingKernelManager.default_kernel_name = KERNEL
     home = Path(serverapp.root_dir)
     first_time = not (home / NOTEBOOKS_FOLDER).exists()
     try:
@@ -58,7 +69,18 @@ def _link_jupyter_server_extension(serverapp) -> None:
     if copied:
         serverapp.log.info("medhub_jupyter: copied %d teaching notebook(s) into %s", len(copied), home / NOTEBOOKS_FOLDER)
     if first_time:
-        serverapp.default_url = f"/lab/tree/{NOTEBOOKS_FOLDER}/{WELCOME_NOTEBOOK}"
+        _open_first_on(serverapp, f"/lab/tree/{NOTEBOOKS_FOLDER}/{WELCOME_NOTEBOOK}")
+
+
+def _open_first_on(serverapp, url: str) -> None:
+    """Make ``url`` the server's default URL. The extension app that started the server
+    (jupyterhub-singleuser, with the spawner's ``default_url``) applies its own default URL again
+    after every extension is linked: it gets ``url`` too."""
+    current = serverapp.default_url
+    serverapp.default_url = url
+    for point in serverapp.extension_manager.extension_points.values():
+        if point.app is not None and getattr(point.app, "default_url", None) == current:
+            point.app.default_url = url
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
