@@ -26,6 +26,19 @@ from medhub.settings import Settings, load
 from medlib.manifest import MANIFEST, write_manifest
 from medlib.synthetic import write_ct_series
 
+def once_answering(call, timeout: float = 60):
+    """``call()``'s result once it stops raising: the hub starts its services without waiting
+    for them to listen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def shared_data(path: Path) -> Path:
     """``path``, reference data from ../shared; the test skips, saying so, where a clone has no
     ../shared (the data is not redistributable, so the repository does not carry it)."""

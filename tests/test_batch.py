@@ -13,6 +13,7 @@ import httpx
 import nbformat
 import pytest
 
+from conftest import once_answering
 from medhub.batch.client import BatchClient, BatchError
 
 NOTEBOOK_PARAMETERS = "x = 1\n"
@@ -34,15 +35,8 @@ def frank(platform):
     assert platform.login(platform.browser(), "frank").status_code == 200
     token = platform.api("POST", "/users/frank/tokens", json={"note": "batch test"}).json()["token"]
     client = BatchClient(platform.url, token)
-    deadline = time.monotonic() + 60
-    while True:  # the hub starts its services without waiting for them to listen
-        try:
-            client.jobs()
-            return client, token
-        except BatchError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    once_answering(client.jobs)
+    return client, token
 
 
 def cli(platform, token: str, *args: str) -> subprocess.CompletedProcess:

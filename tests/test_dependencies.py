@@ -104,3 +104,15 @@ def test_every_node_package_runs_on_the_node_version_package_json_asks_for():
                 if path and "node" in package.get("engines", {}) and not node_satisfies(lowest, package["engines"]["node"])}
     assert refusing == {}, f"these packages refuse Node.js {wanted}: pin versions that accept it, or raise engines"
     assert not node_satisfies((20, 20, 2), ">=22.12.0") and node_satisfies((20, 0, 0), "^16 || ^18 || >=20")
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """pyproject.toml lists its packages by name: a new folder left out would be missing from
+    every installed image (a wheel holds only what is listed)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for name, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join((name, *relative.parts)))
+    assert found - set(setuptools["packages"]) == set()

@@ -38,7 +38,7 @@ from medlib.anonymize.mapping import MappingStore
 from medlib.radiomics import extract
 from medlib.synthetic import write_ct_series
 
-from conftest import start_platform, stop_platform
+from conftest import once_answering, start_platform, stop_platform
 
 OWNERS = "radiology-research"  # alice and erin; bob (a student) owns nothing
 SQUARE = np.array([[6, 6], [6, 15], [15, 15], [15, 6]], dtype=float)  # an RTSTRUCT contour, rows and columns
@@ -76,15 +76,8 @@ def token(hub, user: str) -> str:
 @pytest.fixture(scope="module")
 def owner(hub) -> HarvestClient:
     client = HarvestClient(hub.url, token(hub, "alice"))
-    deadline = time.monotonic() + 60
-    while True:  # the hub starts its services without waiting for them to listen
-        try:
-            client.list()
-            return client
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    once_answering(client.list)
+    return client
 
 
 def patient_study(folder: Path, patient: str, slices: int = 10, **kwargs) -> list[Path]:

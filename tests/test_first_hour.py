@@ -11,7 +11,8 @@ import httpx
 import nbformat
 import pytest
 
-from medhub.batch.client import BatchClient, BatchError
+from conftest import once_answering
+from medhub.batch.client import BatchClient
 from medhub.gpus import node_devices
 from medlib import notebooks
 from medlib.contract import JobState
@@ -33,15 +34,8 @@ def user_token(platform, name: str) -> str:
 
 def batch_client(platform, token: str) -> BatchClient:
     client = BatchClient(platform.url, token)
-    deadline = time.monotonic() + 60
-    while True:  # the hub starts its services without waiting for them to listen
-        try:
-            client.jobs()
-            return client
-        except BatchError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    once_answering(client.jobs)
+    return client
 
 
 def printed(executed: bytes) -> str:
