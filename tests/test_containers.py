@@ -347,9 +347,10 @@ def test_the_single_node_example_runs_with_medhub_up_and_the_development_idp_alo
         assert scripted_login(client, public_url, "sam", "change-me-sam").status_code == 200
         assert submit_spawn_form(client, public_url, "sam", "cpu")
         deadline = time.monotonic() + 180
-        while client.get(f"{public_url}/user/sam/api/status").status_code != 200:
+        while not (lab := client.get(f"{public_url}/user/sam/lab")).url.path.startswith("/user/sam/lab"):
             assert time.monotonic() < deadline, docker("logs", "--tail", "40", container).stdout
-            time.sleep(1)
+            time.sleep(1)  # the hub's pending page, until the server is up
+        assert lab.status_code == 200 and client.get(f"{public_url}/user/sam/api/status").status_code == 200
         server = json.loads(docker("inspect", "jupyter-sam").stdout)[0]
         assert server["HostConfig"]["ShmSize"] == 2 * 1024**3  # the cpu profile's shm_size, not Docker's 64 MB
         assert docker("exec", "jupyter-sam", "ls", "/datasets").stdout.split() == ["phantom-ct"]
