@@ -86,7 +86,7 @@ def prepare(
     settings = {
         "hub": {
             "public_url": public_url,
-            "institution": "the medhub demo (synthetic data only)",
+            "institution": "Demo Hospital (synthetic data only)",
             "hub_port": ports.hub,
             "proxy_api_port": ports.proxy_api,
             "state_dir": str(state_dir),
