@@ -13,6 +13,7 @@ storage, the profiles' resources); everything medhub decides comes from here.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -215,10 +216,11 @@ def federated_service(settings: Settings, where: Deployment, audit_url: str) -> 
 
 
 def _chain(*hooks: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """One spawner hook that calls ``hooks`` in order."""
-    def hook(spawner: Any) -> None:
+    """One spawner hook that calls ``hooks`` in order (awaiting those that are async)."""
+    async def hook(spawner: Any) -> None:
         for h in hooks:
-            h(spawner)
+            if inspect.isawaitable(done := h(spawner)):
+                await done
     hook.__qualname__ = "+".join(h.__qualname__ for h in hooks)
     return hook
 
@@ -279,7 +281,8 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
         c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
         s = c.KubeSpawner
         s.profile_list = k8s.profiles_for_groups(settings)
-        s.pre_spawn_hook = _chain(k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
+        s.pre_spawn_hook = _chain(k8s.gpu_check_hook(settings),
+                                  k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
                                                            str(where.grants_key)), audit_hooks.spawned)
         return s
     if settings.hub.spawner == "docker":

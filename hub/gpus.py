@@ -67,3 +67,21 @@ class GPUs:
                 return f"this node has {self.total} GPU{'s' * (self.total != 1)}"
             return f"{self.free} of the node's {self.total} GPUs {'is' if self.free == 1 else 'are'} free"
         return None
+
+
+@dataclass(frozen=True)
+class ClusterGPUs:
+    """A cluster's GPUs, node by node: what each has (allocatable) and has free."""
+
+    nodes: tuple[tuple[int, int], ...]  # (allocatable, free) of each schedulable node
+
+    def unavailable(self, gpus: int) -> str | None:
+        """Why a server asking for ``gpus`` on one node cannot start now; None when one can take it."""
+        if gpus <= 0 or any(free >= gpus for _, free in self.nodes):
+            return None
+        most = max((total for total, _ in self.nodes), default=0)
+        if most == 0:
+            return "no node of the cluster has a GPU"
+        if most < gpus:
+            return f"no node of the cluster has {gpus} GPUs"
+        return f"no node has {gpus} GPU{'s' * (gpus != 1)} free now"

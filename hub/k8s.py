@@ -18,6 +18,8 @@ sized by the same profiles and seeing the same grants (:mod:`medhub.gateway_opti
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,13 @@ from medlib import contract
 from . import grants
 from .catalog import Dataset, granted
 from .errors import HubConfigError
+from .gpus import ClusterGPUs
 from .settings import SETTINGS_ENV, Profile, Settings, to_document
 
+log = logging.getLogger("medhub.k8s")
 SECRET_NAME = "medhub-secrets"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_INVENTORY_RBAC = "images/k8s/gpu-inventory.yaml"  # what lets the hub list nodes and pods
 CHART_VERSION = "4.4.0"  # Zero to JupyterHub, the version images/k8s/README.md installs
 GATEWAY_CHART_VERSION = "2026.3.0"  # dask-gateway
 HUB_SERVICE, PROXY_SERVICE = "hub", "proxy-public"  # the chart's Services (fullnameOverride unset)
@@ -91,16 +97,70 @@ def profile_list(settings: Settings) -> list[dict[str, Any]]:
     return profiles
 
 
-def profiles_for_groups(settings: Settings) -> Callable[[Any], list[dict[str, Any]]]:
+async def cluster_gpus(api: Any) -> ClusterGPUs | None:
+    """The cluster's GPUs now: each schedulable node's allocatable ``nvidia.com/gpu``, less what
+    its running and pending pods ask for. None where the hub may not list nodes and pods (without
+    the ClusterRole of :data:`GPU_INVENTORY_RBAC`)."""
+    from kubernetes_asyncio.client.rest import ApiException
+
+    try:
+        nodes = await api.list_node()
+        pods = await api.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    except ApiException as e:
+        if e.status in (401, 403):
+            log.warning("the hub may not list nodes and pods (%s): GPU profiles are offered without checking "
+                        "the cluster's GPUs; apply %s", e.status, GPU_INVENTORY_RBAC)
+            return None
+        raise
+    used: Counter[str] = Counter()
+    for pod in pods.items:
+        for container in (pod.spec.containers or []) if pod.spec.node_name else []:
+            asked = (container.resources and (container.resources.requests or container.resources.limits)) or {}
+            used[pod.spec.node_name] += int(asked.get(GPU_RESOURCE, 0))
+    return ClusterGPUs(tuple(
+        (total, max(total - used[node.metadata.name], 0))
+        for node in nodes.items if not (node.spec and node.spec.unschedulable)
+        for total in [int((node.status.allocatable or {}).get(GPU_RESOURCE, 0))]))
+
+
+def profiles_for_groups(settings: Settings) -> Callable[[Any], Any]:
     """A KubeSpawner ``profile_list`` callable: the :func:`profile_list` entries of the profiles
-    offered to the user's groups (:meth:`medhub.settings.Profile.offered_to`)."""
+    offered to the user's groups (:meth:`medhub.settings.Profile.offered_to`), those that need
+    more GPUs than any node has free marked unavailable (:func:`gpu_check_hook` refuses them)."""
     entries = dict(zip((p.slug for p in settings.profiles), profile_list(settings)))
 
-    def offered(spawner: Any) -> list[dict[str, Any]]:
+    async def offered(spawner: Any) -> list[dict[str, Any]]:
         member = [g.name for g in spawner.user.groups]
-        return [entries[p.slug] for p in settings.profiles if p.offered_to(member)]
+        mine = [p for p in settings.profiles if p.offered_to(member)]
+        gpus = await cluster_gpus(spawner.api) if any(p.gpus for p in mine) else None
+        shown = []
+        for p in mine:
+            why = gpus.unavailable(gpu_count(settings, p)) if gpus is not None else None
+            entry = entries[p.slug]
+            shown.append({**entry, "description": f"{entry['description']} (unavailable: {why})"} if why else entry)
+        return shown
 
     return offered
+
+
+def gpu_check_hook(settings: Settings) -> Callable[[Any], Any]:
+    """A KubeSpawner ``pre_spawn_hook`` refusing, with a sentence, a profile that needs more GPUs
+    than any node has free (a pod that asks for them would wait, and never start)."""
+    by_slug = {p.slug: p for p in settings.profiles}
+
+    async def hook(spawner: Any) -> None:
+        from .spawner import refusal
+
+        profile = by_slug.get((spawner.user_options or {}).get("profile", "")) or settings.default_profile
+        gpus = gpu_count(settings, profile)
+        found = await cluster_gpus(spawner.api) if gpus else None
+        why = found.unavailable(gpus) if found is not None else None
+        if why:
+            spawner.start_error = f"profile {profile.slug!r} needs GPUs: {why}"
+            raise refusal(409, f"The profile '{profile.display_name}' needs {gpus} GPU{'s' * (gpus != 1)} and {why}. "
+                               "Choose a profile without GPUs, or try again later.")
+
+    return hook
 
 
 def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,

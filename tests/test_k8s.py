@@ -10,6 +10,7 @@ and the worker pod its Kubernetes controller would create is checked and validat
 from __future__ import annotations
 
 import asyncio
+import inspect
 import tomllib
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def pod_manifest(groups: list[str], prepare, config: Config | None = None):
 
     async def build():
         spawner = kube_spawner(groups, config)  # KubeSpawner needs a running event loop
-        prepare(spawner)
+        if inspect.isawaitable(prepared := prepare(spawner)):
+            await prepared
         async with ApiClient() as api:
             return api.sanitize_for_serialization(await spawner.get_pod_manifest())
 
@@ -279,13 +281,78 @@ def test_dask_gateway_is_registered_with_the_hub_and_in_users_environment(settin
     assert "c.ClusterConfig.cluster_max_workers = 8" in g["gateway"]["extraConfig"]["medhub-cluster-options"]
 
 
+class FakeCluster:
+    """The two calls of the Kubernetes API the GPU inventory makes, answered from ``gpus`` (node →
+    allocatable nvidia.com/gpu) and ``held`` (node → GPUs its pods ask for), as the API's models;
+    or refused with ``status`` (no RBAC)."""
+
+    def __init__(self, gpus: dict[str, int], held: dict[str, int] | None = None, status: int | None = None):
+        self.gpus, self.held, self.status = gpus, held or {}, status
+
+    def _refuse(self) -> None:
+        from kubernetes_asyncio.client.rest import ApiException
+
+        if self.status:
+            raise ApiException(status=self.status, reason="Forbidden")
+
+    async def list_node(self):
+        from kubernetes_asyncio.client import V1Node, V1NodeList, V1NodeStatus, V1ObjectMeta
+
+        self._refuse()
+        return V1NodeList(items=[V1Node(metadata=V1ObjectMeta(name=name), status=V1NodeStatus(
+            allocatable={"cpu": "16", **({"nvidia.com/gpu": str(n)} if n else {})})) for name, n in self.gpus.items()])
+
+    async def list_pod_for_all_namespaces(self, field_selector: str = ""):
+        from kubernetes_asyncio.client import (V1Container, V1Pod, V1PodList, V1PodSpec,
+                                               V1ResourceRequirements)
+
+        self._refuse()
+        assert field_selector == "status.phase!=Succeeded,status.phase!=Failed"
+        return V1PodList(items=[V1Pod(spec=V1PodSpec(node_name=node, containers=[V1Container(
+            name="c", resources=V1ResourceRequirements(requests={"nvidia.com/gpu": str(n)}))]))
+            for node, n in self.held.items()])
+
+
+def test_gpu_profiles_are_marked_unavailable_and_refused_when_no_node_has_the_gpus_free(settings_file: Path):
+    from tornado import web
+
+    config = pod_config(enable_gateway(settings_file))  # gpu1 is for radiology-research only
+
+    async def offer(cluster: FakeCluster, slug: str = "gpu1"):
+        spawner = kube_spawner(["radiology-research"], config)
+        spawner.api = cluster
+        shown = {p["slug"]: p["description"] for p in await spawner.profile_list(spawner)}
+        spawner.user_options = {"profile": slug}
+        try:
+            await spawner.pre_spawn_hook(spawner)
+        except web.HTTPError as e:
+            return shown[slug], e.jupyterhub_message, spawner.start_error
+        return shown[slug], None, getattr(spawner, "start_error", None)
+
+    busy = FakeCluster({"node-a": 2, "node-b": 0}, held={"node-a": 2})
+    shown, refused, reason = asyncio.run(offer(busy))
+    assert shown.endswith("(unavailable: no node has 1 GPU free now)")
+    assert refused == ("The profile '1 GPU' needs 1 GPU and no node has 1 GPU free now. Choose a profile without "
+                       "GPUs, or try again later.")
+    assert reason == "profile 'gpu1' needs GPUs: no node has 1 GPU free now"
+    shown, refused, _ = asyncio.run(offer(FakeCluster({"node-a": 0})))
+    assert shown.endswith("(unavailable: no node of the cluster has a GPU)") and refused
+    shown, refused, _ = asyncio.run(offer(FakeCluster({"node-a": 2}, held={"node-a": 1})))
+    assert "unavailable" not in shown and refused is None  # one of node-a's two is free
+    assert asyncio.run(offer(busy, "cpu"))[1] is None  # a CPU profile asks the cluster nothing
+    # without the ClusterRole the hub cannot see the GPUs: it offers them unmarked (and says so in its log)
+    shown, refused, _ = asyncio.run(offer(FakeCluster({}, status=403)))
+    assert "unavailable" not in shown and refused is None
+
+
 @pytest.mark.parametrize("groups, allowed", [(["radiology-research"], True), (["course-students"], False)])
 def test_profiles_of_some_groups_are_offered_only_to_them(settings_file: Path, groups: list[str], allowed: bool):
     config = pod_config(enable_gateway(settings_file))  # gpu1 is for radiology-research only
 
     async def choose(slug: str):
         spawner = kube_spawner(groups, config)
-        offered = [p["slug"] for p in spawner.profile_list(spawner)]
+        spawner.api = FakeCluster({"node-a": 1})
+        offered = [p["slug"] for p in await spawner.profile_list(spawner)]
         spawner.user_options = {"profile": slug}
         await spawner.load_user_options()
         return offered, spawner.extra_resource_limits
@@ -468,6 +535,15 @@ def test_the_example_audit_claims_are_valid_kubernetes():
     assert sorted(r["metadata"]["name"] for r in resources) == ["medhub-audit", "medhub-audit-anchor"]
     assert all(r["kind"] == "PersistentVolumeClaim" and r["spec"]["accessModes"] == ["ReadWriteOnce"]
                for r in resources)
+
+
+def test_the_gpu_inventory_role_is_valid_kubernetes_and_reads_only_what_the_inventory_lists():
+    from medhub.k8s import GPU_INVENTORY_RBAC
+
+    role, binding = [valid(r) for r in yaml.safe_load_all((EXAMPLES.parents[1] / GPU_INVENTORY_RBAC).read_text())]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "medhub"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_the_ingest_service_writes_versions_into_the_delivered_datasets_claims(settings_file: Path, tmp_path: Path):
