@@ -139,8 +139,10 @@ class ProfilesMixin(Configurable):
 
     async def start(self):
         """Share a student's teaching server with the course's instructors (JupyterHub shares: the
-        student sees them), then start it. Shares left from a run that ended without
-        :meth:`stop` go first, so they never open a server that is not for teaching."""
+        student sees them), prepare what the server sees (:meth:`prepare_start`), then start it.
+        Shares left from a run that ended without :meth:`stop` go first, so they never open a
+        server that is not for teaching. Any failure reaches the user as a sentence (the reason
+        is in the hub's log and, as ``start_error``, in the audit log's failed spawn)."""
         from jupyterhub import orm
 
         self._revoke_course_shares()
@@ -149,10 +151,11 @@ class ProfilesMixin(Configurable):
             orm.Share.grant(self.user.db, self.orm_spawner, instructor)
         self._course_shares = [u.name for u in instructors]
         try:
+            await self.prepare_start()
             url = await super().start()
         except Exception as e:
             self.log.exception("%s could not start", self._log_name)
-            self.start_error = str(e) or type(e).__name__
+            self.start_error = f"{type(e).__name__}: {e}"
             raise refusal(503, "Your server could not start. Try again in a minute, or choose a smaller "
                                "profile; if it fails again, tell the platform's administrators the time "
                                f"({type(e).__name__}: the hub's log has the details).") from e
@@ -275,6 +278,10 @@ class ProfilesMixin(Configurable):
         """Give the server the profile's GPUs (and shared memory, in a container): each spawner says how."""
         raise NotImplementedError
 
+    async def prepare_start(self) -> None:
+        """What the server will see, made just before it starts (each spawner says what)."""
+        raise NotImplementedError
+
     def group_names(self) -> list[str]:
         return sorted(g.name for g in self.user.groups)
 
@@ -365,11 +372,10 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
             args.append("--ServerApp.allow_root=True")
         return args
 
-    async def start(self):
+    async def prepare_start(self) -> None:
         grants.local_view(self._view_dir(), self.mounted_datasets())
         home = Path(self.home_dir_template.format(username=self.user.name))
         grants.link_folder(home / "courses", self.course_materials())  # read-only only in containers
-        return await super().start()
 
 
 class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
@@ -414,12 +420,11 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
                for name, path in self.course_materials().items()},
         }
 
-    async def start(self):
+    async def prepare_start(self) -> None:
         self.volumes = self.container_volumes()
         if self.network_name == "host":  # containers share the host's loopback: each its own port there,
             self.ip, self.port = "127.0.0.1", random_port()  # and no port bindings (Docker refuses them)
             self.use_internal_ip = True
-        return await super().start()
 
     async def get_ip_and_port(self) -> tuple[str, int]:
         if self.network_name == "host":

@@ -84,15 +84,39 @@ def test_on_a_machine_without_gpus_gpu_profiles_are_unavailable_and_refused_with
     assert refused.status_code == 409
     assert "needs 1 GPU and this node has no GPU. Choose" in refused.text  # the form again, with the sentence
     assert platform.api("GET", "/users/uma").json()["servers"] == {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        spawns = [e for e in audit_events(platform, "uma") if e["action"] in ("spawn", "stop")]
-        if spawns:
-            break
-        time.sleep(0.3)
-    (event,) = spawns  # one failed spawn, no "stop" of a server that never ran
+    (event,) = spawn_events(platform, "uma")  # one failed spawn, no "stop" of a server that never ran
     assert event["action"] == "spawn" and event["outcome"] == "failure"
     assert event["object"]["profile"] == "gpu1" and "no GPU" in event["details"]["reason"]
+
+
+def spawn_events(platform, user: str) -> list[dict]:
+    """``user``'s spawn and stop events, once there are any (the hub sends them from a thread)."""
+    deadline = time.monotonic() + 30
+    while not (found := [e for e in audit_events(platform, user) if e["action"] in ("spawn", "stop")]):
+        assert time.monotonic() < deadline, f"no spawn or stop event of {user}"
+        time.sleep(0.3)
+    return found
+
+
+def test_a_server_that_cannot_start_is_a_sentence_to_its_user_and_a_failed_spawn_in_the_audit_log(platform):
+    audit_events(platform, "oscar")  # the audit service is up
+    home = platform.settings.local.home_root / "oscar"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    home.write_text("a file where oscar's home folder should be\n")  # the spawner cannot make his server
+    try:
+        client = platform.browser()
+        assert platform.login(client, "oscar").status_code == 200
+        client.get(f"{platform.url}/hub/spawn/oscar")
+        failed = client.post(f"{platform.url}/hub/spawn/oscar",
+                             data={"profile": "cpu", "_xsrf": client.cookies.get("_xsrf", path="/hub/")})
+        assert failed.status_code == 503
+        assert "Your server could not start. Try again in a minute" in failed.text
+        assert "Internal Server Error" not in failed.text
+        (event,) = spawn_events(platform, "oscar")
+        assert (event["action"], event["outcome"], event["object"]["profile"]) == ("spawn", "failure", "cpu")
+        assert "Error" in event["details"]["reason"]
+    finally:
+        home.unlink()
 
 
 def test_a_servers_activity_reports_are_not_admin_changes(platform):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Platform
+from medhub.gpus import node_devices
 
 
 def server_environ(platform: Platform, username: str) -> dict[str, str]:
@@ -103,12 +104,40 @@ def test_gpu_profile_and_unknown_profile(platform: Platform):
     platform.login(client, "carol")
     bad = platform.api("POST", "/users/carol/server", json={"profile": "quantum"})
     assert bad.status_code == 400
-    assert "Unknown profile 'quantum'" in bad.json()["message"]
-    platform.spawn(client, "carol", profile="gpu1")
-    env = server_environ(platform, "carol")
-    assert env["MEDHUB_PROFILE"] == "gpu1"
-    assert env["CUDA_VISIBLE_DEVICES"] == "0"
-    platform.api("DELETE", "/users/carol/server")
+    assert "There is no profile 'quantum' for you" in bad.json()["message"]
+    gpu = platform.api("POST", "/users/carol/server", json={"profile": "gpu1"})
+    if node_devices():  # a machine with GPUs: the server gets the first
+        assert gpu.status_code in (201, 202), gpu.text
+        platform.wait_ready("carol")
+        assert server_environ(platform, "carol")["CUDA_VISIBLE_DEVICES"] == "0"
+        platform.api("DELETE", "/users/carol/server")
+    else:  # this one has none: refused, saying so (the GPU path itself: the next test)
+        assert gpu.status_code == 409 and "this node has no GPU" in gpu.json()["message"]
+    assert platform.api("GET", "/users/carol").json()["servers"] == {}
+
+
+def test_a_local_server_sees_the_gpus_of_its_profile(tmp_path):
+    """CUDA_VISIBLE_DEVICES from the profile, on a node whose inventory (a fake here) has two GPUs."""
+    import asyncio
+
+    from jupyterhub import orm
+    from jupyterhub.objects import Hub
+    from jupyterhub.user import User
+
+    from medhub.settings import DEFAULT_PROFILES
+    from medhub.spawner import MedhubLocalSpawner
+
+    db = orm.new_session_factory("sqlite://")()
+    user = orm.User(name="carol")
+    spawner_row = orm.Spawner(user=user, name="")
+    db.add_all([user, spawner_row])
+    db.commit()
+    spawner = MedhubLocalSpawner(user=User(user, {"db": db}), orm_spawner=spawner_row, hub=Hub(),
+                                 profiles=[p.model_dump() for p in DEFAULT_PROFILES], datasets_view_root=str(tmp_path),
+                                 gpu_devices=lambda _: ["nvidia0", "nvidia1"])
+    for slug, visible in (("gpu1", "0"), ("cpu", ""), ("gpu-all", None)):
+        asyncio.run(spawner.apply_profile({"profile": slug}))
+        assert spawner.get_env().get("CUDA_VISIBLE_DEVICES") == visible, slug
 
 
 def test_idle_culler_runs_as_a_hub_service(platform: Platform):
