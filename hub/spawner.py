@@ -22,6 +22,7 @@ the identity provider's tokens stay in the hub's encrypted auth_state.
 from __future__ import annotations
 
 import html
+import inspect
 import os
 import pwd
 from collections.abc import Callable
@@ -197,7 +198,7 @@ class ProfilesMixin(Configurable):
         """The node's GPUs (:attr:`gpu_devices`, or the node's NVIDIA device files)."""
         if self.gpu_devices is not None:
             found = self.gpu_devices(self)
-            return list(await found if hasattr(found, "__await__") else found)
+            return list(await found if inspect.isawaitable(found) else found)
         return node_devices()
 
     async def gpus(self) -> GPUs:
