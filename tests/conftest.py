@@ -71,7 +71,7 @@ def make_accounts() -> dict[str, Account]:
         "victor": account("victor", "radiology-research"),  # ... and the user she attacks
         "uma": account("uma", "course-students", "radiology-research"),  # a student with research grants too
         "wendy": account("wendy", "radiology-research"),  # removed from her groups at the IdP (test_isolation)
-        "nina": account("nina", "radiology-research"),  # the teaching notebooks, as batch jobs (test_first_hour)
+        "nina": account("nina", "radiology-research"),  # a server's activity reports (test_first_hour)
         "oscar": account("oscar", "radiology-research"),  # a server that cannot start (test_first_hour)
         "zoe": account("zoe", "course-students"),  # two accounts that differ only by case
         "Zoe": account("Zoe", "radiology-research"),

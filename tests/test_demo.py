@@ -10,12 +10,25 @@ import time
 from pathlib import Path
 
 import httpx
+import nbformat
 
-from medhub.processes import free_port
+from conftest import once_answering
+from medhub.batch.client import BatchClient
 from medhub.demo import DEMO_DATASET
 from medhub.idp import DEMO_ACCOUNTS
 from medhub.idp.browser import scripted_login
-from medhub.processes import url_answers
+from medhub.processes import free_port, url_answers
+from medlib import notebooks
+from medlib.contract import JobState
+
+#: What each teaching notebook runs with on the demo, and a line its executed copy must show.
+NOTEBOOK_RUNS = {
+    "1-welcome.ipynb": ({}, f"{DEMO_DATASET}: 1 series; the first is (16, 64, 64) voxels"),
+    "2-deidentify.ipynb": ({}, "PatientIdentityRemoved: YES"),
+    "3-radiomics.ipynb": ({}, "ROI: "),
+    "4-train-unet.ipynb": ({"epochs": 2}, "predicted "),
+    "5-batch-job.ipynb": ({"parameters": {"epochs": 1, "workers": 1}}, "job "),
+}
 
 
 def start_demo(state: Path, ports: dict[str, int], *extra: str) -> subprocess.Popen:
@@ -60,6 +73,42 @@ def kill_everything_in(state: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def printed(executed: bytes) -> str:
+    """What a notebook's cells printed and showed (as text)."""
+    nb = nbformat.reads(executed.decode(), as_version=4)
+    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for cell in nb.cells for o in cell.get("outputs", []))
+
+
+def test_every_teaching_notebook_runs_end_to_end_on_the_demo(tmp_path: Path):
+    """medlib/notebooks, as ada runs them on `medhub demo`: each as a batch job (papermill, in a
+    server of hers), with the demo's dataset; the batch notebook's own job too."""
+    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "idp": free_port()}
+    url = f"http://127.0.0.1:{ports['public']}"
+    state = tmp_path / "demo"
+    ada = next(a for a in DEMO_ACCOUNTS if a.username == "ada")
+    proc = start_demo(state, ports)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=30) as client:
+            scripted_login(client, url, "ada", ada.password)
+            made = client.post(f"{url}/hub/api/users/ada/tokens", json={"note": "teaching notebooks"},
+                               headers={"X-XSRFToken": client.cookies.get("_xsrf", path="/hub/")})
+            assert made.status_code == 201, made.text
+        jobs = BatchClient(url, made.json()["token"])
+        once_answering(jobs.jobs)
+        assert notebooks.names() == sorted(NOTEBOOK_RUNS)
+        for name, (parameters, shown) in NOTEBOOK_RUNS.items():
+            job = jobs.wait(jobs.submit(notebooks.path(name), parameters, profile="cpu")["id"], timeout=600)
+            assert job["status"] == JobState.SUCCEEDED, f"{name}: {job}\n{jobs.log(job['id'])[-3000:]}"
+            output = printed(jobs.output(job["id"]))
+            assert shown in output, f"{name}: {output[-2000:]}"
+        # the batch notebook submitted the training notebook as a job of ada's: it runs too
+        (nested,) = [j for j in jobs.jobs() if j["name"] == "4-train-unet.ipynb" and j["parameters"].get("epochs") == 1]
+        assert jobs.wait(nested["id"], timeout=600)["status"] == JobState.SUCCEEDED
+    finally:
+        stop_demo(proc, state)
 
 
 def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):

@@ -4,7 +4,7 @@
 ``2-deidentify.ipynb`` (de-identify a folder at the site), ``3-radiomics.ipynb`` (features of a
 ROI, as a table), ``4-train-unet.ipynb`` (a small UNet on a granted dataset, with Dask) and
 ``5-batch-job.ipynb`` (run a notebook as a batch job). They are stored without outputs and
-run end to end by tests/test_first_hour.py against a real platform, so that they never rot.
+run end to end as batch jobs on `medhub demo` by tests/test_demo.py, so that they never rot.
 """
 
 from __future__ import annotations
