@@ -31,6 +31,15 @@ NOTEBOOK_RUNS = {
 }
 
 
+ADA = next(a for a in DEMO_ACCOUNTS if a.username == "ada")
+
+
+def demo_ports() -> tuple[dict[str, int], str]:
+    """Free ports for a demo, and the public URL it will serve."""
+    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "idp": free_port()}
+    return ports, f"http://127.0.0.1:{ports['public']}"
+
+
 def start_demo(state: Path, ports: dict[str, int], *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "medhub.cli", "demo", "--state", str(state), "--port", str(ports["public"]),
             "--hub-port", str(ports["hub"]), "--proxy-api-port", str(ports["api"]), "--idp-port", str(ports["idp"]),
@@ -85,14 +94,12 @@ def printed(executed: bytes) -> str:
 def test_every_teaching_notebook_runs_end_to_end_on_the_demo(tmp_path: Path):
     """medlib/notebooks, as ada runs them on `medhub demo`: each as a batch job (papermill, in a
     server of hers), with the demo's dataset; the batch notebook's own job too."""
-    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "idp": free_port()}
-    url = f"http://127.0.0.1:{ports['public']}"
+    ports, url = demo_ports()
     state = tmp_path / "demo"
-    ada = next(a for a in DEMO_ACCOUNTS if a.username == "ada")
     proc = start_demo(state, ports)
     try:
         with httpx.Client(follow_redirects=True, timeout=30) as client:
-            scripted_login(client, url, "ada", ada.password)
+            scripted_login(client, url, "ada", ADA.password)
             made = client.post(f"{url}/hub/api/users/ada/tokens", json={"note": "teaching notebooks"},
                                headers={"X-XSRFToken": client.cookies.get("_xsrf", path="/hub/")})
             assert made.status_code == 201, made.text
@@ -112,15 +119,13 @@ def test_every_teaching_notebook_runs_end_to_end_on_the_demo(tmp_path: Path):
 
 
 def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
-    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "idp": free_port()}
-    url = f"http://127.0.0.1:{ports['public']}"
+    ports, url = demo_ports()
     state = tmp_path / "demo"
-    ada = next(a for a in DEMO_ACCOUNTS if a.username == "ada")
 
     proc = start_demo(state, ports)
     try:
         with httpx.Client(follow_redirects=True, timeout=30) as client:
-            scripted_login(client, url, "ada", ada.password)
+            scripted_login(client, url, "ada", ADA.password)
             me = client.get(f"{url}/hub/api/user").json()
         assert me["name"] == "ada" and me["admin"] is True
         assert sorted(me["groups"]) == ["course-instructors", "radiology-research"]
@@ -138,7 +143,7 @@ def test_demo_runs_logs_in_stops_and_keeps_state(tmp_path: Path):
     proc = start_demo(state, ports)  # a second run reuses the state
     try:
         with httpx.Client(follow_redirects=True, timeout=30) as client:
-            scripted_login(client, url, "ada", ada.password)
+            scripted_login(client, url, "ada", ADA.password)
             assert client.get(f"{url}/hub/api/user").json()["name"] == "ada"
     finally:
         stop_demo(proc, state)
