@@ -37,7 +37,7 @@ from .spawner import MedhubDockerSpawner, MedhubLocalSpawner
 from .state import StateDir
 
 PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
-BATCH_SERVICE = "medhub-batch"
+BATCH_SERVICE = contract.BATCH_SERVICE
 TEMPLATES = Path(__file__).with_name("templates")
 _TEACHING = f"user-redirect/lab/tree/{contract.NOTEBOOKS_FOLDER}"
 #: The home page's links (paths under the hub's base URL): name, where, what it is.

@@ -48,6 +48,13 @@ from .gpus import GPUs, engine_devices, node_devices
 from .settings import Course, Profile
 
 
+#: What a teaching server's token loses: its course's instructors open it and run code in it, and
+#: these services would act for the student beyond the server (jobs and runs with all the
+#: student's grants).
+NOT_FOR_TEACHING = frozenset(f"access:services!service={service}"
+                             for service in (contract.BATCH_SERVICE, contract.FEDERATED_SERVICE))
+
+
 def refusal(status: int, message: str) -> web.HTTPError:
     """An HTTP error whose ``message`` JupyterHub shows the user as it is (spawn form, progress page)."""
     error = web.HTTPError(status, message)
@@ -274,6 +281,18 @@ class ProfilesMixin(Configurable):
         self.cpu_limit = profile.cpu_limit
         self.mem_limit = profile.mem_limit
         self.apply_hardware(profile)
+        if self.teaching_courses():
+            self._narrow_token(NOT_FOR_TEACHING)
+
+    def _narrow_token(self, scopes: frozenset[str]) -> None:
+        """Take ``scopes`` from the token this spawn made for the server (JupyterHub makes it
+        before the profile is known, from ``server_token_scopes``)."""
+        from jupyterhub import orm
+
+        token = orm.APIToken.find(self.user.db, self.api_token) if self.api_token else None
+        if token is not None and scopes & set(token.scopes):
+            token.scopes = [s for s in token.scopes if s not in scopes]
+            self.user.db.commit()
 
     def apply_hardware(self, profile: Profile) -> None:
         """Give the server the profile's GPUs (and shared memory, in a container): each spawner says how."""

@@ -111,6 +111,7 @@ class JobState(StrEnum):
 # --- harvests: the hub's ingest service and the hospitals' edge nodes -----------------------
 #: The hub service that takes harvest requests and deliveries, and the prefix of the hub
 #: service each site's edge signs in as (``edge-<site>``).
+BATCH_SERVICE = "medhub-batch"
 INGEST_SERVICE = "medhub-ingest"
 EDGE_SERVICE_PREFIX = "edge-"
 #: The hub service that submits federated runs to the engine for users (it holds the engine's

@@ -12,8 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medhub.batch.client import BatchClient, BatchError
+from conftest import once_answering
+from medhub.batch.client import BatchClient
 from test_batch import notebook
+from test_spawn import server_environ
 
 #: A server configuration eve plants in her home: it records the headers of every request her
 #: servers receive (JupyterHub reads ~/.jupyter unless user configuration is disabled).
@@ -37,15 +39,8 @@ def eve(platform):
     for name in ("eve", "victor"):
         assert platform.login(platform.browser(), name).status_code == 200
     token = platform.api("POST", "/users/eve/tokens", json={"note": "red team"}).json()["token"]
-    deadline = time.monotonic() + 60
-    while True:  # the hub starts its services without waiting for them to listen
-        try:
-            BatchClient(platform.url, token).jobs()
-            return token
-        except BatchError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    once_answering(BatchClient(platform.url, token).jobs)
+    return token
 
 
 def test_what_a_batch_job_sends_to_its_server_is_good_for_nothing_else(platform, eve, tmp_path: Path):
@@ -72,6 +67,45 @@ def test_what_a_batch_job_sends_to_its_server_is_good_for_nothing_else(platform,
         assert as_(token, "POST", audit, json=forged).status_code == 403
         assert as_(token, "GET", f"{api}/user").status_code == 403  # revoked when the job ended
     platform.api("DELETE", "/users/victor/server")
+
+
+def test_a_servers_own_token_reaches_the_batch_service_as_its_user_only(platform, eve, tmp_path: Path):
+    """Server tokens may reach the batch service (a notebook submits jobs, 5-batch-job.ipynb): eve's
+    code, holding her server's token, neither sees, reads nor cancels victor's jobs, and what it
+    submits runs as eve."""
+    victor = BatchClient(platform.url, platform.api("POST", "/users/victor/tokens", json={"note": "victim"}).json()["token"])
+    his = victor.submit(notebook(tmp_path / "his.ipynb", "print(x)"), {"x": 1})
+    browser = platform.browser()
+    assert platform.login(browser, "eve").status_code == 200
+    platform.spawn(browser, "eve")
+    try:
+        token = server_environ(platform, "eve")["JUPYTERHUB_API_TOKEN"]
+        jobs = f"{platform.url}/services/medhub-batch/jobs"
+        assert his["id"] not in [j["id"] for j in BatchClient(platform.url, token).jobs()]
+        assert as_(token, "GET", f"{jobs}/{his['id']}").status_code in (403, 404)
+        assert as_(token, "GET", f"{jobs}/{his['id']}/output").status_code in (403, 404)
+        assert as_(token, "DELETE", f"{jobs}/{his['id']}").status_code in (403, 404)
+        mine = BatchClient(platform.url, token).submit(notebook(tmp_path / "mine.ipynb", "print(x)"), {"x": 2})
+        assert mine["user"] == "eve" and his["id"] not in [j["id"] for j in BatchClient(platform.url, token).jobs()]
+        assert victor.wait(his["id"], timeout=180, every=0.5)["status"] == "succeeded"  # untouched
+        BatchClient(platform.url, token).cancel(mine["id"])
+    finally:
+        platform.api("DELETE", "/users/eve/server")
+
+
+def test_a_teaching_servers_token_starts_no_job_and_no_run_as_its_student(platform):
+    """A student's teaching server is opened by the course's instructors, who run code in it: its
+    token must not reach the batch or federated service, where it would start work as the student
+    with all the student's grants (uma may also read research data)."""
+    assert platform.login(platform.browser(), "uma").status_code == 200
+    assert platform.api("POST", "/users/uma/server", json={"profile": "teaching"}).status_code in (201, 202)
+    platform.wait_ready("uma")
+    try:
+        token = server_environ(platform, "uma")["JUPYTERHUB_API_TOKEN"]
+        assert as_(token, "GET", f"{platform.url}/services/medhub-batch/jobs").status_code == 403
+        assert as_(token, "GET", f"{platform.url}/services/medhub-audit/events").status_code == 200  # its own events
+    finally:
+        platform.api("DELETE", "/users/uma/server")
 
 
 # -- instructors' powers stop at their course ---------------------------------------------

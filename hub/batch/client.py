@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from medlib.contract import TOKEN_ENV, URL_ENV, JobState
+from medlib.contract import BATCH_SERVICE, TOKEN_ENV, URL_ENV, JobState
 
 
 class BatchError(RuntimeError):
@@ -38,7 +38,7 @@ class ServiceClient:
     """A hub service's REST API under ``/services/<name>/<path>``, called with the user's token;
     an error is a :class:`BatchError` with the service's own message."""
 
-    name = "medhub-batch"
+    name = BATCH_SERVICE
     path = "jobs"
 
     def __init__(self, hub: str | None = None, token: str | None = None):

@@ -36,14 +36,14 @@ from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from medlib.contract import JobState
+from medlib.contract import BATCH_SERVICE, JobState
 
 from ..catalog import Dataset, granted
 from ..service_auth import TokenHandler, listen
 from .store import ACTIVE, FINAL, JobStore
 
 log = logging.getLogger("medhub.batch")
-SERVICE = "medhub-batch"
+SERVICE = BATCH_SERVICE
 MB = 1 << 20
 
 
