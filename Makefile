@@ -31,13 +31,15 @@ $(STAMP): pyproject.toml package.json package-lock.json
 
 # Debian packages the tests use: Chromium for the browser tests (Playwright cannot download
 # its own here), dicom3tools' dciodvfy to validate anonymized files, Orthanc (with DICOMweb) as
-# the PACS the edge node harvests from.
+# the PACS the edge node harvests from, Tesseract to find burned-in text.
 system-packages:
 	@command -v chromium >/dev/null && command -v dciodvfy >/dev/null && [ -x /usr/sbin/Orthanc ] \
+	  && [ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] \
 	  && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools orthanc orthanc-dicomweb >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium dicom3tools orthanc orthanc-dicomweb \
+	  tesseract-ocr tesseract-ocr-eng >/dev/null; }
 
 # A Docker engine and the notebook and hub images for tests/test_containers.py (../shared/DOCKER.md's
 # recipe: no registry). If no engine can start, the container tests skip and say why.

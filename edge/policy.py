@@ -3,8 +3,9 @@ the harvest's outbox, or ends quarantined or failed with its reason.
 
 - ``identifiable``: the file as received (only into a dataset catalogued identifiable; the hub checks).
 - ``anonymized``: :func:`medlib.anonymize.tree.anonymize_file` with the site key, pseudonyms
-  recorded in the site's mapping store; a file that may carry burned-in text stays in the site's
-  quarantine.
+  recorded in the site's mapping store; a file that may carry burned-in text is cleaned by the
+  site's pixel settings (rectangle rules, then OCR), and stays in the site's quarantine only
+  when they cannot decide.
 - ``features``: radiomic features (:func:`medlib.radiomics.extract`) of each segment of each DICOM
   SEG, and each ROI of each RTSTRUCT, the harvest found (:mod:`.masks`), on the image series it
   references; only the table leaves, its rows named by keyed pseudonyms of the series.
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from medlib.anonymize import Anonymizer, SiteKey
 from medlib.anonymize.mapping import MappingStore
-from medlib.anonymize.tree import anonymize_file
+from medlib.anonymize.tree import PixelPolicy, anonymize_file
 from medlib.contract import Policy
 from medlib.manifest import sha256
 from medlib.versions import link_or_copy
@@ -40,8 +41,8 @@ class Processor:
     """Makes a harvest's outputs in ``<state>/outbox/<harvest>/``."""
 
     def __init__(self, state_dir: Path, journal: Journal, key: SiteKey, options: tuple[str, ...] = (),
-                 workers: int | None = None):
-        self.state_dir, self.journal, self.key = state_dir, journal, key
+                 workers: int | None = None, pixels: PixelPolicy = PixelPolicy()):
+        self.state_dir, self.journal, self.key, self.pixels = state_dir, journal, key, pixels
         self.options, self.workers = options, workers or max(1, min(8, (os.cpu_count() or 2) - 1))
         self._pool: ProcessPoolExecutor | None = None
 
@@ -87,7 +88,7 @@ class Processor:
         out, quarantine = self.outbox(harvest_id), self.state_dir / "quarantine" / harvest_id
         src = self.state_dir / "inbox"
         by_name = {Path(inbox[r["sop"]]["path"]).name: r["sop"] for r in instances}
-        jobs = [(anonymizer, src, out, quarantine, name) for name in by_name]
+        jobs = [(anonymizer, src, out, quarantine, name, self.pixels) for name in by_name]
         results = []
         with tqdm(total=len(jobs), unit="file", desc="anonymizing", disable=len(jobs) < 50) as bar:
             for result in self.pool.map(_anonymize, jobs, chunksize=max(1, len(jobs) // (self.workers * 4))):
@@ -129,8 +130,8 @@ class Processor:
 
 def _anonymize(args: tuple):
     """One file, in a worker: its outcome, its pseudonyms, and its output's SHA-256."""
-    anonymizer, src, out, quarantine, name = args
-    outcome, mappings = anonymize_file(anonymizer, src, out, quarantine, name, True)
+    anonymizer, src, out, quarantine, name, pixels = args
+    outcome, mappings = anonymize_file(anonymizer, src, out, quarantine, name, True, pixels)
     digest = sha256(out / outcome.output) if outcome.outcome == "anonymized" else None
     return outcome, mappings, digest
 

@@ -135,7 +135,8 @@ class Edge:
         self.inbox = Inbox(state, self.journal)
         self.scp = StorageSCP(settings, self.inbox)
         self.key = SiteKey.load(settings.key_file)
-        self.processor = Processor(state, self.journal, self.key, settings.anonymize_options)
+        self.processor = Processor(state, self.journal, self.key, settings.anonymize_options,
+                                   pixels=settings.pixels.policy)
         self.hub = hub or HubClient(settings.hub_url, settings.token, int(settings.chunk_mb * (1 << 20)))
         self.stopping = threading.Event()
 

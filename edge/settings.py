@@ -33,6 +33,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from medlib.anonymize.ocr import OcrSettings
+from medlib.anonymize.pixels import load_rules
+from medlib.anonymize.tree import PixelPolicy
 from medlib.contract import SLUG, Policy
 
 from .errors import EdgeError
@@ -114,6 +117,27 @@ class QcSettings(Table):
     compressed data must decode (catches truncated files and unsupported compression)."""
 
 
+class PixelsSettings(Table):
+    """``[pixels]``: files that may carry burned-in text (ultrasound, angiography, screen
+    captures), under the anonymized policy: cleaned and sent on, or left in the site's quarantine."""
+
+    ocr: bool = True
+    """Find burned-in text with OCR (Tesseract) and blank it; off: only `rules_file` cleans."""
+    ocr_min_confidence: float = OcrSettings().min_confidence
+    """Text still read at this OCR confidence (0-100) after cleaning keeps a file in quarantine."""
+    rules_file: Path | None = None
+    """The site's rectangle rules per device (TOML, see medlib/anonymize/pixels.py), applied before OCR."""
+
+    @property
+    def policy(self) -> PixelPolicy:
+        """What :func:`medlib.anonymize.tree.anonymize_file` does with these files.
+
+        Raises:
+            PixelRuleError: the rules file is missing or malformed (the message says where)."""
+        rules = load_rules(self.rules_file) if self.rules_file else ()
+        return PixelPolicy(rules, OcrSettings(min_confidence=self.ocr_min_confidence) if self.ocr else None)
+
+
 class WebSettings(Table):
     """``[web]``: the upload page, where a person at the hospital drops a folder or a zip."""
 
@@ -152,6 +176,7 @@ class EdgeSettings(Table):
     scp: ScpSettings = ScpSettings()
     rules: RulesSettings = RulesSettings()
     qc: QcSettings = QcSettings()
+    pixels: PixelsSettings = PixelsSettings()
     web: WebSettings = WebSettings()
 
     @property
@@ -176,9 +201,10 @@ def load(path: str | os.PathLike[str]) -> EdgeSettings:
         raise EdgeError(f"cannot read the edge's settings {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise EdgeError(f"{path} is not TOML: {e}") from None
-    for key in ("token_file", "key_file", "state_dir"):
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str(path.parent / data[key])
+    for table, key in ((data, "token_file"), (data, "key_file"), (data, "state_dir"),
+                       (data.get("pixels") or {}, "rules_file")):
+        if isinstance(table.get(key), str) and not Path(table[key]).is_absolute():
+            table[key] = str(path.parent / table[key])
     try:
         return EdgeSettings.model_validate(data)
     except ValidationError as e:

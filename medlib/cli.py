@@ -48,17 +48,20 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
     from .anonymize import Anonymizer, SiteKey
     from .anonymize.mapping import MappingStore
     from .anonymize.pixels import load_rules
+    from .anonymize.ocr import OcrSettings
     from .anonymize.profile import load_safe_private
-    from .anonymize.tree import anonymize_tree
+    from .anonymize.tree import PixelPolicy, anonymize_tree
 
     key = SiteKey.load(args.key_file)
     safe_private = load_safe_private(args.safe_private) if args.safe_private else None
     anonymizer = Anonymizer(key, args.option or (), safe_private=safe_private)
     rules = load_rules(args.pixel_rules) if args.pixel_rules else ()
+    ocr = None if args.no_ocr else OcrSettings(**({"min_confidence": args.ocr_confidence}
+                                                  if args.ocr_confidence is not None else {}))
     store = MappingStore(args.mapping_store, key) if args.mapping_store else None
     try:
         report = anonymize_tree(anonymizer, args.src, args.dst, quarantine=args.quarantine, workers=args.workers,
-                                mapping_store=store, pixel_rules=rules)
+                                mapping_store=store, pixels=PixelPolicy(rules, ocr))
     finally:
         if store is not None:
             store.close()
@@ -71,14 +74,28 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
                  options=sorted(anonymizer.options), key=key.fingerprint)
     totals = ", ".join(f"{n} {what}" for what, n in sorted(report.totals.items())) or "no files"
     print(f"{totals}; report: {report_file} (it names source files: keep it at the site)")
+    if report.beyond_table:
+        print("acted on outside the profile's table: " + ", ".join(f"{k} ({n} files)" for k, n in report.beyond_table.items()))
+    if report.residual:
+        print(f"the residual scan replaced {report.residual} identifying value(s) the profile left (see the report)")
     return 1 if report.totals.get("failed") else 0
 
 
 def cmd_anonymize_check(args: argparse.Namespace) -> int:
+    from .anonymize import SiteKey
     from .anonymize.check import check_tree
+    from .anonymize.mapping import MappingStore
     from .anonymize.profile import load_safe_private
 
-    files, findings = check_tree(args.dst, load_safe_private(args.safe_private) if args.safe_private else None)
+    if bool(args.mapping_store) != bool(args.key_file):
+        raise SystemExit("--mapping-store and --key-file go together: the store opens only with its site key")
+    store = MappingStore(args.mapping_store, SiteKey.load(args.key_file)) if args.mapping_store else None
+    try:
+        files, findings = check_tree(args.dst, load_safe_private(args.safe_private) if args.safe_private else None,
+                                     store)
+    finally:
+        if store is not None:
+            store.close()
     for f in findings:
         print(f"{f.file}: {f.tag} {f.keyword}: {f.reason}")
     print(f"{files} files checked, {len(findings)} residual identifier(s)")
@@ -195,6 +212,12 @@ def _anonymize_parser(sub) -> None:
                      help="Clean Pixel Data Option: TOML rules of rectangles to blank per device "
                           "(see medlib/anonymize/pixels.py); matching burned-in candidates are cleaned, "
                           "not quarantined")
+    run.add_argument("--no-ocr", action="store_true",
+                     help="do not look for burned-in text with OCR (Tesseract): candidates no pixel rule "
+                          "matches stay in quarantine")
+    run.add_argument("--ocr-confidence", type=float, metavar="N",
+                     help="OCR confidence (0-100) at which text still read after cleaning keeps a file in "
+                          "quarantine (default: medlib.anonymize.ocr.OcrSettings.min_confidence)")
     run.add_argument("--safe-private", metavar="FILE",
                      help="with --option retain_safe_private: more private attributes the site has verified "
                           "as safe, in the format of medlib/anonymize/safe_private.json (PS3.15 Table E.3.10-1 rows)")
@@ -208,6 +231,10 @@ def _anonymize_parser(sub) -> None:
     check.add_argument("dst")
     check.add_argument("--safe-private", metavar="FILE",
                        help="the site's safe private attributes that `run --safe-private` kept (not findings)")
+    check.add_argument("--mapping-store", metavar="FILE",
+                       help="the run's mapping store: also look for each file's original identifying values "
+                            "(the residual scan), with --key-file")
+    check.add_argument("--key-file", help="the site key the mapping store was made with")
     check.set_defaults(func=cmd_anonymize_check)
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pydicom
@@ -28,7 +27,8 @@ from medlib.errors import MedlibError
 from medlib.anonymize import generate_profile, generate_requirements
 from medlib.anonymize.check import check_dataset, check_tree
 from medlib.anonymize.rewrite import NotRewritable, PartialFile
-from medlib.anonymize.tree import JOURNAL, anonymize_tree, read_dicom
+from medlib.anonymize.anonymizer import Trace
+from medlib.anonymize.tree import JOURNAL, PixelPolicy, anonymize_tree, read_dicom
 from medlib.synthetic import write_ct_series
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dicom_ps3.15_annex_e_profile.json"
@@ -243,7 +243,7 @@ def anonymized_bytes(engine: str, anonymizer: Anonymizer, original: bytes) -> by
     """A file anonymized by the whole-dataset path or the byte-level one (tree runs use the latter)."""
     if engine == "dataset":
         return as_bytes(anonymizer.anonymize(pydicom.dcmread(io.BytesIO(original))))
-    return PartialFile(original, anonymizer).anonymize(Counter())
+    return PartialFile(original, anonymizer).anonymize()
 
 
 @pytest.mark.parametrize("engine", ["dataset", "bytes"])
@@ -292,13 +292,13 @@ def test_byte_level_path_makes_the_same_dataset_as_the_whole_dataset_path(option
             continue  # big endian, deflated, no Part 10 header, broken: the whole-dataset path's
         if "SOPInstanceUID" not in partial.dataset:
             continue
-        fast_counts, fast_mappings, counts, mappings = Counter(), set(), Counter(), set()
-        fast = pydicom.dcmread(io.BytesIO(partial.anonymize(fast_counts, fast_mappings)))
-        whole = anonymizer.anonymize(read_dicom(io.BytesIO(data)), counts, in_place=True, mappings=mappings)
+        fast_trace, trace = Trace(mappings=set()), Trace(mappings=set())
+        fast = pydicom.dcmread(io.BytesIO(partial.anonymize(fast_trace)))
+        whole = anonymizer.anonymize(read_dicom(io.BytesIO(data)), trace, in_place=True)
         whole = pydicom.dcmread(io.BytesIO(as_bytes(whole)))
         assert fast == whole, f"{name}: {sorted(set(fast.keys()) ^ set(whole.keys()))}"
         assert fast.file_meta == whole.file_meta, name
-        assert (fast_counts, fast_mappings) == (counts, mappings), name
+        assert fast_trace == trace, name
         assert fast.preamble == whole.preamble == b"\0" * 128
         compared += 1
     assert compared >= 55
@@ -434,12 +434,18 @@ def test_burned_in_candidates_are_quarantined(tmp_path: Path):
     us = pydicom.dcmread(paths[1])
     us.Modality = "US"
     us.save_as(paths[1], enforce_file_format=True)
-    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "out", progress=False)
+    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "out", progress=False, pixels=PixelPolicy(ocr=None))
     assert report.totals == {"anonymized": 1, "quarantined": 1}
     quarantined = next(f for f in report.files if f.outcome == "quarantined")
-    assert "US" in quarantined.reason
+    assert "US" in quarantined.reason and "no pixel rule and no OCR" in quarantined.reason
     assert (tmp_path / "out.quarantine" / quarantined.output).is_file()
     assert not (tmp_path / "out" / quarantined.output).exists()
+    # with OCR (the default) a candidate without text is read, found clean and sent on
+    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "ocr", progress=False)
+    assert report.totals == {"anonymized": 2}
+    cleaned = next(f for f in report.files if f.reason)
+    assert "OCR found no text" in cleaned.reason and cleaned.blanked == []
+    assert pydicom.dcmread(tmp_path / "ocr" / cleaned.output).BurnedInAnnotation == "NO"
 
 
 def test_pydicom_test_files_anonymize_and_read_back(tmp_path: Path):
@@ -550,8 +556,12 @@ def test_mapping_store_reidentifies_and_keeps_originals_encrypted(tmp_path: Path
     assert store.lookup(str(out[0].PatientID)) == [("patient-id", "PAT-0001")]
     assert store.lookup(str(out[0].PatientName)) == [("patient-name", "Doe^Jane")]
     assert store.lookup(str(out[0].StudyInstanceUID)) == [("uid", str(originals[0].StudyInstanceUID))]
-    assert {o for ds in out for _, o in store.lookup(str(ds.SOPInstanceUID))} == {
+    assert {o for ds in out for kind, o in store.lookup(str(ds.SOPInstanceUID)) if kind == "uid"} == {
         str(ds.SOPInstanceUID) for ds in originals}
+    # and each output's original identifying values, for `check`'s residual scan
+    identifiers = {tuple(pair) for pair in json.loads(next(o for kind, o in store.lookup(str(out[0].SOPInstanceUID))
+                                                            if kind == "identifiers"))}
+    assert {("PatientID", "PAT-0001"), ("PatientName part", "DOE"), ("PatientName part", "JANE")} <= identifiers
     store.close()
 
     raw = (tmp_path / "site-mapping.sqlite").read_bytes()
@@ -609,9 +619,10 @@ def test_pixel_rules_blank_burned_in_text_and_release_the_file(tmp_path: Path):
     (tmp_path / "rules.toml").write_text(PIXEL_RULES)
     rules = load_rules(tmp_path / "rules.toml")
 
-    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "out", progress=False, pixel_rules=rules)
+    report = anonymize_tree(Anonymizer(KEY), src, tmp_path / "out", progress=False,
+                            pixels=PixelPolicy(rules=rules, ocr=None))
     assert report.totals == {"anonymized": 2, "quarantined": 1}
-    assert "no pixel rule matches" in next(f for f in report.files if f.outcome == "quarantined").reason
+    assert "no pixel rule matches and OCR is off" in next(f for f in report.files if f.outcome == "quarantined").reason
     for ds in read_tree(tmp_path / "out"):
         original = pydicom.dcmread(next(p for p in paths[:2] if pydicom.dcmread(p).InstanceNumber == ds.InstanceNumber))
         pixels, before = ds.pixel_array, original.pixel_array

@@ -127,6 +127,7 @@ def edge_settings(hub, orthanc, folder: Path, site: str = "site-a", **changes) -
                  "dicomweb_url": orthanc.dicomweb_url, "retries": 2, "timeout": 10},
         "scp": {"aet": "EDGE", "bind": "127.0.0.1", "port": orthanc.scp_port, "allowed_callers": ["CT01"]},
         "rules": {"policies": ["anonymized", "features", "identifiable"]},
+        "pixels": {"ocr": False},  # the slice marked as having burned-in text stays at the site
         "web": {"enabled": False},
     }
     for key, value in changes.items():

@@ -3,9 +3,12 @@
 For every attribute, at every depth of nested sequences, the profile (with the chosen
 options) gives one action; :class:`Anonymizer` carries it out with the site key: UIDs and
 the patient's name and ID become keyed pseudonyms, dates move by a per-patient shift when
-dates are kept modified. The result records what was done (PatientIdentityRemoved,
+dates are kept modified. Attributes the table does not list follow medlib's free-text policy
+(:mod:`.free_text`), and the residual scan (:mod:`.residual`) then looks for the input's
+identifying values in everything left. The result records what was done (PatientIdentityRemoved,
 DeidentificationMethod and its CID 7050 codes, LongitudinalTemporalInformationModified) and
-its file meta information matches the new SOP Instance UID.
+its file meta information matches the new SOP Instance UID; a :class:`Trace` says what was
+done to one file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from contextlib import contextmanager
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -25,6 +29,7 @@ from pydicom.sequence import Sequence
 from .. import __version__
 from .keys import SiteKey
 from .profile import Action, OptionError, Profile, SafePrivate, creator_tag, load_profile, safe_private_for
+from .residual import Identifiers
 
 #: A dummy value for each VR (PS3.15: "a non-zero length value that may be a dummy value
 #: and consistent with the VR"). UI is handled by the key; SQ keeps its cleaned items.
@@ -45,6 +50,39 @@ PSEUDONYMS = {"PatientID": ("patient-id", "ANON-{}"), "PatientName": ("patient-n
 IMPLEMENTATION_CLASS_UID = "2.25.184782084898960086280484355460401478319"
 IMPLEMENTATION_VERSION_NAME = f"MEDLIB_{__version__}"[:16]
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+CODE_MEANING, CODING_SCHEME_DESIGNATOR = 0x00080104, 0x00080102
+
+
+@dataclass
+class Trace:
+    """What anonymizing one file did.
+
+    Attributes:
+        counts: actions taken, by code (``"X"``, ``"U"``, …).
+        mappings: if not None, receives (kind, pseudonym, original) rows for a
+            :class:`~medlib.anonymize.mapping.MappingStore`: every UID and patient pseudonym
+            made, and the input's identifying values under the output's SOP Instance UID
+            (kind ``identifiers``, for ``medlib anonymize check``).
+        beyond_table: keywords of attributes outside Table E.1-1 that were acted on.
+        residual: identifying values the residual scan overwrote (where, and what they were).
+    """
+
+    counts: Counter = field(default_factory=Counter)
+    mappings: set[tuple[str, str, str]] | None = None
+    beyond_table: set[str] = field(default_factory=set)
+    residual: list[str] = field(default_factory=list)
+
+    def fresh(self) -> Trace:
+        """An empty trace that records what this one does (mappings or not)."""
+        return Trace(mappings=None if self.mappings is None else set())
+
+    def update(self, other: Trace) -> None:
+        """Add what ``other`` recorded."""
+        self.counts.update(other.counts)
+        if self.mappings is not None and other.mappings:
+            self.mappings |= other.mappings
+        self.beyond_table |= other.beyond_table
+        self.residual.extend(other.residual)
 
 
 def _zero(vr: str):
@@ -79,7 +117,8 @@ class Anonymizer:
         self.safe_private = safe_private_for(self.options, safe_private)
         self._actions: dict[int, Action | None | object] = {}
         self._scoped: dict[tuple[int, Scope], Action] = {}
-        self._mappings: set[tuple[str, str, str]] | None = None
+        self._trace = Trace()
+        self._beyond: dict[int, str | None] = {}
         self._extra_safe_private = safe_private
 
     def __reduce__(self):  # picklable for worker processes
@@ -87,60 +126,62 @@ class Anonymizer:
 
     # -- public ----------------------------------------------------------------------------
 
-    def anonymize(
-        self,
-        dataset: Dataset,
-        counts: Counter | None = None,
-        *,
-        in_place: bool = False,
-        mappings: set[tuple[str, str, str]] | None = None,
-    ) -> Dataset:
+    def anonymize(self, dataset: Dataset, trace: Trace | None = None, *, in_place: bool = False) -> Dataset:
         """Return an anonymized copy of ``dataset`` (the original is not touched).
 
         Args:
-            counts: if given, incremented per action taken (``"X"``, ``"U"``, …).
+            trace: if given, filled with what was done (:class:`Trace`).
             in_place: change ``dataset`` itself instead of a copy (for a dataset just read
                 from a file, as tree runs do: it saves the copy).
-            mappings: if given, receives (kind, pseudonym, original) for every UID and patient
-                pseudonym made, for a :class:`~medlib.anonymize.mapping.MappingStore`.
         """
-        counts = Counter() if counts is None else counts
+        trace = Trace() if trace is None else trace
         shift = self.date_shift(dataset)
+        identifiers = self.identifiers(dataset)
         ds = dataset if in_place else copy.deepcopy(dataset)
-        self.anonymize_elements(ds, shift, counts, mappings, scope_of(ds))
+        self.anonymize_elements(ds, shift, trace, scope_of(ds))
         self._record(ds)
         if getattr(ds, "file_meta", None) is not None:  # only what Part 10 requires: no AE titles
             ds.file_meta = file_meta_for(ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID"),
                                          ds.get("SOPInstanceUID"), ds.file_meta.get("TransferSyntaxUID"))
         ds.preamble = None  # 128 bytes that another format (TIFF, a vendor's header) may fill
+        self.finish(ds, identifiers, trace)
         return ds
+
+    def identifiers(self, dataset: Dataset) -> Identifiers:
+        """The identifying values of an input that the residual scan looks for."""
+        return Identifiers.of(dataset, self.options)
+
+    def finish(self, ds: Dataset, identifiers: Identifiers, trace: Trace) -> None:
+        """The residual scan of an anonymized dataset, and its identifiers kept for ``check``."""
+        trace.residual.extend(identifiers.scrub(ds))
+        keep_identifiers(str(ds.get("SOPInstanceUID", "")), identifiers, trace)
 
     def date_shift(self, dataset: Dataset) -> int:
         """Days this patient's dates move under Modified Dates (by the original Patient ID)."""
         return self.key.date_shift_days(str(dataset.get("PatientID", "")))
 
-    def anonymize_elements(self, ds: Dataset, shift: int, counts: Counter,
-                           mappings: set[tuple[str, str, str]] | None = None, scope: Scope = NO_SCOPE) -> None:
-        """Apply the profile to the elements of ``ds`` in place, recording nothing: for
-        callers that anonymize a file piece by piece (:mod:`.rewrite`). ``scope``: where
-        ``ds`` lies in its file (:func:`scope_of`, :func:`inside`)."""
-        with self._recording(mappings):
-            self._walk(ds, shift, counts, scope)
+    def anonymize_elements(self, ds: Dataset, shift: int, trace: Trace, scope: Scope = NO_SCOPE) -> None:
+        """Apply the profile to the elements of ``ds`` in place, into ``trace``, without the
+        record of what was done or the residual scan: for callers that anonymize a file piece by
+        piece (:mod:`.rewrite`). ``scope``: where ``ds`` lies in its file (:func:`scope_of`,
+        :func:`inside`)."""
+        with self.recording(trace):
+            self._walk(ds, shift, trace.counts, scope)
 
-    def replace_uids(self, text: str, mappings: set[tuple[str, str, str]] | None = None) -> str:
+    def replace_uids(self, text: str, trace: Trace) -> str:
         """Replace each UID of a UI value (``\\``-separated), as the U action does."""
-        with self._recording(mappings):
+        with self.recording(trace):
             values = text.split("\\")
             return "\\".join(self._uids(values)) if len(values) > 1 else self._uids(text)
 
     @contextmanager
-    def _recording(self, mappings: set[tuple[str, str, str]] | None):
-        """While inside, every pseudonym made is added to ``mappings`` (if given)."""
-        self._mappings = mappings
+    def recording(self, trace: Trace):
+        """While inside, pseudonyms made and attributes acted on are recorded in ``trace``."""
+        previous, self._trace = self._trace, trace
         try:
             yield
         finally:
-            self._mappings = None
+            self._trace = previous
 
     @property
     def method_codes(self) -> list[tuple[str, str]]:
@@ -156,6 +197,28 @@ class Anonymizer:
         ds.DeidentificationMethod = [*ds.DeidentificationMethod, meaning]
 
     # -- the interpreter -------------------------------------------------------------------
+
+    def local_code(self, designator: str | bytes | None) -> bool:
+        """Whether a code of the scheme ``designator`` has its meaning replaced: a scheme
+        private to a site (typed by people), under the Basic Profile without Clean Structured
+        Content (with it, the residual scan reads the meaning)."""
+        if designator is None or "clean_structured_content" in self.options:
+            return False
+        if isinstance(designator, bytes):
+            designator = designator.decode("ascii", "replace")
+        return self.profile.beyond.is_local_scheme(str(designator))
+
+    def beyond_table(self, tag: int, local_code: bool = False) -> None:
+        """Record that an attribute outside Table E.1-1 was acted on (``local_code``: a code
+        meaning of a local coding scheme)."""
+        if local_code:
+            self._trace.beyond_table.add("CodeMeaning (local coding scheme)")
+            return
+        if tag not in self._beyond:
+            rule = self.profile.rule(tag)
+            self._beyond[tag] = (rule.keyword or rule.tag) if rule is not None and rule.beyond_table else None
+        if self._beyond[tag]:
+            self._trace.beyond_table.add(self._beyond[tag])
 
     def action(self, tag: int, scope: Scope = NO_SCOPE) -> Action | None:
         """The action the profile and options give ``tag`` where ``scope`` says it lies
@@ -179,8 +242,10 @@ class Anonymizer:
     def _walk(self, ds: Dataset, shift: int, counts: Counter, scope: Scope) -> None:
         # Tags first: an element is decoded only when the profile acts on it or it is a
         # sequence; the rest are written back as read.
+        local = CODE_MEANING in ds and self.local_code(ds.get(CODING_SCHEME_DESIGNATOR, default=None) and
+                                                       ds[CODING_SCHEME_DESIGNATOR].value)
         for tag in list(ds.keys()):
-            action = self.action(tag, scope)
+            action = Action.DUMMY if local and tag == CODE_MEANING else self.action(tag, scope)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
                 counts["C"] += 1
                 creator = creator_tag(tag)
@@ -198,6 +263,7 @@ class Anonymizer:
                     counts["K"] += 1
                 continue
             counts[action.value] += 1
+            self.beyond_table(tag, local and tag == CODE_MEANING)
             if action is Action.REMOVE:
                 del ds[tag]
             else:
@@ -228,8 +294,8 @@ class Anonymizer:
 
     def _uid(self, original: str) -> str:
         new = self.key.uid(original)
-        if self._mappings is not None:
-            self._mappings.add(("uid", new, original))
+        if self._trace.mappings is not None:
+            self._trace.mappings.add(("uid", new, original))
         return new
 
     def _uids(self, value):
@@ -243,8 +309,8 @@ class Anonymizer:
             return ""
         purpose, template = PSEUDONYMS[elem.keyword]
         pseudonym = template.format(self.key.pseudonym(purpose, str(elem.value)))
-        if self._mappings is not None:
-            self._mappings.add((purpose, pseudonym, str(elem.value)))
+        if self._trace.mappings is not None:
+            self._trace.mappings.add((purpose, pseudonym, str(elem.value)))
         return pseudonym
 
     def _dummy(self, elem: DataElement):
@@ -285,6 +351,12 @@ class Anonymizer:
         for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
             if keyword not in ds:
                 setattr(ds, keyword, "")
+
+
+def keep_identifiers(sop_instance: str, identifiers: Identifiers, trace: Trace) -> None:
+    """Add an output's input identifiers to the trace's mappings (for ``check``)."""
+    if trace.mappings is not None and identifiers.values and sop_instance:
+        trace.mappings.add(("identifiers", sop_instance, identifiers.to_json()))
 
 
 def scope_of(ds: Dataset) -> Scope:

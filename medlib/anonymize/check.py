@@ -4,7 +4,9 @@ The options a file was made with are read from its own DeidentificationMethodCod
 (CID 7050 codes); a file without it (another tool's output) is held to the Basic Profile.
 A finding is an attribute the profile removes that is present, one it empties or replaces
 with a dummy that holds something else, a UID it replaces that is not a ``2.25.`` UID, or
-a private attribute (under Retain Safe Private: one not in the safe list).
+a private attribute (under Retain Safe Private: one not in the safe list). Given the run's
+mapping store, the residual scan (:mod:`.residual`) also looks for each file's original
+identifying values in it. A file that cannot be read is a finding too, and the check goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from .anonymizer import DUMMY_BY_VR, PSEUDONYMS, Scope, inside, scope_of
+from .mapping import MappingStore
 from .profile import Action, Profile, SafePrivate, creator_tag, load_profile, safe_private_for
+from .residual import Identifiers
 
 PSEUDONYM_PREFIXES = tuple(template.split("{")[0] for _, template in PSEUDONYMS.values())
 
@@ -98,16 +102,41 @@ def _scan(ds: Dataset, name: str, profile: Profile, options: frozenset[str], saf
             yield Finding(name, tag, keyword, "must be cleaned")
 
 
-def check_tree(root: str | os.PathLike[str], safe_private: SafePrivate | None = None) -> tuple[int, list[Finding]]:
-    """Check every DICOM file below ``root``; return (files checked, findings)."""
+def residual_findings(ds: Dataset, name: str, store: MappingStore) -> list[Finding]:
+    """The original identifying values of ``ds`` (from the run's mapping store, by its SOP
+    Instance UID) that are still in it."""
+    rows = [original for kind, original in store.lookup(str(ds.get("SOPInstanceUID", "")))
+            if kind == "identifiers"]
+    if not rows:
+        return []
+    return [Finding(name, "", where.split(":")[0], f"holds an original identifying value ({where.split(': ', 1)[1]})")
+            for where in Identifiers.from_json(rows[0]).find(ds)]
+
+
+def check_tree(root: str | os.PathLike[str], safe_private: SafePrivate | None = None,
+               store: MappingStore | None = None) -> tuple[int, list[Finding]]:
+    """Check every DICOM file below ``root``; return (files checked, findings). ``store``: the
+    run's mapping store, for the residual scan."""
     root = Path(root)
     profile = load_profile()
     files, findings = 0, []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
         try:
             ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError):
+        except InvalidDicomError:
+            continue  # not DICOM: a journal, a report
+        except Exception as e:  # a file that cannot be read is a finding; the check goes on
+            files += 1
+            findings.append(Finding(name, "", "", f"cannot be read: {type(e).__name__}: {e}"))
             continue
         files += 1
-        findings.extend(check_dataset(ds, path.relative_to(root).as_posix(), profile, safe_private))
+        try:
+            for elem in ds.iterall():  # every value, so that an undecodable one is found here
+                elem.value
+            findings.extend(check_dataset(ds, name, profile, safe_private))
+            if store is not None:
+                findings.extend(residual_findings(ds, name, store))
+        except Exception as e:
+            findings.append(Finding(name, "", "", f"cannot be read completely: {type(e).__name__}: {e}"))
     return files, findings

@@ -11,8 +11,9 @@ Rules come from a small TOML file, in the spirit of RSNA CTP's pixel anonymizer 
     columns = 800
     rectangles = [[0, 0, 800, 60]]   # x (column), y (row), width, height; every frame
 
-The first rule that matches a file applies. A file whose pixels cannot be decoded (no codec
-for its transfer syntax) is not cleaned: the caller keeps it in quarantine.
+The first rule that matches a file applies, before OCR (:mod:`.ocr`) looks for the rest. A
+file whose pixels cannot be decoded (no codec for its transfer syntax) is not cleaned: the
+caller keeps it in quarantine.
 """
 
 from __future__ import annotations
@@ -90,22 +91,35 @@ def matching_rule(rules: tuple[PixelRule, ...], ds: Dataset) -> PixelRule | None
     return next((r for r in rules if r.matches(ds)), None)
 
 
-def blank(ds: Dataset, rule: PixelRule) -> None:
-    """Set the rule's rectangles to 0 in every frame and sample, in place.
+def decoded_frames(ds: Dataset) -> np.ndarray:
+    """The pixel data as a writable array of frames (frames × rows × columns [× samples]).
 
-    Compressed pixel data is decoded and written back uncompressed (Explicit VR Little
-    Endian). Raises whatever pydicom raises when it has no codec for the transfer syntax.
-    """
+    Raises whatever pydicom raises when it has no codec for the transfer syntax."""
     pixels = np.array(ds.pixel_array)  # decoded; a writable copy
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    view = pixels if frames > 1 else pixels[np.newaxis]
-    for x, y, width, height in rule.rectangles:
-        view[:, y:y + height, x:x + width, ...] = 0
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+    return pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[np.newaxis]
+
+
+def blank(frames: np.ndarray, rectangles) -> None:
+    """Set each rectangle (x, y, width, height) to 0 in every frame and sample, in place."""
+    for x, y, width, height in rectangles:
+        frames[:, y:y + height, x:x + width, ...] = 0
+
+
+def store_frames(ds: Dataset, frames: np.ndarray) -> str | None:
+    """Write cleaned ``frames`` back as the pixel data of ``ds`` and mark it free of burned-in
+    text. Compressed pixel data is written uncompressed (Explicit VR Little Endian): returns
+    what was done to the transfer syntax, or None."""
+    note = None
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        note = f"decoded from {syntax.name} and written uncompressed"
     if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
         ds.PhotometricInterpretation = "RGB"  # pydicom decodes YBR to RGB
+    pixels = frames if int(ds.get("NumberOfFrames", 1) or 1) > 1 else frames[0]
     ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OB" if ds.BitsAllocated <= 8 else "OW"
     if "PlanarConfiguration" in ds:
         ds.PlanarConfiguration = 0  # as decoded by pydicom
     ds.BurnedInAnnotation = "NO"
+    return note

@@ -13,7 +13,12 @@ from enum import Enum
 from functools import cache
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import MedlibError
+
+if TYPE_CHECKING:
+    from .free_text import FreeTextPolicy
 
 DATA = Path(__file__).with_name("profile.json")
 SAFE_PRIVATE = Path(__file__).with_name("safe_private.json")
@@ -44,6 +49,7 @@ class Rule:
     basic: str
     options: dict[str, str]
     std_comp_iod: bool
+    beyond_table: bool = False  # a rule of medlib's free-text policy, not of Table E.1-1
 
     def code(self, options: frozenset[str]) -> str:
         """The action code under ``options``: a retaining option (K) wins over a cleaning one (C),
@@ -98,6 +104,7 @@ class Profile:
     basic_code: tuple[str, str]
     clean_pixel_code: tuple[str, str]
     requirements: dict  # {"sop_classes": {uid: iod}, "iods": {iod: {path: type}}}
+    beyond: FreeTextPolicy  # what the table does not list (:mod:`.free_text`)
 
     def requirement(self, sop_class: str | None, path: tuple[str, ...], keyword: str | None) -> str | None:
         """The Type ("1", "2" or "3") the IOD of ``sop_class`` gives the attribute ``keyword``
@@ -113,7 +120,8 @@ class Profile:
         return found or (None if path else "3")
 
     def rule(self, tag: int) -> Rule | None:
-        """The rule for an attribute tag, or None (the profile keeps it)."""
+        """The rule for an attribute tag, or None (the profile keeps it): the table's, else
+        medlib's free-text policy's."""
         group, element = tag >> 16, tag & 0xFFFF
         if group % 2:
             return self.private
@@ -121,9 +129,9 @@ class Profile:
             return self.by_tag[tag]
         if group & 0xFF00 == 0x5000:
             return self.curves
-        if group & 0xFF00 == 0x6000:
-            return self.overlays.get(element)
-        return None
+        if group & 0xFF00 == 0x6000 and element in self.overlays:
+            return self.overlays[element]
+        return self.beyond.rule(tag)
 
     def check_options(self, options: frozenset[str]) -> frozenset[str]:
         unknown = sorted(options - set(self.option_codes))
@@ -212,6 +220,8 @@ def safe_private_for(options: frozenset[str], site: SafePrivate | None = None) -
 
 @cache
 def load_profile(path: Path = DATA) -> Profile:
+    from .free_text import load_free_text  # it builds on Rule
+
     data = json.loads(Path(path).read_text())
     by_tag: dict[int, Rule] = {}
     curves = private = None
@@ -238,4 +248,5 @@ def load_profile(path: Path = DATA) -> Profile:
         basic_code=(data["basic_profile"]["code"], data["basic_profile"]["meaning"]),
         clean_pixel_code=(data["clean_pixel_data"]["code"], data["clean_pixel_data"]["meaning"]),
         requirements=json.loads(REQUIREMENTS.read_text()),
+        beyond=load_free_text(),
     )

@@ -13,6 +13,10 @@ and sorts each top-level element by what the profile does with it:
   pydicom into a small dataset that :class:`~medlib.anonymize.Anonymizer` anonymizes exactly as
   it would the whole file.
 
+The residual scan reads the output's bytes (all but the pixel data) for the input's
+identifying values first; only a file where one turns up is decoded whole, scanned and written
+again.
+
 The output is the same dataset as :meth:`Anonymizer.anonymize` makes of the whole file (a test
 holds them equal on every pydicom test file). Anything the scanner does not expect (big endian,
 deflate, a bare dataset without the Part 10 header, an explicit-VR file whose VRs do not parse,
@@ -23,8 +27,9 @@ way instead.
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from io import BytesIO
+
+import pydicom
 
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -35,17 +40,20 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_data_element
 from pydicom.uid import UID
 
-from .anonymizer import (DUMMY_BY_VR, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer,
-                         Scope, inside, scope_of)
+from .anonymizer import (CODE_MEANING, CODING_SCHEME_DESIGNATOR, DUMMY_BY_VR, IMPLEMENTATION_CLASS_UID,
+                         IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer, Scope, Trace, inside, keep_identifiers,
+                         scope_of)
 from .profile import Action, creator_tag
+from .residual import identifying_tags
 
 #: Also decoded (into :attr:`PartialFile.dataset`, as read): what a tree run reads from every
 #: file (to name the output, find missing UIDs, truncated pixel data and burned-in candidates)
-#: and what the walk needs (the character set, the patient whose date shift applies).
+#: and what the walk needs (the character set, the patient whose date shift applies, the
+#: identifying values the residual scan looks for).
 CONTEXT = frozenset({
     0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000D, 0x0020000E, 0x00100020,
     0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280301,
-})
+}) | identifying_tags()
 _PSEUDONYM_TAGS = frozenset(tag_for_keyword(keyword) for keyword in PSEUDONYMS)
 
 PIXEL_DATA = 0x7FE00010
@@ -254,12 +262,16 @@ class PartialFile:
         self._encodings = convert_encodings(self.dataset.get("SpecificCharacterSet", "ISO_IR 6"))
         self._replaced: dict[int, str] = {}
 
-    def anonymize(self, counts: Counter, mappings: set | None = None) -> bytes:
-        """The anonymized file; ``counts`` and ``mappings`` as for :meth:`Anonymizer.anonymize`."""
-        shift = self.anonymizer.date_shift(self.dataset)
+    def anonymize(self, trace: Trace | None = None) -> bytes:
+        """The anonymized file; ``trace`` as for :meth:`Anonymizer.anonymize`."""
+        trace = Trace() if trace is None else trace
+        anonymizer = self.anonymizer
+        shift = anonymizer.date_shift(self.dataset)
+        identifiers = anonymizer.identifiers(self.dataset)
         record = self._record()
         scope = scope_of(self.dataset)
-        parts = [p for p in self._rewrite(self._elements, shift, counts, mappings, scope, top=True) if p[0] not in record]
+        with anonymizer.recording(trace):
+            parts = [p for p in self._rewrite(self._elements, shift, trace, scope, top=True) if p[0] not in record]
         present = {tag for tag, _ in parts}
         parts += record.items()
         for tag, vr in ((0x00100010, b"PN"), (0x00100020, b"LO")):  # Type 2 everywhere: present, empty
@@ -267,7 +279,15 @@ class PartialFile:
                 parts.append((tag, self._header(tag, vr, 0)))
         parts.sort(key=_first)
         meta = _encode_file_meta(self.sop_class, self.output_uid(0x00080018), self.syntax)
-        return b"\0" * 128 + b"DICM" + meta + b"".join(p for _, p in parts)
+        data = b"\0" * 128 + b"DICM" + meta + b"".join(p for _, p in parts)
+        if identifiers.in_bytes(b"".join(p for tag, p in parts if tag != PIXEL_DATA), self._encodings[0]):
+            ds = pydicom.dcmread(BytesIO(data))  # rare: decode, scan, write again
+            anonymizer.finish(ds, identifiers, trace)
+            out = BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            return out.getvalue()
+        keep_identifiers(self.output_uid(0x00080018), identifiers, trace)
+        return data
 
     def output_uid(self, tag: int) -> str:
         """A top-level UID of the output (after :meth:`anonymize`): replaced, or kept."""
@@ -282,18 +302,25 @@ class PartialFile:
             _RECORDS[key] = dict(self._encode(self.anonymizer.record_elements()))
         return _RECORDS[key]
 
-    def _rewrite(self, elements: list[Element], shift: int, counts: Counter, mappings: set | None,
-                 scope: Scope, top: bool = False) -> list[tuple[int, bytes]]:
+    def _rewrite(self, elements: list[Element], shift: int, trace: Trace, scope: Scope,
+                 top: bool = False) -> list[tuple[int, bytes]]:
         """The anonymized elements, as (tag, bytes): the walk of :class:`Anonymizer`, with
         decoding only where a value must be made."""
-        data, anonymizer, out = self.data, self.anonymizer, []
+        data, anonymizer, out, counts = self.data, self.anonymizer, [], trace.counts
         action_of = anonymizer.action
         creators: dict[int, str] | None = None
+        local = False  # a code of a local coding scheme: its meaning is replaced
         for tag, raw_vr, start, value_start, value_end, following in elements:
             action = action_of(tag, scope)
+            if tag == CODE_MEANING:
+                local = anonymizer.local_code(next((data[e[3]:e[4]] for e in elements
+                                                    if e[0] == CODING_SCHEME_DESIGNATOR), None))
+                action = Action.DUMMY if local else action
             if action is None and raw_vr is not None and raw_vr not in _NOT_PLAIN and tag & 0xFFFF:
                 out.append((tag, data[start:following]))  # the common case: kept as read
                 continue
+            if action is not None and action is not Action.KEEP:
+                anonymizer.beyond_table(tag, local and tag == CODE_MEANING)
             vr = _vr_of(tag, raw_vr, value_end != following)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
                 counts["C"] += 1
@@ -301,11 +328,11 @@ class PartialFile:
                     creators = {e[0]: data[e[3]:e[4]].decode("latin-1") for e in elements
                                 if e[0] >> 16 & 1 and 0x10 <= e[0] & 0xFFFF <= 0xFF}
                 if anonymizer.safe_private.keeps(tag, creators.get(creator_tag(tag))):
-                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings, scope)
+                    out.append((tag, self._sequence(tag, value_start, value_end, shift, trace, scope)
                                 if vr == b"SQ" else data[start:following]))
                 continue
             if vr == b"SQ" and raw_vr == b"UN":  # an implicit-VR sequence inside: pydicom reads it
-                out.extend(self._decode(data[start:following], shift, counts, mappings, scope))
+                out.extend(self._decode(data[start:following], shift, trace, scope))
                 continue
             if tag & 0xFFFF == 0 or action is Action.REMOVE:  # group lengths: as pydicom's writer
                 if action is not None:
@@ -317,7 +344,7 @@ class PartialFile:
                 if action is Action.ZERO:
                     out.append((tag, self._header(tag, vr, 0)))
                 else:  # its items follow the profile
-                    out.append((tag, self._sequence(tag, value_start, value_end, shift, counts, mappings, scope)))
+                    out.append((tag, self._sequence(tag, value_start, value_end, shift, trace, scope)))
             elif action is None or action is Action.KEEP:
                 if action is Action.KEEP:
                     counts["K"] += 1
@@ -327,7 +354,7 @@ class PartialFile:
                 out.append((tag, self._header(tag, vr, 0)))
             elif action in (Action.UID, Action.UID_IN_SEQUENCE, Action.DUMMY) and vr == b"UI":
                 counts[action.value] += 1
-                text = anonymizer.replace_uids(_text(data[value_start:value_end]), mappings)
+                text = anonymizer.replace_uids(_text(data[value_start:value_end]), trace)
                 if top:
                     self._replaced[tag] = text
                 value = text.encode("ascii")
@@ -337,27 +364,25 @@ class PartialFile:
                 counts["D"] += 1
                 out.append((tag, self._dummy(tag, vr)))
             else:  # a cleaned value or a pseudonym: pydicom decodes, the anonymizer makes it
-                out.extend(self._decode(data[start:following], shift, counts, mappings, scope))
+                out.extend(self._decode(data[start:following], shift, trace, scope))
         return out
 
-    def _sequence(self, tag: int, start: int, end: int, shift: int, counts: Counter, mappings: set | None,
-                  scope: Scope) -> bytes:
+    def _sequence(self, tag: int, start: int, end: int, shift: int, trace: Trace, scope: Scope) -> bytes:
         """A sequence whose items follow the profile."""
         scope = inside(scope, tag)
-        items = b"".join(self._item(item_start, item_end, shift, counts, mappings, scope)
+        items = b"".join(self._item(item_start, item_end, shift, trace, scope)
                          for item_start, item_end in self._scanner.items(start, end))
         return self._header(tag, b"SQ", len(items)) + items
 
-    def _item(self, start: int, end: int, shift: int, counts: Counter, mappings: set | None, scope: Scope) -> bytes:
-        parts = self._rewrite(self._scanner.elements(start, end), shift, counts, mappings, scope)
+    def _item(self, start: int, end: int, shift: int, trace: Trace, scope: Scope) -> bytes:
+        parts = self._rewrite(self._scanner.elements(start, end), shift, trace, scope)
         body = b"".join(p for _, p in sorted(parts, key=_first))
         return _PACK_IMPLICIT(0xFFFE, 0xE000, len(body)) + body
 
-    def _decode(self, raw: bytes, shift: int, counts: Counter, mappings: set | None,
-                scope: Scope) -> list[tuple[int, bytes]]:
+    def _decode(self, raw: bytes, shift: int, trace: Trace, scope: Scope) -> list[tuple[int, bytes]]:
         """Elements through pydicom and the anonymizer's walk."""
         ds = read_dataset(BytesIO(raw), self.implicit, True, parent_encoding=self._encodings)
-        self.anonymizer.anonymize_elements(ds, shift, counts, mappings, scope)
+        self.anonymizer.anonymize_elements(ds, shift, trace, scope)
         return self._encode(ds)
 
     def _encode(self, ds: Dataset) -> list[tuple[int, bytes]]:

@@ -5,15 +5,19 @@ path (which often holds a patient's name) reaches ``dst``. Each file is written 
 temporary name and renamed; originals are only read. A journal in ``dst`` (keyed hashes of
 source paths, nothing identifying) lets an interrupted run skip finished files; given the
 key, outputs are byte-identical whenever they are made. Files that may carry burned-in text
-go to the quarantine folder instead, for review. Unreadable and non-DICOM files are skipped
-with their reason; the report (kept at the site: it names source files) says what happened
-to each file.
+are cleaned (the site's rectangle rules, then OCR) and sent on; only those the detector cannot
+decide, or whose pixels cannot be decoded, go to the quarantine folder for review. Unreadable
+and non-DICOM files are skipped with their reason; the report (kept at the site: it names
+source files) says what happened to each file, which attributes outside the profile's table
+were acted on, what the residual scan replaced and what was blanked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -27,9 +31,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm.auto import tqdm
 
-from .anonymizer import Anonymizer
+from .anonymizer import Anonymizer, Trace
 from .mapping import MappingStore
-from .pixels import PixelRule, blank, matching_rule
+from .ocr import OcrSettings, OcrUnavailable, clean_frames
+from .pixels import PixelRule, blank, decoded_frames, matching_rule, store_frames
 from .rewrite import NotRewritable, PartialFile
 
 JOURNAL = ".medlib-anonymize-journal"
@@ -39,6 +44,20 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 STUDY_UID, SERIES_UID, SOP_INSTANCE_UID = 0x0020000D, 0x0020000E, 0x00080018
 
 
+@dataclass(frozen=True)
+class PixelPolicy:
+    """How files that may carry burned-in text are cleaned.
+
+    Attributes:
+        rules: the site's rectangle rules (:func:`~medlib.anonymize.pixels.load_rules`),
+            applied first.
+        ocr: OCR's settings; None: no OCR (a candidate no rule matches stays in quarantine).
+    """
+
+    rules: tuple[PixelRule, ...] = ()
+    ocr: OcrSettings | None = OcrSettings()
+
+
 @dataclass
 class FileOutcome:
     source: str
@@ -46,6 +65,9 @@ class FileOutcome:
     output: str | None = None
     reason: str | None = None
     actions: dict[str, int] = field(default_factory=dict)
+    beyond_table: list[str] = field(default_factory=list)  # attributes outside Table E.1-1 acted on
+    residual: list[str] = field(default_factory=list)  # identifying values the residual scan replaced
+    blanked: list[list[int]] = field(default_factory=list)  # [frame, x, y, width, height] cleaned
 
 
 @dataclass
@@ -69,10 +91,21 @@ class Report:
             total.update(f.actions)
         return dict(sorted(total.items()))
 
+    @property
+    def beyond_table(self) -> dict[str, int]:
+        """Attributes outside Table E.1-1 acted on: in how many files."""
+        return dict(sorted(Counter(k for f in self.files for k in f.beyond_table).items()))
+
+    @property
+    def residual(self) -> int:
+        """Identifying values the residual scan replaced, in all files."""
+        return sum(len(f.residual) for f in self.files)
+
     def to_json(self) -> str:
         data = asdict(self)
         del data["written"]
         data["totals"], data["actions"] = self.totals, self.actions
+        data["beyond_table"], data["residual"] = self.beyond_table, self.residual
         return json.dumps(data, indent=1)
 
 
@@ -145,6 +178,31 @@ def read_dicom(path: Path | BinaryIO) -> pydicom.Dataset:
     return ds
 
 
+def plainly(error: Exception) -> str:
+    """What is wrong with a file, in words a person acts on, from the exception reading or
+    writing it raised (the first cause of a chain: pydicom re-raises with the tag)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    lower = text.lower()
+    if isinstance(error, NotImplementedError) and "pixel data" in lower:
+        return f"no decoder here for its pixel data's transfer syntax ({text})"
+    if (isinstance(error, (EOFError, struct.error, NotRewritable)) or "no tag to read" in lower
+            or "cut off" in lower or "bytes" in lower and ("read" in lower or "expected" in lower)):
+        return f"the file ends inside an element: it is truncated or corrupted ({text})"
+    if isinstance(error, zlib.error):
+        return f"its deflated data cannot be inflated: the file is truncated or corrupted ({text})"
+    if "transfer syntax" in lower:
+        return f"its file meta information names no valid transfer syntax: the file is corrupted ({text})"
+    if isinstance(error, UnicodeError):
+        return f"a text value cannot be decoded in the file's character set ({text})"
+    if isinstance(error, (OverflowError, MemoryError)) or "length" in lower:
+        return f"an element's length is impossible: the file is corrupted ({text})"
+    if "VR" in text or "value representation" in lower:
+        return f"an element's value representation is invalid: the file is corrupted ({text})"
+    return f"the file cannot be read as DICOM: it is probably corrupted ({type(error).__name__}: {text})"
+
+
 def _write_new(data: bytes, path: Path) -> bool:
     """Write ``data`` to ``path`` atomically, never replacing an existing file.
 
@@ -178,33 +236,57 @@ def encode(ds: pydicom.Dataset) -> bytes:
 
 
 def anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
-                   keep_mappings: bool, pixel_rules: tuple[PixelRule, ...] = ()) -> tuple[FileOutcome, list]:
+                   keep_mappings: bool, pixels: PixelPolicy = PixelPolicy()) -> tuple[FileOutcome, list]:
     """Anonymize the file ``src/rel`` into ``dst`` (or ``quarantine``), named by its new UIDs.
 
     Returns:
         what happened to it, and (with ``keep_mappings``) the (kind, pseudonym, original) rows
         for a mapping store.
     """
-    mappings: set | None = set() if keep_mappings else None
-    outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, mappings, pixel_rules)
-    return outcome, sorted(mappings or ())
+    trace = Trace(mappings=set() if keep_mappings else None)
+    outcome = _anonymize_file(anonymizer, src, dst, quarantine, rel, trace, pixels)
+    outcome.actions, outcome.beyond_table = dict(trace.counts), sorted(trace.beyond_table)
+    outcome.residual = trace.residual
+    return outcome, sorted(trace.mappings or ())
 
 
-def _clean_pixels(anonymizer: Anonymizer, out: pydicom.Dataset, reason: str,
-                  rule: PixelRule | None) -> tuple[str | None, str]:
-    """Blank burned-in text by ``rule``. Returns (reason to quarantine or None, note for the report)."""
-    if rule is None:
-        return reason, reason + "; no pixel rule matches"
+def _clean_pixels(anonymizer: Anonymizer, out: pydicom.Dataset, reason: str, rule: PixelRule | None,
+                  pixels: PixelPolicy, outcome: FileOutcome) -> str | None:
+    """Blank burned-in text: the site's rule's rectangles, then what OCR finds. Records what
+    was done in ``outcome``; returns why the file stays in quarantine, or None."""
+    if rule is None and pixels.ocr is None:
+        outcome.reason = f"{reason}; no pixel rule matches and OCR is off"
+        return outcome.reason
     try:
-        blank(out, rule)
+        frames = decoded_frames(out)
     except Exception as e:  # no codec for this transfer syntax, odd bit depths: keep it for review
-        return reason, f"{reason}; pixel rule {rule.name!r} matched but the pixels could not be cleaned ({e})"
+        outcome.reason = f"{reason}; its pixel data cannot be decoded ({plainly(e)}), so nobody can say it holds no text"
+        return outcome.reason
+    notes = [reason]
+    if rule is not None:
+        blank(frames, rule.rectangles)
+        notes.append(f"rectangles of pixel rule {rule.name!r} blanked")
+    if pixels.ocr is not None:
+        try:
+            found = clean_frames(frames, pixels.ocr)
+        except OcrUnavailable as e:
+            outcome.reason = f"{reason}; {e}"
+            return outcome.reason
+        outcome.blanked = [list(r) for r in found.rectangles]
+        if found.undecided:
+            outcome.reason = f"{reason}; OCR cannot decide: {found.undecided}"
+            return outcome.reason
+        notes.append(f"OCR blanked {len(found.rectangles)} text region(s)" if found.rectangles else "OCR found no text")
+    syntax = store_frames(out, frames)
+    if syntax:
+        notes.append(syntax)
     anonymizer.mark_pixels_cleaned(out)
-    return None, f"{reason}; pixels cleaned by rule {rule.name!r}"
+    outcome.reason = "; ".join(notes)
+    return None
 
 
 def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
-                    mappings: set | None, pixel_rules: tuple[PixelRule, ...]) -> FileOutcome:
+                    trace: Trace, pixels: PixelPolicy) -> FileOutcome:
     try:
         try:  # the fast path: elements the profile leaves alone are copied, not decoded
             partial: PartialFile | None = PartialFile((src / rel).read_bytes(), anonymizer)
@@ -217,30 +299,40 @@ def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Pa
         short = _short_pixel_data(ds, partial.pixel_length if partial else None)
         if short:
             return FileOutcome(rel, "skipped", reason=short)
-        counts: Counter = Counter()
         reason = burned_in_reason(ds)
-        if partial and reason and pixel_rules:  # cleaning pixels needs the whole dataset
+        outcome = FileOutcome(rel, "anonymized", reason=reason)
+        if partial and reason and (pixels.rules or pixels.ocr is not None):  # cleaning needs the whole dataset
             partial, ds = None, read_dicom(src / rel)
         if partial:
-            data, note, uid = partial.anonymize(counts, mappings), reason, partial.output_uid
+            try:
+                data, uid = partial.anonymize(attempt := trace.fresh()), partial.output_uid
+                trace.update(attempt)
+            except NotRewritable:  # found inside a sequence: the ordinary path reads it, or says why not
+                partial, ds = None, read_dicom(src / rel)
+        if partial:
+            if reason:
+                reason = outcome.reason = f"{reason}; no pixel rule and no OCR to clean it"
         else:
             # rules match on the device as the original names it (anonymization may blank it)
-            rule = matching_rule(pixel_rules, ds) if reason and pixel_rules else None
-            out = anonymizer.anonymize(ds, counts, in_place=True, mappings=mappings)
-            note = reason
-            if reason and pixel_rules:
-                reason, note = _clean_pixels(anonymizer, out, reason, rule)
+            rule = matching_rule(pixels.rules, ds) if reason else None
+            out = anonymizer.anonymize(ds, trace, in_place=True)
+            if reason:
+                reason = _clean_pixels(anonymizer, out, reason, rule, pixels, outcome)
             data, uid = encode(out), lambda tag: str(out[tag].value) if tag in out else ""
         name = Path(uid(STUDY_UID) or "no-study", uid(SERIES_UID) or "no-series", f"{uid(SOP_INSTANCE_UID)}.dcm")
         target = (quarantine if reason else dst) / name
+        outcome.output = str(name)
         if not _write_new(data, target):
-            return FileOutcome(rel, "duplicate", str(name), "another file has the same SOP Instance UID; "
-                               "its output was kept and this one not written", dict(counts))
-        return FileOutcome(rel, "quarantined" if reason else "anonymized", str(name), note, dict(counts))
+            outcome.outcome = "duplicate"
+            outcome.reason = "another file has the same SOP Instance UID; its output was kept and this one not written"
+        elif reason:
+            outcome.outcome = "quarantined"
+        return outcome
     except InvalidDicomError as e:
         return FileOutcome(rel, "skipped", reason=f"not a DICOM file ({e})")
     except Exception as e:  # a batch reports what failed and goes on
-        return FileOutcome(rel, "failed", reason=f"{type(e).__name__}: {e}")
+        return FileOutcome(rel, "failed", reason=f"{plainly(e)}; the original is untouched: export it again, "
+                                                 "or remove it from the source")
 
 
 def _work(args: tuple) -> tuple[FileOutcome, list]:
@@ -256,7 +348,7 @@ def anonymize_tree(
     workers: int = 1,
     progress: bool = True,
     mapping_store: MappingStore | None = None,
-    pixel_rules: tuple[PixelRule, ...] = (),
+    pixels: PixelPolicy = PixelPolicy(),
 ) -> Report:
     """Anonymize every file below ``src`` into ``dst``.
 
@@ -268,8 +360,8 @@ def anonymize_tree(
         progress: show a progress bar (a widget in notebooks, a bar in terminals).
         mapping_store: record pseudonym → original there, for re-identification at the site
             (it must not lie inside ``dst``).
-        pixel_rules: Clean Pixel Data rules (:func:`~medlib.anonymize.pixels.load_rules`); a
-            burned-in candidate that a rule matches is cleaned and not quarantined.
+        pixels: how files that may carry burned-in text are cleaned (:class:`PixelPolicy`:
+            the site's rectangle rules, then OCR).
 
     Returns:
         the run's :class:`Report`.
@@ -293,7 +385,7 @@ def anonymize_tree(
         else:
             todo.append(rel)
 
-    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None, tuple(pixel_rules)) for rel in todo]
+    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None, pixels) for rel in todo]
     with open(journal_path, "a") as journal, tqdm(total=len(jobs), unit="file", disable=not progress,
                                                   desc="anonymizing") as bar:
         if workers > 1:
@@ -312,10 +404,11 @@ def _finish(outcome: FileOutcome, mappings: list, report: Report, journal, anony
     if mapping_store is not None and mappings:
         mapping_store.add(mappings)  # before the journal: a journaled file's mappings are stored
     if outcome.outcome in ("anonymized", "quarantined"):
-        if outcome.output in report.written:
+        written = f"{outcome.outcome}:{outcome.output}"  # the quarantine is another folder
+        if written in report.written:
             # another source file of this run made the same output (byte for byte): one file, one output
             outcome.outcome, outcome.reason = "duplicate", "another file of this run has the same SOP Instance UID and gave the same output"
-        report.written.add(outcome.output)
+        report.written.add(written)
     report.files.append(outcome)
     if outcome.outcome in ("anonymized", "quarantined", "duplicate", "skipped"):
         journal.write(anonymizer.key.digest("journal", outcome.source).hex() + "\n")
