@@ -41,8 +41,10 @@ class Processor:
     """Makes a harvest's outputs in ``<state>/outbox/<harvest>/``."""
 
     def __init__(self, state_dir: Path, journal: Journal, key: SiteKey, options: tuple[str, ...] = (),
-                 workers: int | None = None, pixels: PixelPolicy = PixelPolicy()):
+                 workers: int | None = None, pixels: PixelPolicy = PixelPolicy(),
+                 keep_text: frozenset[int] = frozenset()):
         self.state_dir, self.journal, self.key, self.pixels = state_dir, journal, key, pixels
+        self.keep_text = keep_text
         self.options, self.workers = options, workers or max(1, min(8, (os.cpu_count() or 2) - 1))
         self._pool: ProcessPoolExecutor | None = None
 
@@ -84,7 +86,7 @@ class Processor:
             self.journal.set(harvest_id, [row["sop"]], "processed", output=rel, sha256=sha256(target))
 
     def _anonymized(self, harvest_id: str, instances: list[dict], inbox: dict[str, dict]) -> None:
-        anonymizer = Anonymizer(self.key, self.options)
+        anonymizer = Anonymizer(self.key, self.options, keep_text=self.keep_text)
         out, quarantine = self.outbox(harvest_id), self.state_dir / "quarantine" / harvest_id
         src = self.state_dir / "inbox"
         by_name = {Path(inbox[r["sop"]]["path"]).name: r["sop"] for r in instances}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medlib.anonymize import SiteKey
+from medlib.anonymize.free_text import load_keep_text
 from medlib.contract import HarvestState, Policy, Source
 
 from . import qc
@@ -136,7 +137,9 @@ class Edge:
         self.scp = StorageSCP(settings, self.inbox)
         self.key = SiteKey.load(settings.key_file)
         self.processor = Processor(state, self.journal, self.key, settings.anonymize_options,
-                                   pixels=settings.pixels.policy)
+                                   pixels=settings.pixels.policy,
+                                   keep_text=load_keep_text(settings.anonymize_keep_text)
+                                   if settings.anonymize_keep_text else frozenset())
         self.hub = hub or HubClient(settings.hub_url, settings.token, int(settings.chunk_mb * (1 << 20)))
         self.stopping = threading.Event()
 

@@ -172,6 +172,8 @@ class EdgeSettings(Table):
     """Upload chunk size."""
     anonymize_options: tuple[str, ...] = ()
     """PS3.15 options for the anonymized policy (e.g. `retain_modified_dates`)."""
+    anonymize_keep_text: Path | None = None
+    """The site's additions to the free-text attributes kept, reviewed (JSON `keep` rows, as `medlib anonymize run --keep-text`)."""
     pacs: PacsSettings = PacsSettings()
     scp: ScpSettings = ScpSettings()
     rules: RulesSettings = RulesSettings()
@@ -201,7 +203,7 @@ def load(path: str | os.PathLike[str]) -> EdgeSettings:
         raise EdgeError(f"cannot read the edge's settings {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise EdgeError(f"{path} is not TOML: {e}") from None
-    for table, key in ((data, "token_file"), (data, "key_file"), (data, "state_dir"),
+    for table, key in ((data, "token_file"), (data, "key_file"), (data, "state_dir"), (data, "anonymize_keep_text"),
                        (data.get("pixels") or {}, "rules_file")):
         if isinstance(table.get(key), str) and not Path(table[key]).is_absolute():
             table[key] = str(path.parent / table[key])

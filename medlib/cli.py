@@ -48,13 +48,15 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
     from .anonymize import Anonymizer, SiteKey
     from .anonymize.mapping import MappingStore
     from .anonymize.pixels import load_rules
+    from .anonymize.free_text import load_keep_text
     from .anonymize.ocr import OcrSettings
     from .anonymize.profile import load_safe_private
     from .anonymize.tree import PixelPolicy, anonymize_tree
 
     key = SiteKey.load(args.key_file)
     safe_private = load_safe_private(args.safe_private) if args.safe_private else None
-    anonymizer = Anonymizer(key, args.option or (), safe_private=safe_private)
+    anonymizer = Anonymizer(key, args.option or (), safe_private=safe_private,
+                            keep_text=load_keep_text(args.keep_text) if args.keep_text else frozenset())
     rules = load_rules(args.pixel_rules) if args.pixel_rules else ()
     ocr = None if args.no_ocr else OcrSettings(**({"min_confidence": args.ocr_confidence}
                                                   if args.ocr_confidence is not None else {}))
@@ -84,6 +86,7 @@ def cmd_anonymize_run(args: argparse.Namespace) -> int:
 def cmd_anonymize_check(args: argparse.Namespace) -> int:
     from .anonymize import SiteKey
     from .anonymize.check import check_tree
+    from .anonymize.free_text import load_keep_text
     from .anonymize.mapping import MappingStore
     from .anonymize.profile import load_safe_private
 
@@ -92,7 +95,7 @@ def cmd_anonymize_check(args: argparse.Namespace) -> int:
     store = MappingStore(args.mapping_store, SiteKey.load(args.key_file)) if args.mapping_store else None
     try:
         files, findings = check_tree(args.dst, load_safe_private(args.safe_private) if args.safe_private else None,
-                                     store)
+                                     store, load_keep_text(args.keep_text) if args.keep_text else frozenset())
     finally:
         if store is not None:
             store.close()
@@ -218,6 +221,10 @@ def _anonymize_parser(sub) -> None:
     run.add_argument("--ocr-confidence", type=float, metavar="N",
                      help="OCR confidence (0-100) at which text still read after cleaning keeps a file in "
                           "quarantine (default: medlib.anonymize.ocr.OcrSettings.min_confidence)")
+    run.add_argument("--keep-text", metavar="FILE",
+                     help="more attributes outside PS3.15 Table E.1-1 whose free text the site has reviewed as safe "
+                          "to keep, in the format of medlib/anonymize/free_text.json's keep rows (the residual "
+                          "scan still reads them)")
     run.add_argument("--safe-private", metavar="FILE",
                      help="with --option retain_safe_private: more private attributes the site has verified "
                           "as safe, in the format of medlib/anonymize/safe_private.json (PS3.15 Table E.3.10-1 rows)")
@@ -231,6 +238,8 @@ def _anonymize_parser(sub) -> None:
     check.add_argument("dst")
     check.add_argument("--safe-private", metavar="FILE",
                        help="the site's safe private attributes that `run --safe-private` kept (not findings)")
+    check.add_argument("--keep-text", metavar="FILE",
+                       help="the site's free-text attributes that `run --keep-text` kept (not findings)")
     check.add_argument("--mapping-store", metavar="FILE",
                        help="the run's mapping store: also look for each file's original identifying values "
                             "(the residual scan), with --key-file")

@@ -178,6 +178,34 @@ def test_free_text_outside_the_table_is_removed_unless_the_reviewed_list_keeps_i
     assert check_tree_of(output) == []
 
 
+def test_a_site_keeps_the_free_text_it_has_reviewed(tmp_path: Path):
+    from medlib.anonymize.free_text import load_keep_text
+    from medlib.errors import MedlibError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = base("1.2.840.10008.5.1.4.1.1.2", "CT")
+    ds.ContentDescription, ds.ImageID = "Portal venous phase", "IMG-7"
+    ds.save_as(src / "ct.dcm", enforce_file_format=True)
+    rows = tmp_path / "keep.json"
+    rows.write_text('{"keep": [{"keyword": "ContentDescription", "reason": "the scanner\'s phase name"}]}')
+    keep = load_keep_text(rows)
+    report = anonymize_tree(Anonymizer(KEY, keep_text=keep), src, tmp_path / "out", progress=False, workers=2)
+    (out,) = (tmp_path / "out").rglob("*.dcm")
+    data = out.read_bytes()
+    assert b"Portal venous phase" in data and b"IMG-7" not in data
+    assert report.files[0].beyond_table == ["ImageID"]
+    assert check_tree(tmp_path / "out", keep_text=keep)[1] == []
+    assert [f.keyword for f in check_tree(tmp_path / "out")[1]] == ["ContentDescription"]  # without the site's list
+    for row, error in (('{"keyword": "PatientComments", "reason": "x"}', "Table E.1-1 lists it"),
+                       ('{"keyword": "Rows", "reason": "x"}', "cannot carry free text"),
+                       ('{"keyword": "ImageID"}', "give the reason"),
+                       ('{"keyword": "NoSuchThing", "reason": "x"}', "not an attribute keyword")):
+        rows.write_text(f'{{"keep": [{row}]}}')
+        with pytest.raises(MedlibError, match=error):
+            load_keep_text(rows)
+
+
 def check_tree_of(output: bytes) -> list:
     import tempfile
 
@@ -380,6 +408,7 @@ def corrupted(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of every invalid value it reads: expected here
 def test_corrupt_input_never_yields_corrupt_output(tmp_path: Path):
     rng = random.Random(19)
     shipped = sorted(p for p in Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm")

@@ -97,6 +97,10 @@ class Anonymizer:
         key: the site key (:meth:`SiteKey.load`).
         options: option names, e.g. ``{"retain_modified_dates", "clean_descriptors"}``;
             see :attr:`Profile.option_codes`.
+        profile: the table (default: :func:`load_profile`).
+        safe_private: the site's additions to the safe private attributes (Retain Safe Private).
+        keep_text: the site's additions to the free-text attributes kept
+            (:func:`~medlib.anonymize.free_text.load_keep_text`).
 
     Example:
         >>> from medlib.synthetic import write_ct_series
@@ -108,9 +112,9 @@ class Anonymizer:
     """
 
     def __init__(self, key: SiteKey, options: Iterable[str] = (), profile: Profile | None = None,
-                 safe_private: SafePrivate | None = None):
+                 safe_private: SafePrivate | None = None, keep_text: frozenset[int] = frozenset()):
         self.key = key
-        self.profile = profile or load_profile()
+        self.profile = (profile or load_profile()).keeping_text(keep_text)
         self.options = self.profile.check_options(frozenset(options))
         if safe_private is not None and "retain_safe_private" not in self.options:
             raise OptionError("a list of safe private attributes is only used with the option retain_safe_private")
@@ -119,10 +123,10 @@ class Anonymizer:
         self._scoped: dict[tuple[int, Scope], Action] = {}
         self._trace = Trace()
         self._beyond: dict[int, str | None] = {}
-        self._extra_safe_private = safe_private
+        self._extra_safe_private, self._keep_text = safe_private, frozenset(keep_text)
 
     def __reduce__(self):  # picklable for worker processes
-        return (Anonymizer, (self.key, sorted(self.options), None, self._extra_safe_private))
+        return (Anonymizer, (self.key, sorted(self.options), None, self._extra_safe_private, self._keep_text))
 
     # -- public ----------------------------------------------------------------------------
 

@@ -114,11 +114,12 @@ def residual_findings(ds: Dataset, name: str, store: MappingStore) -> list[Findi
 
 
 def check_tree(root: str | os.PathLike[str], safe_private: SafePrivate | None = None,
-               store: MappingStore | None = None) -> tuple[int, list[Finding]]:
+               store: MappingStore | None = None, keep_text: frozenset[int] = frozenset()) -> tuple[int, list[Finding]]:
     """Check every DICOM file below ``root``; return (files checked, findings). ``store``: the
-    run's mapping store, for the residual scan."""
+    run's mapping store, for the residual scan; ``keep_text``: the site's additions to the
+    free-text attributes kept, as the run had them."""
     root = Path(root)
-    profile = load_profile()
+    profile = load_profile().keeping_text(keep_text)
     files, findings = 0, []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = path.relative_to(root).as_posix()

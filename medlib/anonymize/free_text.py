@@ -13,6 +13,7 @@ come only from the data file; :meth:`~medlib.anonymize.profile.Profile.rule` fal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -55,6 +56,10 @@ class FreeTextPolicy:
         return Rule(f"({tag >> 16:04X},{tag & 0xFFFF:04X})", keyword or None, name, "X/Z/D", {}, False,
                     beyond_table=True)
 
+    def keeping(self, tags: frozenset[int]) -> FreeTextPolicy:
+        """This policy with a site's additions to the ``keep`` list (:func:`load_keep_text`)."""
+        return dataclasses.replace(self, keep=self.keep | tags)
+
     def is_local_scheme(self, designator: str) -> bool:
         """Whether a Coding Scheme Designator names a scheme private to a site (its code
         meanings are typed by people)."""
@@ -83,6 +88,39 @@ def load_free_text(path: Path = DATA) -> FreeTextPolicy:
                               frozenset(d.upper() for d in local["designators"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MedlibError(f"cannot read the free-text rules in {path}: {e}") from None
+
+
+def load_keep_text(path: str | Path) -> frozenset[int]:
+    """A site's additions to the attributes kept with their free text, in the format of
+    ``free_text.json``'s ``keep`` rows: ``{"keep": [{"keyword": ..., "reason": ...}]}``.
+
+    Raises:
+        MedlibError: unreadable, or a row that is not a standard attribute with a free-text VR
+            outside Table E.1-1 (the row and the fix are named).
+    """
+    from .profile import load_profile
+
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())["keep"]
+        keywords = [(n, str(row["keyword"]), str(row.get("reason", "")).strip()) for n, row in enumerate(rows, 1)]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MedlibError(f"cannot read the attributes to keep in {path}: {e}; expected "
+                          '{"keep": [{"keyword": ..., "reason": ...}]}') from None
+    profile, tags = load_profile(), set()
+    for n, keyword, reason in keywords:
+        tag = tag_for_keyword(keyword)
+        where = f"{path} row {n} ({keyword})"
+        if tag is None:
+            raise MedlibError(f"{where}: not an attribute keyword pydicom knows")
+        if tag in profile.by_tag:
+            raise MedlibError(f"{where}: PS3.15 Table E.1-1 lists it; its options, not this file, decide")
+        if get_entry(tag)[0] not in profile.beyond.text_vrs:
+            raise MedlibError(f"{where}: its VR cannot carry free text; it is kept already")
+        if not reason:
+            raise MedlibError(f"{where}: give the reason it is safe to keep (\"reason\"), as the reviewed list does")
+        tags.add(tag)
+    return frozenset(tags)
 
 
 def _tag(keyword: str, path: Path) -> int:

@@ -18,6 +18,7 @@ install.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +78,7 @@ def tessdata(language: str = "eng") -> Path | None:
 
 def tesseract_missing(language: str = "eng") -> str | None:
     """Why OCR cannot run here, or None."""
-    try:
-        import tesserocr  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tesserocr") is None:
         return "tesserocr is not installed (pip install 'medhub[edge]')"
     if tessdata(language) is None:
         return (f"Tesseract's language data {language}.traineddata is not installed "

@@ -8,7 +8,7 @@ options, resolving combined codes (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) to one action.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cache
 from pathlib import Path
@@ -118,6 +118,10 @@ class Profile:
             return None
         found = self.requirements["iods"][iod].get("/".join((*path, keyword)))
         return found or (None if path else "3")
+
+    def keeping_text(self, tags: frozenset[int]) -> Profile:
+        """This profile with a site's additions to the free-text attributes kept."""
+        return replace(self, beyond=self.beyond.keeping(tags)) if tags else self
 
     def rule(self, tag: int) -> Rule | None:
         """The rule for an attribute tag, or None (the profile keeps it): the table's, else
