@@ -228,6 +228,12 @@ def test_the_residual_scan_replaces_identifiers_the_profile_left_and_check_finds
     ds = base("1.2.840.10008.5.1.4.1.1.2", "CT")
     ds.WindowCenterWidthExplanation = "WHITFIELD LIVER"  # kept by the reviewed list
     ds.ConvolutionKernel = "B30f MRN90210"
+    other = Dataset()  # the patient's ID at another hospital, only in a sequence
+    other.PatientID, other.IssuerOfPatientID = "NRI-77410", "Northbridge"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = "x"  # in the table: removed
+    ds.SegmentAlgorithmName = "atlas NRI-77410 v2"  # kept by the reviewed list
     ds.add_new(0x00290010, "LO", "ACME 1.0")  # a private block the site declared safe
     ds.add_new(0x00291001, "OB", b"scan of Whitfield^Margaret ACC55501 ")
     ds.save_as(src / "ct.dcm", enforce_file_format=True)
@@ -245,11 +251,11 @@ def test_the_residual_scan_replaces_identifiers_the_profile_left_and_check_finds
     assert report.totals == {"anonymized": 2}
     for path in (tmp_path / "out").rglob("*.dcm"):
         data = path.read_bytes()
-        for value in IDENTIFYING:
+        for value in IDENTIFYING + [b"NRI-77410"]:
             assert value not in data, (path.name, value)
     ct = next(f for f in report.files if f.source == "ct.dcm")
     assert {"ConvolutionKernel: PatientID", "WindowCenterWidthExplanation: PatientName part",
-            "(0029,1001): AccessionNumber"} <= set(ct.residual)
+            "(0029,1001): AccessionNumber", "SegmentAlgorithmName: PatientID"} <= set(ct.residual)
     assert '"residual": ' in report.to_json()
 
     # check, given the mapping store, runs the same scan: clean outputs have no finding...

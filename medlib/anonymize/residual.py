@@ -3,7 +3,7 @@
 The profile acts on attributes; a patient's name typed into a comment, a report's text or a
 private block is not an attribute it knows. :class:`Identifiers` holds the identifying values of
 one input (``identifiers.json``: the patient's names and their parts, IDs, accession and
-procedure numbers, the date of birth in the formats people write, the names of physicians,
+procedure numbers, at the top level or in the items of the sequence a row names, the date of birth in the formats people write, the names of physicians,
 operators and the institution) and finds them, case-insensitively and as whole words, in every
 string value left in the output: every nesting level, kept private blocks, the file meta
 information. A hit is overwritten in place with ``X`` (the value keeps its length, so it stays
@@ -40,7 +40,7 @@ _WORD = r"(?<![0-9A-Za-z]){}(?![0-9A-Za-z])"
 
 @dataclass(frozen=True)
 class _Table:
-    rows: tuple[tuple[int, str, str, str | None], ...]  # (tag, keyword, kind, retained by option)
+    rows: tuple[tuple[int, str, str, str | None, int | None], ...]  # (tag, keyword, kind, retained by, in sequence)
     min_length: dict[str, int]
     ignore: frozenset[str]
     date_formats: tuple[str, ...]
@@ -50,21 +50,22 @@ class _Table:
 def _table(path: Path = DATA) -> _Table:
     try:
         data = json.loads(path.read_text())
-        rows = tuple((tag_for_keyword(r["keyword"]), r["keyword"], r["kind"], r.get("retained_by"))
-                     for r in data["rows"])
+        rows = tuple((tag_for_keyword(r["keyword"]), r["keyword"], r["kind"], r.get("retained_by"),
+                      tag_for_keyword(r["in"]) if "in" in r else None) for r in data["rows"])
         table = _Table(rows, data["min_length"], frozenset(w.upper() for w in data["ignore"]),
                        tuple(data["date_formats"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MedlibError(f"cannot read the identifying attributes in {path}: {e}") from None
-    unknown = [keyword for tag, keyword, _, _ in table.rows if tag is None]
+    unknown = [keyword for keyword in [r["keyword"] for r in data["rows"]] + [r["in"] for r in data["rows"] if "in" in r]
+               if tag_for_keyword(keyword) is None]
     if unknown:
         raise MedlibError(f"{path}: not attribute keywords pydicom knows: {', '.join(unknown)}")
     return table
 
 
 def identifying_tags() -> frozenset[int]:
-    """The top-level attributes whose input values the scan looks for."""
-    return frozenset(tag for tag, _, _, _ in _table().rows)
+    """The top-level attributes whose input values the scan looks for (or whose items hold them)."""
+    return frozenset(sequence or tag for tag, _, _, _, sequence in _table().rows)
 
 
 @dataclass(frozen=True)
@@ -84,18 +85,19 @@ class Identifiers:
         rows = _table().rows
         # the values as read (one patient's files share them): decoded once per patient
         key = (options, str(ds.get("SpecificCharacterSet", "")),
-               tuple(_as_read(ds.get_item(tag)) for tag, _, _, _ in rows))
+               tuple(_as_read(ds.get_item(tag)) for tag in sorted(identifying_tags())))
         if key in _SEEN:
             return _SEEN[key]
         raw = []
-        for tag, keyword, kind, retained_by in rows:
-            if retained_by in options or tag not in ds:
+        for tag, keyword, kind, retained_by, sequence in rows:
+            if retained_by in options:
                 continue
             try:
-                value = ds[tag].value
+                holders = [ds] if sequence is None else list(ds[sequence].value) if sequence in ds else []
+                values = [holder[tag].value for holder in holders if tag in holder]
             except Exception:  # an undecodable value: nothing to search for
                 continue
-            raw.extend((keyword, kind, text) for text in _strings(value))
+            raw.extend((keyword, kind, text) for value in values for text in _strings(value))
         if len(_SEEN) > 1024:
             _SEEN.clear()
         found = _SEEN[key] = _identifiers(tuple(raw))
