@@ -27,23 +27,16 @@ from scipy import ndimage
 
 from burned_in import Patient, angiography, instance, ultrasound
 from medlib.anonymize import Anonymizer, SiteKey, load_profile
-from medlib.anonymize.anonymizer import Trace
+from medlib.anonymize.anonymizer import Trace, encode
 from medlib.anonymize.check import check_tree
 from medlib.anonymize.free_text import load_free_text
 from medlib.anonymize.mapping import MappingStore
-from medlib.anonymize.ocr import OcrSettings, overlay_threshold, read_words, tesseract_missing, text_layer
+from medlib.anonymize.ocr import OcrSettings, overlay_threshold, read_words, text_layer
 from medlib.anonymize.rewrite import PartialFile
 from medlib.anonymize.tree import PixelPolicy, anonymize_tree
 
 KEY = SiteKey(bytes(range(32)))
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-needs_tesseract = pytest.mark.skipif(tesseract_missing() is not None, reason=str(tesseract_missing()))
-
-
-def encode(ds: Dataset) -> bytes:
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def both_engines(anonymizer: Anonymizer, ds: Dataset) -> list[tuple[bytes, Trace]]:
@@ -314,7 +307,6 @@ def frames_of(ds: Dataset) -> np.ndarray:
     return pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[np.newaxis]
 
 
-@needs_tesseract
 def test_ocr_blanks_burned_in_text_and_sends_the_file_on(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()
@@ -357,7 +349,6 @@ def ocr_text(frame: np.ndarray, settings: OcrSettings) -> list[str]:
     return [] if layer is None else [w.text for w in read_words(layer, settings)]
 
 
-@needs_tesseract
 def test_what_ocr_cannot_decide_or_decode_stays_in_quarantine(tmp_path: Path):
     src = tmp_path / "src"
     src.mkdir()

@@ -19,6 +19,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from io import BytesIO
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -246,8 +247,8 @@ class Anonymizer:
     def _walk(self, ds: Dataset, shift: int, counts: Counter, scope: Scope) -> None:
         # Tags first: an element is decoded only when the profile acts on it or it is a
         # sequence; the rest are written back as read.
-        local = CODE_MEANING in ds and self.local_code(ds.get(CODING_SCHEME_DESIGNATOR, default=None) and
-                                                       ds[CODING_SCHEME_DESIGNATOR].value)
+        local = CODE_MEANING in ds and CODING_SCHEME_DESIGNATOR in ds and self.local_code(
+            ds[CODING_SCHEME_DESIGNATOR].value)
         for tag in list(ds.keys()):
             action = Action.DUMMY if local and tag == CODE_MEANING else self.action(tag, scope)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
@@ -355,6 +356,13 @@ class Anonymizer:
         for keyword in PSEUDONYMS:  # Type 2 in every IOD: keep present, pseudonymous
             if keyword not in ds:
                 setattr(ds, keyword, "")
+
+
+def encode(ds: Dataset) -> bytes:
+    """``ds`` as the bytes of a Part 10 file."""
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def keep_identifiers(sop_instance: str, identifiers: Identifiers, trace: Trace) -> None:

@@ -109,8 +109,8 @@ def residual_findings(ds: Dataset, name: str, store: MappingStore) -> list[Findi
             if kind == "identifiers"]
     if not rows:
         return []
-    return [Finding(name, "", where.split(":")[0], f"holds an original identifying value ({where.split(': ', 1)[1]})")
-            for where in Identifiers.from_json(rows[0]).find(ds)]
+    return [Finding(name, "", where, f"holds an original identifying value ({what})")
+            for where, what in Identifiers.from_json(rows[0]).find(ds)]
 
 
 def check_tree(root: str | os.PathLike[str], safe_private: SafePrivate | None = None,

@@ -63,9 +63,11 @@ def _table(path: Path = DATA) -> _Table:
     return table
 
 
-def identifying_tags() -> frozenset[int]:
-    """The top-level attributes whose input values the scan looks for (or whose items hold them)."""
-    return frozenset(sequence or tag for tag, _, _, _, sequence in _table().rows)
+@cache
+def identifying_tags() -> tuple[int, ...]:
+    """The top-level attributes whose input values the scan looks for (or whose items hold
+    them), in tag order."""
+    return tuple(sorted({sequence or tag for tag, _, _, _, sequence in _table().rows}))
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Identifiers:
         rows = _table().rows
         # the values as read (one patient's files share them): decoded once per patient
         key = (options, str(ds.get("SpecificCharacterSet", "")),
-               tuple(_as_read(ds.get_item(tag)) for tag in sorted(identifying_tags())))
+               tuple(_as_read(ds.get_item(tag)) for tag in identifying_tags()))
         if key in _SEEN:
             return _SEEN[key]
         raw = []
@@ -140,8 +142,9 @@ class Identifiers:
                 hits.extend(self._scrub_element(elem, path, pattern))
         return hits
 
-    def find(self, ds: Dataset) -> list[str]:
-        """What :meth:`scrub` would report, without changing ``ds`` (for ``check``)."""
+    def find(self, ds: Dataset) -> list[tuple[str, str]]:
+        """(attribute path, what it holds) for each identifying value in ``ds``, without
+        changing it (for ``check``)."""
         pattern = self.pattern
         if pattern is None:
             return []
@@ -150,7 +153,7 @@ class Identifiers:
         for holder in ([meta] if meta is not None else []) + [ds]:
             for path, elem in _walk(holder, ""):
                 for text in _element_texts(elem):
-                    hits.extend(f"{path}: {self.what(m.group(0))}" for m in pattern.finditer(text))
+                    hits.extend((path, self.what(m.group(0))) for m in pattern.finditer(text))
         return hits
 
     def _scrub_element(self, elem, path: str, pattern: re.Pattern[str]) -> list[str]:

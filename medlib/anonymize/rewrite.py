@@ -41,8 +41,8 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import UID
 
 from .anonymizer import (CODE_MEANING, CODING_SCHEME_DESIGNATOR, DUMMY_BY_VR, IMPLEMENTATION_CLASS_UID,
-                         IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer, Scope, Trace, inside, keep_identifiers,
-                         scope_of)
+                         IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer, Scope, Trace, encode, inside,
+                         keep_identifiers, scope_of)
 from .profile import Action, creator_tag
 from .residual import identifying_tags
 
@@ -53,7 +53,7 @@ from .residual import identifying_tags
 CONTEXT = frozenset({
     0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x0020000D, 0x0020000E, 0x00100020,
     0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280301,
-}) | identifying_tags()
+}) | frozenset(identifying_tags())
 _PSEUDONYM_TAGS = frozenset(tag_for_keyword(keyword) for keyword in PSEUDONYMS)
 
 PIXEL_DATA = 0x7FE00010
@@ -283,9 +283,7 @@ class PartialFile:
         if identifiers.in_bytes(b"".join(p for tag, p in parts if tag != PIXEL_DATA), self._encodings[0]):
             ds = pydicom.dcmread(BytesIO(data))  # rare: decode, scan, write again
             anonymizer.finish(ds, identifiers, trace)
-            out = BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-            return out.getvalue()
+            return encode(ds)
         keep_identifiers(self.output_uid(0x00080018), identifiers, trace)
         return data
 
@@ -309,18 +307,18 @@ class PartialFile:
         data, anonymizer, out, counts = self.data, self.anonymizer, [], trace.counts
         action_of = anonymizer.action
         creators: dict[int, str] | None = None
-        local = False  # a code of a local coding scheme: its meaning is replaced
         for tag, raw_vr, start, value_start, value_end, following in elements:
             action = action_of(tag, scope)
-            if tag == CODE_MEANING:
-                local = anonymizer.local_code(next((data[e[3]:e[4]] for e in elements
-                                                    if e[0] == CODING_SCHEME_DESIGNATOR), None))
-                action = Action.DUMMY if local else action
+            # the meaning of a code of a local coding scheme is replaced
+            local = tag == CODE_MEANING and anonymizer.local_code(
+                next((data[e[3]:e[4]] for e in elements if e[0] == CODING_SCHEME_DESIGNATOR), None))
+            if local:
+                action = Action.DUMMY
             if action is None and raw_vr is not None and raw_vr not in _NOT_PLAIN and tag & 0xFFFF:
                 out.append((tag, data[start:following]))  # the common case: kept as read
                 continue
             if action is not None and action is not Action.KEEP:
-                anonymizer.beyond_table(tag, local and tag == CODE_MEANING)
+                anonymizer.beyond_table(tag, local)
             vr = _vr_of(tag, raw_vr, value_end != following)
             if action is Action.CLEAN and tag >> 16 & 1:  # Retain Safe Private: keep the listed ones
                 counts["C"] += 1

@@ -22,7 +22,6 @@ import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from tqdm.auto import tqdm
 
-from .anonymizer import Anonymizer, Trace
+from .anonymizer import Anonymizer, Trace, encode
 from .mapping import MappingStore
 from .ocr import OcrSettings, OcrUnavailable, clean_frames
 from .pixels import PixelRule, blank, decoded_frames, matching_rule, store_frames
@@ -226,13 +225,6 @@ def _write_new(data: bytes, path: Path) -> bool:
         return path.read_bytes() == data
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def encode(ds: pydicom.Dataset) -> bytes:
-    """``ds`` as the bytes of a Part 10 file."""
-    out = BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Path, rel: str,
