@@ -21,12 +21,18 @@ Example::
     sensitivity = "anonymized"            # identifiable | pseudonymized | anonymized
     groups = ["radiology-research"]
     # manifest = "MANIFEST.sha256"        # checksums at the location: `medhub catalog manifest FOLDER`
-    owners = ["radiology-stewards"]       # groups whose members steer harvests into it (medhub harvest)
+    owners = ["radiology-stewards"]       # its data owners: grant, refuse and revoke access, steer harvests
+    # max_grant_days = 365                 # the longest a personal grant of it may run (medhub access)
     # versioned = true                     # the location holds versions delivered by sites' edges
 
 A ``versioned`` dataset grows by deliveries from the hospitals' edge nodes (:mod:`medhub.ingest`):
 its location holds immutable versions (``v000001``, ...) and ``current``, the newest
 (:mod:`medlib.versions`), each with its own manifest; it may start empty.
+
+Every dataset names its **owners**: the groups whose members decide who else may read it
+(:mod:`medhub.access`: requests with a purpose and an expiry, approved or refused by an owner)
+and steer harvests into it. The ``groups`` of an entry are standing grants to whole groups; a
+personal grant lives in the access service's database, never in this file.
 
 An ``identifiable`` dataset is granted only to groups that its entry also lists in
 ``identifiable_groups``: naming a group once is never enough to hand it identifiable data.
@@ -72,8 +78,13 @@ class Dataset:
     identifiable_groups: tuple[str, ...] = ()
     manifest: str = MANIFEST
     open_access: bool = False  # a URL anyone may read without a credential (anonymized open data)
-    owners: tuple[str, ...] = ()  # groups whose members may request harvests into it
+    owners: tuple[str, ...] = ()  # groups whose members decide who may read it, and steer harvests into it
     versioned: bool = False  # versions delivered by sites (medlib.versions), not one fixed folder
+    max_grant_days: int = 365  # the longest a personal grant of it may run
+
+    def owned_by(self, groups: Iterable[str]) -> bool:
+        """Whether a member of ``groups`` is one of this dataset's owners."""
+        return bool(set(groups).intersection(self.owners))
 
     @property
     def is_local(self) -> bool:
@@ -160,6 +171,7 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         open_access=s.get("open_access", bool, False),
         owners=s.strings("owners"),
         versioned=s.get("versioned", bool, False),
+        max_grant_days=s.get("max_grant_days", int, Dataset.max_grant_days),
     )
     s.done()
     if not SLUG.match(d.id):
@@ -168,6 +180,11 @@ def _entry(s: Section, known_groups: frozenset[str]) -> Dataset:
         raise s.error("sensitivity", f"must be one of {', '.join(SENSITIVITIES)}, not {d.sensitivity!r}")
     if not d.groups:
         raise s.error("groups", "name the groups that may read this dataset")
+    if not d.owners:
+        raise s.error("owners", "name the groups whose members own this dataset: they grant, refuse and revoke "
+                                "access to it (medhub access)")
+    if d.max_grant_days < 1:
+        raise s.error("max_grant_days", f"must be at least 1 day, not {d.max_grant_days}")
     unknown = sorted(set(d.groups + d.identifiable_groups + d.owners) - known_groups) if known_groups else []
     if unknown:
         raise s.error("groups", f"no such group: {', '.join(unknown)} (groups that can log in: "

@@ -348,6 +348,65 @@ def cmd_harvest_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _access(args: argparse.Namespace):
+    from .access.client import AccessClient
+
+    return AccessClient(args.hub, args.token)
+
+
+def _request_line(r: dict) -> str:
+    return "\t".join([r["id"], r["state"], r["user"], r["dataset"], f"until {r['until']}", r["purpose"],
+                      r["approval"]] + ([f"{r['decided_by']}: {r['reason']}"] if r.get("decided_by") else []))
+
+
+def _grant_line(g: dict) -> str:
+    from .access.pages import days_left
+
+    left = days_left(g["expires"]) if g["state"] == "active" else g["state"]
+    return "\t".join([g["id"], left, g["user"], g["dataset"], f"until {g['expires']}", g["purpose"], g["approval"],
+                      f"approved by {g['approver']}"] + ([g["revoke_reason"]] if g.get("revoke_reason") else []))
+
+
+def cmd_access_request(args: argparse.Namespace) -> int:
+    r = _access(args).request(args.dataset, args.purpose, args.approval, args.until)
+    print(f"request {r['id']}: {r['dataset']} until {r['until']}, waiting for its owners")
+    return 0
+
+
+def cmd_access_requests(args: argparse.Namespace) -> int:
+    for r in _access(args).requests(args.owner, tuple(args.state or ())):
+        print(_request_line(r))
+    return 0
+
+
+def cmd_access_decide(args: argparse.Namespace) -> int:
+    body = {"until": getattr(args, "until", None), "reason": getattr(args, "reason", None)}
+    decided = _access(args).decide(args.id, args.access_verb, **body)
+    if args.access_verb == "approve":
+        print(f"grant {decided['id']}: {decided['user']} may read {decided['dataset']} until {decided['expires']}")
+    else:
+        print(_request_line(decided))
+    return 0
+
+
+def cmd_access_grant(args: argparse.Namespace) -> int:
+    g = _access(args).grant(args.user, args.dataset, args.purpose, args.approval, args.until)
+    print(f"grant {g['id']}: {g['user']} may read {g['dataset']} until {g['expires']}")
+    return 0
+
+
+def cmd_access_grants(args: argparse.Namespace) -> int:
+    for g in _access(args).grants(args.owner):
+        print(_grant_line(g))
+    return 0
+
+
+def cmd_access_revoke(args: argparse.Namespace) -> int:
+    g = _access(args).revoke(args.id, args.reason)
+    print(f"grant {g['id']} revoked: servers that mount {g['dataset']} for {g['user']} are being stopped")
+    return 0
+
+
 def cmd_site_token(args: argparse.Namespace) -> int:
     from .config import Deployment, site_token
 
@@ -508,6 +567,46 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.set_defaults(func=cmd_harvest_show)
     for verb in (create, listing, show):
+        hub_args(verb)
+    access = sub.add_parser("access", help="ask for a dataset; owners: approve, refuse, grant and revoke")
+    access_verbs = access.add_subparsers(dest="access_verb", metavar="VERB", required=True)
+    until_help = "the last day (YYYY-MM-DD, to its end in UTC) or an ISO date and time"
+    request = access_verbs.add_parser("request", help="ask a dataset's owners for it")
+    request.add_argument("dataset")
+    request.add_argument("--purpose", required=True, help="what the data is for (the study, the question)")
+    request.add_argument("--approval", required=True, help="the ethics approval or study protocol (its reference)")
+    request.add_argument("--until", required=True, help=until_help)
+    request.set_defaults(func=cmd_access_request)
+    requests = access_verbs.add_parser("requests", help="your requests, or (--owner) those for the datasets you own")
+    requests.add_argument("--owner", action="store_true", help="the requests you decide on")
+    requests.add_argument("--state", action="append", choices=("pending", "approved", "refused", "withdrawn"))
+    requests.set_defaults(func=cmd_access_requests)
+    approve = access_verbs.add_parser("approve", help="approve a request for a dataset you own")
+    approve.add_argument("id")
+    approve.add_argument("--until", help="a shorter end than asked: " + until_help)
+    approve.add_argument("--reason", help="a note for the user and the audit log")
+    refuse = access_verbs.add_parser("refuse", help="refuse a request for a dataset you own")
+    refuse.add_argument("id")
+    refuse.add_argument("--reason", required=True, help="why (the user reads it)")
+    withdraw = access_verbs.add_parser("withdraw", help="withdraw a pending request of yours")
+    withdraw.add_argument("id")
+    for verb in (approve, refuse, withdraw):
+        verb.set_defaults(func=cmd_access_decide)
+    give = access_verbs.add_parser("grant", help="grant a dataset you own to a user, without a request")
+    give.add_argument("user")
+    give.add_argument("dataset")
+    give.add_argument("--purpose", required=True)
+    give.add_argument("--approval", required=True)
+    give.add_argument("--until", required=True, help=until_help)
+    give.set_defaults(func=cmd_access_grant)
+    grants = access_verbs.add_parser("grants", help="your grants with the days left, or (--owner) those of your datasets")
+    grants.add_argument("--owner", action="store_true")
+    grants.set_defaults(func=cmd_access_grants)
+    revoke = access_verbs.add_parser("revoke", help="end a grant of a dataset you own now (its servers stop)")
+    revoke.add_argument("id")
+    revoke.add_argument("--reason", required=True, help="why (the user reads it)")
+    revoke.set_defaults(func=cmd_access_revoke)
+    for verb in (request, requests, approve, refuse, withdraw, give, grants, revoke):
         hub_args(verb)
     token = sub.add_parser("site-token", help="print the hub token of a site's edge node (install it at the site)")
     token.add_argument("site")

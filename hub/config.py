@@ -28,6 +28,7 @@ from medlib import contract
 
 from . import child, k8s
 from .audit import hooks as audit_hooks
+from .access.service import ADMIN_SCOPE as ACCESS_ADMIN
 from .audit.service import READ_ALL
 from .auth import OIDCAuthenticator
 from .courses import instructor_role
@@ -44,6 +45,7 @@ _TEACHING = f"user-redirect/lab/tree/{contract.NOTEBOOKS_FOLDER}"
 HOME_LINKS = (
     ("My datasets", f"{_TEACHING}/{contract.WELCOME_NOTEBOOK}", "The datasets your groups may use, in your server"),
     ("Batch jobs", f"{_TEACHING}/5-batch-job.ipynb", "Run a notebook as a job, and see your jobs"),
+    ("Data access", f"../services/{contract.ACCESS_SERVICE}/", "Ask for a dataset; owners: decide who reads theirs"),
     ("Deliveries", f"../services/{contract.INGEST_SERVICE}/", "Data owners: what the hospitals' edge nodes delivered"),
 )
 
@@ -80,6 +82,11 @@ class Deployment:
         return cls(True, state, k8s.HUB_SERVICE, "0.0.0.0", f"http://{k8s.PROXY_SERVICE}", Path(k8s.AUDIT_MOUNT),
                    Path(k8s.AUDIT_KEY_MOUNT) / k8s.AUDIT_KEY, Path(k8s.AUDIT_ANCHOR_MOUNT),
                    Path(settings.kubernetes.grants_key_file))
+
+    @property
+    def access_store(self) -> Path:
+        """The access service's database: personal grants, read by the spawners too."""
+        return self.state.path / "access" / "access.sqlite"
 
     def service_url(self, port: int) -> str:
         return f"http://{self.service_host}:{port}"
@@ -123,7 +130,8 @@ def audit_services(settings: Settings, where: Deployment) -> tuple[list[dict[str
                          "MEDHUB_AUDIT_SYSLOG": settings.audit.syslog, "MEDHUB_AUDIT_ANCHOR": str(where.audit_anchor),
                          "MEDHUB_AUDIT_CHECKPOINT_SECONDS": str(settings.audit.checkpoint_seconds),
                          "MEDHUB_AUDIT_WRITERS": json.dumps({BATCH_SERVICE: "batch", contract.INGEST_SERVICE: "ingest",
-                                                               contract.FEDERATED_SERVICE: "federated"}),
+                                                               contract.FEDERATED_SERVICE: "federated",
+                                                               contract.ACCESS_SERVICE: "access"}),
                          **where.service_environment()}},
         {"name": writer, "api_token": where.state.audit_writer_token(), "display": False},
     ]
@@ -151,7 +159,7 @@ def batch_service(settings: Settings, where: Deployment, audit_url: str) -> tupl
         "min_free_mb": settings.batch.min_free_mb,
         "profiles": [{"slug": p.slug, "groups": list(p.groups)} for p in settings.profiles],
         "default_profile": settings.default_profile.slug,
-        "datasets": [d.to_dict() for d in settings.datasets],
+        "datasets": [d.to_dict() for d in settings.datasets], "access_store": str(where.access_store),
     }))
     service = {"name": BATCH_SERVICE, "url": where.service_url(settings.batch.port), "display": False,
                "command": child.command("medhub.batch.service"),
@@ -191,6 +199,32 @@ def ingest_services(settings: Settings, where: Deployment, audit_url: str) -> tu
         roles.append({"name": "medhub-edges", "description": "Sites' edge nodes: deliver to the ingest service",
                       "scopes": [f"access:services!service={name}"], "services": edges})
     return services, roles
+
+
+def access_service(settings: Settings, where: Deployment, audit_url: str) -> tuple[dict[str, Any], list[dict]]:
+    """The access service (:mod:`medhub.access.service`) and its roles: it reads users' groups and
+    stops the servers whose grant ended; the platform admins' tokens may act as any dataset's
+    owner (each such act audited as theirs)."""
+    folder = where.access_store.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = folder / "config.json"
+    config.write_text(json.dumps({
+        "store": str(where.access_store), "audit_url": audit_url, "enforce_seconds": settings.access.enforce_seconds,
+        "self_approval": settings.access.self_approval, "datasets": [d.to_dict() for d in settings.datasets],
+    }))
+    name = contract.ACCESS_SERVICE
+    service = {"name": name, "url": where.service_url(settings.access.port), "display": True,
+               "oauth_no_confirm": True,  # the hub's own page: no consent screen
+               "command": child.command("medhub.access.service"),
+               "environment": {"MEDHUB_ACCESS_CONFIG": str(config), **where.service_environment()}}
+    roles = [
+        {"name": name, "services": [name],
+         "scopes": ["read:users:groups", "read:users:name", "read:servers", "delete:servers",
+                    f"access:services!service={audit_hooks.AUDIT_SERVICE}"]},
+        {"name": "medhub-access-admins", "description": "Act as an owner of every dataset (audited as such)",
+         "scopes": [ACCESS_ADMIN, f"access:services!service={name}"], "groups": list(settings.oidc.admin_groups)},
+    ]
+    return service, roles
 
 
 def federated_service(settings: Settings, where: Deployment, audit_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -283,7 +317,8 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
         s.profile_list = k8s.profiles_for_groups(settings)
         s.pre_spawn_hook = _chain(k8s.gpu_check_hook(settings),
                                   k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
-                                                           str(where.grants_key)), audit_hooks.spawned)
+                                                           str(where.grants_key), str(where.access_store)),
+                                  audit_hooks.spawned)
         return s
     if settings.hub.spawner == "docker":
         c.JupyterHub.spawner_class = MedhubDockerSpawner
@@ -307,6 +342,7 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
     s.datasets = [d.to_dict() for d in settings.datasets]
     s.courses = [course.to_dict() for course in settings.courses]
     s.grants_key_file = str(where.grants_key)  # medhub's spawners record their spawns (audit_hooks.spawned)
+    s.access_store = str(where.access_store)
     return s
 
 
@@ -326,15 +362,18 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     s.http_timeout = settings.hub.start_timeout
     s.post_stop_hook = audit_hooks.post_stop
 
-    c.JupyterHub.custom_scopes = {READ_ALL: {"description": "Read every user's audit events, and export them."}}
+    c.JupyterHub.custom_scopes = {READ_ALL: {"description": "Read every user's audit events, and export them."},
+                                  ACCESS_ADMIN: {"description": "Decide on every dataset's access as its owners do."}}
     services, roles = audit_services(settings, where)
     # every user, on top of JupyterHub's default user role, may reach the audit and batch services
     user_scopes = {f"access:services!service={audit_hooks.AUDIT_SERVICE}", f"access:services!service={BATCH_SERVICE}",
-                   f"access:services!service={contract.INGEST_SERVICE}"}
+                   f"access:services!service={contract.INGEST_SERVICE}",
+                   f"access:services!service={contract.ACCESS_SERVICE}"}
     # a server's token may reach the audit service (its own events only: the service says who) and
     # the batch service (its user's jobs: a notebook submits one, 5-batch-job.ipynb)
+    # and the access service (its user's requests and grants: medhub access, in a terminal of the server)
     token_scopes = ["users:activity!user", "access:servers!server", f"access:services!service={audit_hooks.AUDIT_SERVICE}",
-                    f"access:services!service={BATCH_SERVICE}"]
+                    f"access:services!service={BATCH_SERVICE}", f"access:services!service={contract.ACCESS_SERVICE}"]
     if where.kubernetes and settings.dask_gateway.enabled:
         user_scopes |= set(k8s.GATEWAY_USER_SCOPES)
         token_scopes += [scope for scope in k8s.GATEWAY_SERVER_TOKEN_SCOPES if scope not in token_scopes]
@@ -355,6 +394,9 @@ def configure(c: Config, settings: Settings, where: Deployment | None = None) ->
     roles.append(role)
     more_services, more_roles = ingest_services(settings, where, audit_url)
     services += more_services
+    roles += more_roles
+    service, more_roles = access_service(settings, where, audit_url)
+    services.append(service)
     roles += more_roles
     if settings.federated.enabled:
         service, role = federated_service(settings, where, audit_url)

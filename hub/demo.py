@@ -80,6 +80,7 @@ def prepare(
             "contact": "medhub-demo@example.org",
             "sensitivity": "anonymized",
             "groups": ["radiology-research", "course-students"],
+            "owners": ["radiology-research"],
         }],
     }))
 

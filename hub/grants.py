@@ -82,17 +82,21 @@ class GrantSigner:
         return base64.b64encode(raw).decode()
 
     def manifest(self, user: str, groups: Iterable[str], catalog: Iterable[Dataset], mine: Iterable[Dataset],
-                 root: str) -> str:
+                 root: str, personal: dict[str, dict] | None = None) -> str:
         """The signed grants manifest of ``user`` (member of ``groups``) for a server that sees
-        ``mine`` (local ones under ``root``, others at their URL): base64 of ``{"payload", "signature"}``."""
-        catalog, mine = list(catalog), list(mine)
+        ``mine`` (local ones under ``root``, others at their URL), of which those in ``personal``
+        by a personal grant (dataset id → its id, expiry, purpose, approval and approver):
+        base64 of ``{"payload", "signature"}``."""
+        catalog, mine, personal = list(catalog), list(mine), personal or {}
         payload = {
             "version": 1,
             "user": user,
             "groups": sorted(groups),
             "issued_at": int(time.time()),
-            "granted": [{**_public(d), "path": f"{root}/{d.id}" if d.is_local else d.location} for d in mine],
-            "others": [{"id": d.id, "title": d.title, "groups": list(d.readers())} for d in catalog if d not in mine],
+            "granted": [{**_public(d), "path": f"{root}/{d.id}" if d.is_local else d.location,
+                         **({"grant": personal[d.id]} if d.id in personal else {})} for d in mine],
+            "others": [{"id": d.id, "title": d.title, "groups": list(d.readers()), "owners": list(d.owners)}
+                       for d in catalog if d not in mine],
         }
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return pack_manifest(body, self._key.sign(body))  # base64, no braces: KubeSpawner formats env values
@@ -100,5 +104,6 @@ class GrantSigner:
 
 def _public(d: Dataset) -> dict[str, object]:
     """What a server may know of a granted dataset: everything but the host location."""
-    return {k: v for k, v in d.to_dict().items() if k not in ("location", "groups", "identifiable_groups")} | {
+    hidden = ("location", "groups", "identifiable_groups", "max_grant_days")
+    return {k: v for k, v in d.to_dict().items() if k not in hidden} | {
         "jsonld": d.jsonld()}

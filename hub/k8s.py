@@ -27,6 +27,7 @@ from typing import Any
 from medlib import contract
 
 from . import grants
+from .access import spawn as access_spawn
 from .catalog import Dataset, granted
 from .errors import HubConfigError
 from .gpus import ClusterGPUs
@@ -164,8 +165,10 @@ def gpu_check_hook(settings: Settings) -> Callable[[Any], Any]:
 
 
 def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
-                         grants_key_file: str) -> Callable[[Any], None]:
-    """A KubeSpawner ``pre_spawn_hook`` mounting the user's granted datasets read-only.
+                         grants_key_file: str, access_store: str = "") -> Callable[[Any], None]:
+    """A KubeSpawner ``pre_spawn_hook`` mounting the user's granted datasets read-only: their
+    groups' and their personal grants in force (``access_store``, :mod:`medhub.access`), noting
+    which server mounts which personal grant.
 
     Each local dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>``
     (provisioned by the site's administrator), mounted at ``/datasets/<id>``; datasets at a
@@ -174,7 +177,11 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
     """
     def hook(spawner: Any) -> None:
         groups = sorted(g.name for g in spawner.user.groups)
-        mine = granted(catalog, groups)
+        standing = granted(catalog, groups)
+        personal = access_spawn.personal_grants(access_store, spawner.user.name, catalog, standing)
+        mine = [d for d in catalog if d in standing or d.id in personal]
+        access_spawn.note_mounts(access_store, spawner.user.name, spawner.name or "", personal.values())
+        spawner._personal = personal  # for the audit log's mount events
         for d in mine:
             if not d.is_local:
                 continue
@@ -193,7 +200,8 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
             **spawner.environment,
             contract.GROUPS_ENV: ",".join(groups),
             contract.DATASETS_DIR_ENV: contract.DATASETS_ROOT,
-            contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, contract.DATASETS_ROOT),
+            contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, contract.DATASETS_ROOT,
+                                                 personal),
             contract.GRANTS_KEY_ENV: signer.public_key,
         }
 
@@ -210,7 +218,7 @@ def values(settings: Settings) -> dict[str, Any]:
     for profile in settings.profiles:
         gpu_count(settings, profile)
     services = {"medhub-audit": settings.audit.port, "medhub-batch": settings.batch.port,
-                contract.INGEST_SERVICE: settings.ingest.port}
+                contract.INGEST_SERVICE: settings.ingest.port, contract.ACCESS_SERVICE: settings.access.port}
     ports = list(services.values())
     # the ingest service publishes delivered versions into the versioned datasets' volumes
     delivered = [d for d in settings.datasets if d.versioned]
@@ -241,7 +249,7 @@ def values(settings: Settings) -> dict[str, Any]:
                 {"name": "medhub-audit-key", "mountPath": AUDIT_KEY_MOUNT, "readOnly": True},
                 *({"name": f"dataset-{d.id}", "mountPath": d.location} for d in delivered),
             ],
-            # the audit, batch and ingest services listen in the hub pod; the proxy routes to them
+            # the audit, batch, ingest and access services listen in the hub pod; the proxy routes to them
             "service": {"extraPorts": [{"name": name, "port": port, "targetPort": port}
                                        for name, port in services.items()]},
             "networkPolicy": {"ingress": [{"from": [proxy, hub_pod],

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from typing import Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, web
 
+log = logging.getLogger("medhub.services")
 GROUPS_TTL = 60.0
 #: Where a service listens when not at its URL's host (in the hub pod: every address, behind
 #: the hub's Service).
@@ -70,3 +73,17 @@ class TokenHandler(web.RequestHandler):
         groups = sorted(json.loads(response.body).get("groups", []))
         cache[name] = (time.monotonic() + GROUPS_TTL, groups)
         return groups
+
+
+async def send_event(url: str | None, token: str, event: dict[str, Any]) -> bool:
+    """Write ``event`` to the audit service at ``url`` as the calling service (one that the
+    audit service lets state the actor); False, logged, when it is refused or ``url`` is empty."""
+    if not url:
+        return False
+    request = httpclient.HTTPRequest(url, method="POST", body=json.dumps(event, default=str), request_timeout=30,
+                                     headers={"Authorization": f"token {token}"})
+    response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+    if response.code != 201:
+        log.error("the audit service refused %s (HTTP %s)", event.get("action"), response.code)
+        return False
+    return True

@@ -434,6 +434,20 @@ class IngestSettings(Table):
     """Kept free from deliveries on the state folder's disk (the audit log's)."""
 
 
+class AccessSettings(Table):
+    """``[access]``: the access service, where users ask for datasets with a purpose, an approval
+    reference and an end date, and the datasets' owners grant, refuse and revoke
+    (:mod:`medhub.access`)."""
+
+    port: Port = 8095
+    """Its port (on 127.0.0.1; in the hub pod on Kubernetes)."""
+    enforce_seconds: Annotated[float, _at_least(0.5, " seconds")] = 30.0
+    """How often ended grants are looked for: a server that mounts a grant that expired or was
+    revoked is stopped within about this long."""
+    self_approval: bool = False
+    """Whether an owner may approve their own request (false: another owner, or an admin, decides)."""
+
+
 class FederatedSettings(Table):
     """``[federated]``: cross-site training on an NVIDIA FLARE federation through the
     ``medhub-federated`` service, which alone holds the engine's admin credentials and submits
@@ -542,6 +556,7 @@ class Settings(Table):
     audit: AuditSettings = AuditSettings()
     batch: BatchSettings = BatchSettings()
     ingest: IngestSettings = IngestSettings()
+    access: AccessSettings = AccessSettings()
     federated: FederatedSettings = FederatedSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
     dask_gateway: DaskGatewaySettings = DaskGatewaySettings()

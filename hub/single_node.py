@@ -233,7 +233,8 @@ def up(settings: Settings, image: str | None = None, name: str = CONTAINER_NAME,
             outcome = "recreated"
     container = existing if outcome == "unchanged" else client.containers.run(**spec.run_kwargs())
     ready = [settings.hub_url + "/hub/health",  # the hub, then its services
-             *(f"http://127.0.0.1:{port}/" for port in (settings.audit.port, settings.batch.port, settings.ingest.port))]
+             *(f"http://127.0.0.1:{port}/" for port in (settings.audit.port, settings.batch.port, settings.ingest.port,
+                                                         settings.access.port))]
     deadline = time.monotonic() + (timeout if timeout is not None else settings.hub.start_timeout + 60)
     while not all(map(url_answers, ready)):
         container.reload()

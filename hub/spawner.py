@@ -41,6 +41,7 @@ from traitlets.config import Configurable
 from medlib import contract
 
 from . import grants
+from .access import spawn as access_spawn
 from .audit import hooks as audit_hooks
 from .catalog import Dataset, granted
 from .courses import check_start_by, courses_of, materials_for
@@ -50,9 +51,9 @@ from .settings import Course, Profile
 
 #: What a teaching server's token loses: its course's instructors open it and run code in it, and
 #: these services would act for the student beyond the server (jobs and runs with all the
-#: student's grants).
-NOT_FOR_TEACHING = frozenset(f"access:services!service={service}"
-                             for service in (contract.BATCH_SERVICE, contract.FEDERATED_SERVICE))
+#: student's grants, requests for data in the student's name).
+NOT_FOR_TEACHING = frozenset(f"access:services!service={service}" for service in (
+    contract.BATCH_SERVICE, contract.FEDERATED_SERVICE, contract.ACCESS_SERVICE))
 
 
 def refusal(status: int, message: str) -> web.HTTPError:
@@ -99,6 +100,13 @@ class ProfilesMixin(Configurable):
         config=True,
         help="""The hub's Ed25519 key (PEM, created if missing) that signs each server's grants
         manifest. Empty: no manifest is given (medlib.datasets then finds no grants).""",
+    )
+    access_store = Unicode(
+        "",
+        config=True,
+        help="""The access service's database (:mod:`medhub.access.store`): each user's personal
+        grants in force are mounted with their groups' datasets, and which server mounts which
+        grant is noted there, so that an ended grant stops that server. Empty: groups only.""",
     )
     courses = List(
         Dict(),
@@ -159,6 +167,11 @@ class ProfilesMixin(Configurable):
             orm.Share.grant(self.user.db, self.orm_spawner, instructor)
         self._course_shares = [u.name for u in instructors]
         try:
+            self._personal = access_spawn.personal_grants(self.access_store, self.user.name, self.catalog(),
+                                                          granted(self.catalog(), self.group_names()))
+            mounted = {d.id for d in self.mounted_datasets()}
+            access_spawn.note_mounts(self.access_store, self.user.name, self.name or "",
+                                     [g for dataset, g in self._personal.items() if dataset in mounted])
             await self.prepare_start()
             url = await super().start()
         except Exception as e:
@@ -176,6 +189,7 @@ class ProfilesMixin(Configurable):
             return await super().stop(now=now)
         finally:
             self._revoke_course_shares()
+            access_spawn.forget_mounts(self.access_store, self.user.name, self.name or "")
 
     def _revoke_course_shares(self) -> None:
         from jupyterhub import orm
@@ -308,8 +322,12 @@ class ProfilesMixin(Configurable):
     def catalog(self) -> list[Dataset]:
         return [Dataset.from_dict(d) for d in self.datasets]
 
+    _personal: dict[str, dict[str, Any]] = {}  # dataset id → personal grant, read at the last start
+
     def granted_datasets(self) -> list[Dataset]:
-        return granted(self.catalog(), self.group_names())
+        """The datasets of the user's groups and of their personal grants in force at the start."""
+        standing = {d.id for d in granted(self.catalog(), self.group_names())}
+        return [d for d in self.catalog() if d.id in standing or d.id in self._personal]
 
     def mounted_datasets(self) -> list[Dataset]:
         """What this server sees: a teaching server its courses' datasets (of those granted),
@@ -331,7 +349,7 @@ class ProfilesMixin(Configurable):
         if self.grants_key_file:
             signer = grants.GrantSigner(self.grants_key_file)
             env[contract.GRANTS_ENV] = signer.manifest(self.user.name, self.group_names(), self.catalog(),
-                                                     self.mounted_datasets(), datasets_dir)
+                                                     self.mounted_datasets(), datasets_dir, self._personal)
             env[contract.GRANTS_KEY_ENV] = signer.public_key
         return env
 

@@ -117,6 +117,8 @@ EDGE_SERVICE_PREFIX = "edge-"
 #: The hub service that submits federated runs to the engine for users (it holds the engine's
 #: admin credentials; users' servers call it with their own tokens).
 FEDERATED_SERVICE = "medhub-federated"
+#: The hub service where users ask for datasets and owners grant, refuse and revoke them.
+ACCESS_SERVICE = "medhub-access"
 
 
 class Policy(StrEnum):

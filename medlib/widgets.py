@@ -40,7 +40,7 @@ class DatasetBrowser(widgets.VBox):
 
     def _table_html(self) -> str:
         if not self._granted:
-            return "<p>No dataset is granted to you; your data steward can add you to a dataset's group.</p>"
+            return "<p>No dataset is granted to you; ask a dataset's owners for one on the hub's Data access page.</p>"
         rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(d.get(k, '')))}</td>" for k in COLUMNS) + "</tr>"
                        for d in self._granted)
         head = "".join(f"<th>{h}</th>" for h in COLUMNS)

@@ -73,6 +73,11 @@ def make_accounts() -> dict[str, Account]:
         "wendy": account("wendy", "radiology-research"),  # removed from her groups at the IdP (test_isolation)
         "nina": account("nina", "radiology-research"),  # a server's activity reports (test_first_hour)
         "oscar": account("oscar", "radiology-research"),  # a server that cannot start (test_first_hour)
+        "rita": account("rita", "course-students"),  # asks for research-ct (test_access) ...
+        "rick": account("rick", "course-students"),  # ... is granted it, then revoked
+        "olga": account("olga", "radiology-research"),  # ... an owner of research-ct decides
+        "adam": account("adam", "course-instructors"),  # ... a platform admin who cannot read it
+        "pia": account("pia", "course-students"),  # ... and on the access page, in a browser
         "zoe": account("zoe", "course-students"),  # two accounts that differ only by case
         "Zoe": account("Zoe", "radiology-research"),
     }
@@ -157,9 +162,9 @@ def write_catalog(root: Path, more: tuple[dict, ...] = ()) -> Path:
     catalog = root / "datasets.toml"
     catalog.write_text(tomli_w.dumps({"dataset": [
         {"id": "research-ct", "title": "Research CT", "location": str(datasets / "research-ct"),
-         "groups": ["radiology-research"], **entry},
+         "groups": ["radiology-research"], "owners": ["radiology-research"], **entry},
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
-         "groups": ["course-students", "course-instructors", "course-tutors"], **entry},
+         "groups": ["course-students", "course-instructors", "course-tutors"], "owners": ["course-tutors"], **entry},
         *more,
     ]}))
     return catalog
@@ -204,6 +209,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: s
         "audit": {"port": free_port()},
         "batch": {"port": free_port(), "max_running_per_user": batch_limit, "max_output_mb": 2},
         "ingest": {"port": free_port()},
+        "access": {"port": free_port(), "enforce_seconds": 1},
         "course": [{"name": "imaging-101", "instructors": "course-tutors", "students": "course-students",
                     "materials": str(write_materials(root)), "datasets": ["teaching-ct"]}],
     }

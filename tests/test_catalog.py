@@ -25,7 +25,7 @@ def entry(tmp_path: Path, **changes) -> dict:
         (folder / "a.dcm").write_bytes(b"x")
         write_manifest(folder)
     return {"id": "lung-ct", "title": "Lung CT", "location": str(folder), "groups": ["radiology-research"],
-            "sensitivity": "anonymized", "licence": "CC-BY-4.0", "modality": "CT",
+            "owners": ["radiology-research"], "sensitivity": "anonymized", "licence": "CC-BY-4.0", "modality": "CT",
             "identifier": "https://doi.org/10.5281/zenodo.1", "provenance": "site A, medlib Basic Profile",
             "contact": "mailto:steward@example.org", **changes}
 
@@ -50,6 +50,9 @@ def write(tmp_path: Path, *entries: dict, **tables) -> Path:
     ({"open_access": True}, r"open_access: is for datasets at a URL"),
     ({"groups": ["radiology-research", "cardiology"]}, r"groups: no such group: cardiology"),
     ({"groups": []}, r"groups: name the groups"),
+    ({"owners": []}, r"owners: name the groups whose members own this dataset"),
+    ({"owners": ["cardiology"]}, r"groups: no such group: cardiology"),
+    ({"max_grant_days": 0}, r"max_grant_days: must be at least 1 day"),
     ({"sensitivity": "secret"}, r"sensitivity: must be one of identifiable, pseudonymized, anonymized"),
     ({"sensitivity": "identifiable"}, r"this dataset is identifiable: list radiology-research in identifiable_groups"),
     ({"identifiable_groups": ["oncology"]}, r"identifiable_groups: only for identifiable datasets"),
@@ -106,7 +109,8 @@ def test_grants_manifest_is_signed_and_lists_only_the_users_grants(tmp_path: Pat
     assert grants["user"] == "alice"
     assert [(d["id"], d["path"]) for d in grants["granted"]] == [("teaching-ct", "/datasets/teaching-ct")]
     assert "location" not in grants["granted"][0] and str(tmp_path) not in json.dumps(grants)  # no host paths
-    assert grants["others"] == [{"id": "lung-ct", "title": "Lung CT", "groups": ["radiology-research"]}]
+    assert grants["others"] == [{"id": "lung-ct", "title": "Lung CT", "groups": ["radiology-research"],
+                                 "owners": ["radiology-research"]}]
     # an edited manifest, or another hub's key, grants nothing
     outer = json.loads(base64.b64decode(document))
     payload = json.loads(base64.b64decode(outer["payload"]))

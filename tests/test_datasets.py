@@ -29,7 +29,7 @@ def catalog(tmp_path: Path):
     write_ct_series(root / "teaching-ct" / "s1", shape=(4, 12, 12), patient_id="P2")
     for name in ("research-ct", "teaching-ct"):
         write_manifest(root / name)
-    common = {"sensitivity": "anonymized", "licence": "CC0-1.0", "modality": "CT"}
+    common = {"sensitivity": "anonymized", "licence": "CC0-1.0", "modality": "CT", "owners": ["radiology-research"]}
     path = tmp_path / "datasets.toml"
     path.write_text(tomli_w.dumps({"dataset": [
         {"id": "research-ct", "title": "Research CT", "location": str(root / "research-ct"),

@@ -64,7 +64,7 @@ def settings_file(tmp_path: Path) -> Path:
         "kubernetes": {"gpus_per_node": 4, "image": "registry.example.org/medhub/notebook:1.2",
                        "grants_key_file": str(tmp_path / "grants.pem"), "state_dir": str(tmp_path / "pod-state")},
     }
-    entry = {"sensitivity": "anonymized", "licence": "CC0-1.0"}
+    entry = {"sensitivity": "anonymized", "licence": "CC0-1.0", "owners": ["radiology-research"]}
     (tmp_path / "datasets.toml").write_text(tomli_w.dumps({"dataset": [
         {"id": "research-ct", "title": "R", "location": str(tmp_path / "research"), "groups": ["radiology-research"],
          **entry},
@@ -450,7 +450,7 @@ def test_the_hub_is_configured_alike_by_medhub_run_and_by_the_chart(settings_fil
         "access:services!service=dask-gateway"}  # the gateway runs only on Kubernetes
     assert comparable_services(hub_run["services"]) == comparable_services(hub_pod["services"])
     assert set(comparable_services(hub_pod["services"])) == {"medhub-audit", "medhub-audit-hub", "medhub-batch",
-                                                             "medhub-ingest", "idle-culler"}
+                                                             "medhub-ingest", "medhub-access", "idle-culler"}
     assert hub_run["tornado_settings"]["log_function"] == hub_pod["tornado_settings"]["log_function"]
 
     spawner_run, spawner_pod = run["Spawner"], pod["Spawner"]
@@ -498,9 +498,9 @@ def test_the_hub_services_run_in_the_hub_pod_reached_only_through_the_proxy(sett
     valid({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hub"},
            "spec": {"containers": [{"name": "hub", "image": "medhub/hub", "volumeMounts": hub["extraVolumeMounts"]}],
                     "volumes": hub["extraVolumes"]}})
-    assert [p["port"] for p in hub["service"]["extraPorts"]] == [8082, 8092, 8093]
+    assert [p["port"] for p in hub["service"]["extraPorts"]] == [8082, 8092, 8093, 8095]
     (rule,) = hub["networkPolicy"]["ingress"]  # to those ports, from the proxy (and the hub) only
-    assert [p["port"] for p in rule["ports"]] == [8082, 8092, 8093]
+    assert [p["port"] for p in rule["ports"]] == [8082, 8092, 8093, 8095]
     assert [f["podSelector"]["matchLabels"]["component"] for f in rule["from"]] == ["proxy", "hub"]
     valid({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "hub"},
            "spec": {"podSelector": {"matchLabels": {"component": "hub"}}, "policyTypes": ["Ingress"],
@@ -512,10 +512,12 @@ def test_the_hub_services_run_in_the_hub_pod_reached_only_through_the_proxy(sett
 
     services = {s["name"]: s for s in pod_traits(settings_file, tmp_path)["JupyterHub"]["services"]}
     audit, batch, ingest = services["medhub-audit"], services["medhub-batch"], services["medhub-ingest"]
+    access = services["medhub-access"]
     assert audit["url"] == "http://hub:8082" and batch["url"] == "http://hub:8092" and ingest["url"] == "http://hub:8093"
-    assert {s["environment"]["MEDHUB_SERVICE_BIND"] for s in (audit, batch, ingest)} == {"0.0.0.0"}
+    assert access["url"] == "http://hub:8095"
+    assert {s["environment"]["MEDHUB_SERVICE_BIND"] for s in (audit, batch, ingest, access)} == {"0.0.0.0"}
     ports = {p["name"]: p["port"] for p in values(settings)["hub"]["service"]["extraPorts"]}
-    assert ports == {"medhub-audit": 8082, "medhub-batch": 8092, "medhub-ingest": 8093}
+    assert ports == {"medhub-audit": 8082, "medhub-batch": 8092, "medhub-ingest": 8093, "medhub-access": 8095}
     assert audit["environment"]["MEDHUB_AUDIT_DIR"] == AUDIT_MOUNT
     assert audit["environment"]["MEDHUB_AUDIT_ANCHOR"] == AUDIT_ANCHOR_MOUNT
     assert audit["environment"]["MEDHUB_AUDIT_KEY_FILE"] == f"{AUDIT_KEY_MOUNT}/{AUDIT_KEY}"

@@ -84,7 +84,7 @@ def test_a_versioned_dataset_is_bound_writable_for_the_ingest_service(tmp_path, 
     catalog = tmp_path / "datasets.toml"
     catalog.write_text(catalog.read_text() + tomli_w.dumps({"dataset": [{
         "id": "harvest-ct", "title": "H", "location": str(delivered), "groups": ["radiology-research"],
-        "sensitivity": "anonymized", "licence": "CC0-1.0", "versioned": True}]}).replace("[[dataset]]", "\n[[dataset]]"))
+        "owners": ["radiology-research"], "sensitivity": "anonymized", "licence": "CC0-1.0", "versioned": True}]}).replace("[[dataset]]", "\n[[dataset]]"))
     delivered.chmod(0o555)
     with pytest.raises(HubConfigError, match=f"publishes the versions .* chown .* {delivered}"):  # it must write there
         hub_container(load(path))

@@ -98,7 +98,8 @@ def test_course_errors_name_the_setting(tmp_path: Path, course: dict, message: s
     write_manifest(tmp_path / "lung")
     (tmp_path / "datasets.toml").write_text(
         f'[[dataset]]\nid = "lung"\ntitle = "Lung CT"\nlocation = "{tmp_path / "lung"}"\ngroups = ["radiology-research"]\n'
-        'modality = "CT"\nlicence = "CC0-1.0"\nsensitivity = "anonymized"\ncontact = "a@b.org"\n')
+        'modality = "CT"\nlicence = "CC0-1.0"\nsensitivity = "anonymized"\ncontact = "a@b.org"\n'
+        'owners = ["radiology-research"]\n')
     data = {**MINIMAL, "hub": {"catalog": str(tmp_path / "datasets.toml")}, "course": [course]}
     with pytest.raises(HubConfigError, match=message):
         load(write(tmp_path, data))

@@ -39,6 +39,14 @@ EVENT_IDS = {
     "quarantine": ("110103", "DICOM Instances Accessed", "U"),
     "delivery": ("110107", "Import", "C"),
     "dataset-version": ("110107", "Import", "C"),
+    "access-request": ("110100", "Application Activity", "E"),
+    "access-withdraw": ("110100", "Application Activity", "E"),
+    "access-approve": ("110137", "User Security Attributes Changed", "C"),
+    "access-refuse": ("110100", "Application Activity", "E"),
+    "access-grant": ("110137", "User Security Attributes Changed", "C"),
+    "grant-revoke": ("110137", "User Security Attributes Changed", "D"),
+    "grant-expire": ("110137", "User Security Attributes Changed", "D"),
+    "grant-enforce": ("110100", "Application Activity", "E"),
 }
 #: action → DICOM event type code (CID 401/403/...), where one says more
 EVENT_TYPES = {

@@ -3,7 +3,8 @@
 - logins and failed logins: :meth:`medhub.auth.OIDCAuthenticator.get_authenticated_user`;
 - logouts: :class:`medhub.auth.OIDCLogoutHandler`;
 - spawns (with profile and mounted datasets) and one ``dataset-mount`` per dataset a server is
-  given (so the access record never depends on code inside the user's server), when the server
+  given (with the personal grant it uses, if any: so the access record never depends on code
+  inside the user's server), when the server
   has started (:func:`spawned`: medhub's spawners call it; KubeSpawner's ``pre_spawn_hook``);
   stops, and spawns that failed (with the reason), from the ``post_stop_hook`` (:func:`post_stop`);
 - changes made through the REST API (users, groups, roles, servers of others) and token
@@ -83,9 +84,11 @@ def spawned(spawner) -> None:
     profile = spawner.profile.slug if hasattr(spawner, "profile") else (spawner.user_options or {}).get("profile", "")
     server = spawner.name or ""
     record("spawn", spawner.user, {"server": server, "profile": profile}, datasets=[d.id for d in mounted])
+    personal = getattr(spawner, "_personal", {})
     for d in mounted:
+        grant = {"grant": personal[d.id]["id"], "expires": personal[d.id]["expires"]} if d.id in personal else {}
         record("dataset-mount", spawner.user, {"dataset": d.id, "server": server},
-               read_only=spawner.mounts_read_only, sensitivity=d.sensitivity)
+               read_only=spawner.mounts_read_only, sensitivity=d.sensitivity, **grant)
 
 
 def post_stop(spawner) -> None:

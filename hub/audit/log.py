@@ -258,13 +258,15 @@ def query(folder: str | os.PathLike[str], *, user: str | None = None, dataset: s
           action: str | None = None, since: str | None = None, until: str | None = None,
           limit: int | None = None) -> list[dict]:
     """Events matching every filter given (times as ISO UTC strings, ``since`` inclusive,
-    ``until`` exclusive), oldest first, each with its ``seq``."""
+    ``until`` exclusive), oldest first, each with its ``seq``. ``user`` selects the events by
+    that user (the actor) and about them (the object's ``user``: a grant approved for them)."""
     out = []
     for _, _, record in records(folder):
         event = record.get("event")
         if not isinstance(event, dict):
             continue
-        if (user and event.get("actor", {}).get("user") != user or dataset and event.get("object", {}).get("dataset") != dataset
+        if (user and user not in (event.get("actor", {}).get("user"), event.get("object", {}).get("user"))
+                or dataset and event.get("object", {}).get("dataset") != dataset
                 or action and event.get("action") != action or since and event.get("time", "") < since
                 or until and event.get("time", "") >= until):
             continue

@@ -30,8 +30,10 @@ ACTIONS = frozenset({
     "train-start", "train-round", "train-end", "job-submit", "job-end",
     "admin-change", "token-created", "dataset-mount",
     "harvest-request", "harvest-run", "quarantine", "delivery", "dataset-version",
+    "access-request", "access-withdraw", "access-approve", "access-refuse", "access-grant",
+    "grant-revoke", "grant-expire", "grant-enforce",
 })
-SOURCES = ("hub", "notebook", "batch", "cli", "ingest", "federated")
+SOURCES = ("hub", "notebook", "batch", "cli", "ingest", "federated", "access")
 #: The sources a user's own token may name (its code, in a server or on the command line).
 USER_SOURCES = ("notebook", "cli")
 OUTCOMES = ("success", "denied", "failure")

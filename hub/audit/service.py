@@ -11,7 +11,7 @@ one write (group commit). Accepted events are then forwarded to syslog if config
 
 ``GET <prefix>events?user=&dataset=&action=&since=&until=&limit=``: a token holding
 :data:`READ_ALL` (the auditor role's scope) sees everyone's events, every other token only its
-owner's; an admin account's flag counts for nothing here, so an admin's down-scoped server token
+owner's (by them, and about them: the decisions on their access); an admin account's flag counts for nothing here, so an admin's down-scoped server token
 reads only its owner's events. ``GET <prefix>export?format=fhir|dicom`` (:data:`READ_ALL`):
 the same selection as FHIR R4 ``AuditEvent`` resources (a Bundle) or DICOM audit messages.
 

@@ -38,6 +38,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from medlib.contract import BATCH_SERVICE, JobState
 
+from ..access.spawn import personal_grants
 from ..catalog import Dataset, granted
 from ..service_auth import TokenHandler, listen
 from .store import ACTIVE, FINAL, JobStore
@@ -265,10 +266,13 @@ class JobsHandler(TokenHandler):
         profile = profile or config["default_profile"]
         if profile not in offered:
             raise web.HTTPError(400, f"profile {profile!r} is not offered to you; choose one of {', '.join(offered)}")
-        mine = {d.id for d in granted([Dataset.from_dict(d) for d in config["datasets"]], groups)}
-        refused = sorted(set(datasets) - mine)
+        catalog = [Dataset.from_dict(d) for d in config["datasets"]]
+        standing = granted(catalog, groups)
+        personal = personal_grants(config.get("access_store", ""), model["name"], catalog, standing)
+        refused = sorted(set(datasets) - {d.id for d in standing} - set(personal))
         if refused:
-            raise web.HTTPError(403, f"dataset(s) {', '.join(refused)} are not granted to you")
+            raise web.HTTPError(403, f"dataset(s) {', '.join(refused)} are not granted to you (ask for them: "
+                                     "medhub access request)")
         job = self.settings["store"].add(model["name"], name, notebook, parameters, profile, datasets)
         await self.settings["runner"].audit("job-submit", job, parameters=sorted(parameters))
         IOLoop.current().add_callback(self.settings["runner"].tick)

@@ -29,7 +29,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tornado import httpclient, web
+from tornado import web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from medlib import versions
@@ -40,7 +40,7 @@ from medlib.train import weights
 from medlib.train.recipe import RecipeError, parse
 from medlib.train.runs import FINAL, Engine, EngineError, advance, new_run
 
-from ..service_auth import TokenHandler, listen
+from ..service_auth import TokenHandler, listen, send_event
 
 log = logging.getLogger("medhub.federated")
 FIELDS = {"recipe", "sites", "rounds", "signature", "mode", "start"}
@@ -177,11 +177,7 @@ async def audit(settings: dict[str, Any], action: str, run: dict[str, Any], outc
              "details": {"mode": "federated-engine", "recipe": run.get("recipe_digest"), "rounds": run["rounds"],
                          "state": run["state"], "version": run.get("version"), "message": run.get("message", "")[:500],
                          "provenance": run.get("provenance")}}
-    request = httpclient.HTTPRequest(url, method="POST", body=json.dumps(event, default=str), request_timeout=30,
-                                     headers={"Authorization": f"token {settings['hub_auth'].api_token}"})
-    response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-    if response.code != 201:
-        log.error("the audit service refused %s of run %s (HTTP %s)", action, run["id"], response.code)
+    await send_event(url, settings["hub_auth"].api_token, event)
 
 
 def publish(run: dict[str, Any], store: RunStore, config: dict[str, Any]) -> str:

@@ -34,14 +34,14 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
-from tornado import httpclient, web
+from tornado import web
 from tornado.ioloop import IOLoop
 
 from medlib import versions
 from medlib.contract import EDGE_SERVICE_PREFIX, INGEST_SERVICE, QUERY_KEYS, HarvestState, Policy, Source, utc_now
 
 from ..catalog import Dataset
-from ..service_auth import TokenHandler, listen
+from ..service_auth import TokenHandler, listen, send_event
 from .store import DigestMismatch, HarvestStore, OffsetMismatch, is_sha256
 
 log = logging.getLogger("medhub.ingest")
@@ -100,11 +100,7 @@ class IngestHandler(TokenHandler):
         event = {"action": action, "actor": {"user": actor, "groups": []}, "outcome": outcome,
                  "object": {"dataset": harvest["dataset"], "harvest": harvest["id"], "site": harvest["site"]},
                  "details": {"policy": harvest["policy"], **details}}
-        request = httpclient.HTTPRequest(url, method="POST", body=json.dumps(event), request_timeout=30,
-                                         headers={"Authorization": f"token {self.hub_auth.api_token}"})
-        response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-        if response.code != 201:
-            log.error("the audit service refused %s of harvest %s (HTTP %s)", action, harvest["id"], response.code)
+        await send_event(url, self.hub_auth.api_token, event)
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         """A new harvest request of the user holding the token (a dataset's owner); HTTPError saying

@@ -13,6 +13,7 @@ only when a file's size or modification time changes.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from functools import lru_cache
@@ -20,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import audit, versions as _versions
-from ..contract import GRANTS_ENV, GRANTS_KEY_ENV, SLUG
+from ..contract import GRANTS_ENV, GRANTS_KEY_ENV, SLUG, parse_time
 from ..manifest import MANIFEST, Verification, verify_manifest
 from .grants import GrantsError, current_grants, read_grants
 from .series import Series, find_series
 
 CACHE_ENV = "MEDLIB_CACHE_DIR"
+#: How a user asks for a dataset (the hub's access page offers the same form).
+_REQUEST = "medhub access request {} --purpose '...' --approval REF --until YYYY-MM-DD"
 #: What list() and info() show of a grant.
 FIELDS = ("id", "title", "description", "modality", "licence", "identifier", "provenance", "contact",
           "sensitivity", "versioned", "path")
@@ -64,21 +67,31 @@ def _entry(dataset_id: str) -> dict[str, Any]:
     grants = _grants()
     for entry in grants["granted"]:
         if entry["id"] == dataset_id:
+            grant = entry.get("grant")
+            if grant and parse_time(grant["expires"]) <= dt.datetime.now(dt.timezone.utc):
+                audit.record("dataset-open", {"dataset": dataset_id}, outcome="denied", grant=grant["id"],
+                             expired=grant["expires"])
+                raise PermissionError(f"your grant of {dataset_id!r} (for {grant['purpose']}, approved by "
+                                      f"{grant['approver']}) ended at {grant['expires']} UTC; ask its owners again: "
+                                      f"{_REQUEST.format(dataset_id)}")
             return entry
     for other in grants["others"]:
         if other["id"] == dataset_id:
             groups = ", ".join(other["groups"]) or "no group yet"
             audit.record("dataset-open", {"dataset": dataset_id}, outcome="denied")
             raise PermissionError(f"dataset {dataset_id!r} ({other['title']}) is not granted to {grants['user']}: "
-                                  f"it is readable by members of {groups}; ask its data steward to add you "
-                                  "to one of them, then restart your server")
+                                  f"it is readable by members of {groups}. Ask its owners "
+                                  f"({', '.join(other.get('owners', ())) or 'its data steward'}) for it: "
+                                  f"{_REQUEST.format(dataset_id)}; once approved, restart your server")
     granted = ", ".join(e["id"] for e in grants["granted"]) or "none"
     raise DatasetNotFound(f"no dataset {dataset_id!r} in the catalog; yours: {granted}")
 
 
 def list_datasets() -> list[dict[str, Any]]:
-    """The datasets granted to this server's user, with their catalog metadata."""
-    return [{k: e.get(k, "") for k in FIELDS} for e in _grants()["granted"]]
+    """The datasets granted to this server's user, with their catalog metadata; ``expires`` is
+    when a personal grant ends (None: a standing grant of the user's groups)."""
+    return [{k: e.get(k, "") for k in FIELDS} | {"expires": e.get("grant", {}).get("expires")}
+            for e in _grants()["granted"]]
 
 
 def info(dataset_id: str) -> dict[str, Any]:

@@ -1,0 +1,174 @@
+"""Access requests, personal grants and the servers that mount them, in one SQLite file.
+
+The access service writes requests and grants (:mod:`medhub.access.service`); the hub's
+spawners read a user's active grants at spawn and note which server mounted which grant, so
+that the service can stop exactly those servers when a grant ends. Times are seconds since
+the epoch here and :data:`medlib.contract.TIME_FORMAT` strings in what leaves the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+import uuid
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from medlib.contract import TIME_FORMAT
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, purpose TEXT NOT NULL,
+    approval TEXT NOT NULL, until REAL NOT NULL, created REAL NOT NULL, state TEXT NOT NULL,
+    decided_by TEXT, decided_at REAL, reason TEXT, grant_id TEXT
+);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, purpose TEXT NOT NULL,
+    approval TEXT NOT NULL, approver TEXT NOT NULL, request TEXT, starts REAL NOT NULL, expires REAL NOT NULL,
+    revoked REAL, revoked_by TEXT, revoke_reason TEXT, expiry_recorded INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mounts (
+    user TEXT NOT NULL, server TEXT NOT NULL, grant_id TEXT NOT NULL, since REAL NOT NULL,
+    PRIMARY KEY (user, server, grant_id)
+);
+CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user, expires);
+"""
+TIMES = ("until", "created", "decided_at", "starts", "expires", "revoked", "since")
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REFUSED = "refused"
+    WITHDRAWN = "withdrawn"
+
+
+class GrantState(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+def iso(seconds: float) -> str:
+    """``seconds`` since the epoch in :data:`medlib.contract.TIME_FORMAT`."""
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime(TIME_FORMAT)
+
+
+def grant_state(grant: dict[str, Any], now: float | None = None) -> GrantState:
+    """Whether a grant (a row, times in seconds) is active, expired or revoked at ``now``."""
+    if grant["revoked"] is not None:
+        return GrantState.REVOKED
+    return GrantState.ACTIVE if grant["expires"] > (time.time() if now is None else now) else GrantState.EXPIRED
+
+
+class AccessStore:
+    """Requests and grants by id; opened by the access service and, briefly, by the hub."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- requests ---------------------------------------------------------------------------
+    def add_request(self, user: str, dataset: str, purpose: str, approval: str, until: float) -> dict[str, Any]:
+        request_id = uuid.uuid4().hex[:12]
+        self.db.execute("INSERT INTO requests (id, user, dataset, purpose, approval, until, created, state) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (request_id, user, dataset, purpose, approval, until, time.time(), RequestState.PENDING))
+        return self.request(request_id)
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        return _public(row) if row else None
+
+    def requests(self, *, user: str | None = None, datasets: set[str] | None = None,
+                 states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Requests of ``user``, or of ``datasets``, in ``states`` (any if empty), oldest first."""
+        rows = self.db.execute("SELECT * FROM requests ORDER BY created")
+        return [_public(r) for r in rows if (user is None or r["user"] == user)
+                and (datasets is None or r["dataset"] in datasets) and (not states or r["state"] in states)]
+
+    def decide(self, request_id: str, state: RequestState, by: str, reason: str,
+               grant_id: str | None = None) -> dict[str, Any]:
+        """Record the decision on a pending request; the request as it is afterwards."""
+        self.db.execute("UPDATE requests SET state = ?, decided_by = ?, decided_at = ?, reason = ?, grant_id = ? "
+                        "WHERE id = ? AND state = ?",
+                        (state, by, time.time(), reason, grant_id, request_id, RequestState.PENDING))
+        return self.request(request_id)
+
+    # --- grants -----------------------------------------------------------------------------
+    def add_grant(self, user: str, dataset: str, purpose: str, approval: str, approver: str, expires: float,
+                  request: str | None = None) -> dict[str, Any]:
+        grant_id = uuid.uuid4().hex[:12]
+        self.db.execute("INSERT INTO grants (id, user, dataset, purpose, approval, approver, request, starts, expires) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (grant_id, user, dataset, purpose, approval, approver, request, time.time(), expires))
+        return self.grant(grant_id)
+
+    def grant(self, grant_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)).fetchone()
+        return _public(row) if row else None
+
+    def grants(self, *, user: str | None = None, datasets: set[str] | None = None) -> list[dict[str, Any]]:
+        """Every grant of ``user``, or of ``datasets``, with its state, oldest first."""
+        rows = self.db.execute("SELECT * FROM grants ORDER BY starts")
+        return [_public(r) for r in rows if (user is None or r["user"] == user)
+                and (datasets is None or r["dataset"] in datasets)]
+
+    def active(self, user: str, now: float | None = None) -> list[dict[str, Any]]:
+        """``user``'s grants in force at ``now`` (default: now), as rows with times in seconds."""
+        now = time.time() if now is None else now
+        rows = self.db.execute("SELECT * FROM grants WHERE user = ? AND revoked IS NULL AND expires > ? "
+                               "ORDER BY expires", (user, now))
+        return [dict(r) for r in rows]
+
+    def revoke(self, grant_id: str, by: str, reason: str) -> dict[str, Any]:
+        self.db.execute("UPDATE grants SET revoked = ?, revoked_by = ?, revoke_reason = ? "
+                        "WHERE id = ? AND revoked IS NULL", (time.time(), by, reason, grant_id))
+        return self.grant(grant_id)
+
+    def newly_expired(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Grants that ran out (not revoked) and whose expiry is not yet recorded; marks them recorded."""
+        now = time.time() if now is None else now
+        rows = [_public(r) for r in self.db.execute(
+            "SELECT * FROM grants WHERE expiry_recorded = 0 AND revoked IS NULL AND expires <= ?", (now,))]
+        for grant in rows:
+            self.db.execute("UPDATE grants SET expiry_recorded = 1 WHERE id = ?", (grant["id"],))
+        return rows
+
+    # --- servers that mount grants -----------------------------------------------------------
+    def mounted(self, user: str, server: str, grant_ids: list[str]) -> None:
+        """``user``'s server ``server`` is starting with ``grant_ids`` (and no other grant)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM mounts WHERE user = ? AND server = ?", (user, server))
+            self.db.executemany("INSERT INTO mounts (user, server, grant_id, since) VALUES (?, ?, ?, ?)",
+                                [(user, server, g, time.time()) for g in grant_ids])
+
+    def unmounted(self, user: str, server: str, grant_id: str | None = None) -> None:
+        """The server stopped (every grant), or no longer holds ``grant_id``."""
+        self.db.execute("DELETE FROM mounts WHERE user = ? AND server = ? AND (? IS NULL OR grant_id = ?)",
+                        (user, server, grant_id, grant_id))
+
+    def ended_mounts(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Servers still noted as mounting a grant that has ended: (user, server, the grant)."""
+        now = time.time() if now is None else now
+        rows = self.db.execute("SELECT m.server AS server, g.* FROM mounts m JOIN grants g ON g.id = m.grant_id "
+                               "WHERE g.revoked IS NOT NULL OR g.expires <= ?", (now,))
+        return [{"server": r["server"], "grant": _public(r)} for r in rows]
+
+
+def _public(row: sqlite3.Row) -> dict[str, Any]:
+    """A row as the API shows it: times as strings, a grant with its state."""
+    out = {k: row[k] for k in row.keys() if k not in ("server", "expiry_recorded")}
+    if "expires" in out:
+        out["state"] = grant_state(out)
+    return {k: iso(v) if k in TIMES and v is not None else v for k, v in out.items()}
