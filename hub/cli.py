@@ -407,6 +407,54 @@ def cmd_access_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_access_delete(args: argparse.Namespace) -> int:
+    stone = _access(args).delete(args.dataset, args.version, args.reason)
+    print(f"{args.dataset} {stone['version']} deleted ({stone['files']} files); its tombstone is audit event "
+          f"{stone['audit_seq']}; servers that mounted {args.dataset} are being stopped")
+    return 0
+
+
+def cmd_access_publish(args: argparse.Namespace) -> int:
+    d = _access(args).publish(args.dataset, args.version, args.as_id, args.title, args.group, args.everyone,
+                              args.description or "")
+    source = d["derived_from"]
+    print(f"published {d['id']} from {source['dataset']} {source['version']} for {', '.join(d['groups'])}: "
+          "its readers see it at their next server start")
+    return 0
+
+
+def _export_line(e: dict) -> str:
+    reviews = ", ".join(f"{r['dataset']}: {r['decision'] or 'waiting'}" for r in e["reviews"]) or "no review needed"
+    return "\t".join([e["id"], e["state"], e["user"], e["name"], f"{e['size']} bytes", reviews,
+                      "; ".join(e["flags"]) or "no flags"])
+
+
+def cmd_export_request(args: argparse.Namespace) -> int:
+    e = _access(args).export(args.file, args.justification)
+    print(f"export {e['id']} of {e['name']}: {e['state']}" + (
+        f", waiting for the owners of {', '.join(r['dataset'] for r in e['reviews'])}" if e["reviews"] else
+        ": no dataset holds it back") + (f"; flagged: {'; '.join(e['flags'])}" if e["flags"] else ""))
+    return 0
+
+
+def cmd_export_list(args: argparse.Namespace) -> int:
+    for e in _access(args).exports(args.owner):
+        print(_export_line(e))
+    return 0
+
+
+def cmd_export_review(args: argparse.Namespace) -> int:
+    print(_export_line(_access(args).review(args.id, args.export_verb, args.reason or "")))
+    return 0
+
+
+def cmd_export_download(args: argparse.Namespace) -> int:
+    data = _access(args).download(args.id)
+    Path(args.output).write_bytes(data)
+    print(f"wrote {len(data)} bytes to {args.output}")
+    return 0
+
+
 def cmd_site_token(args: argparse.Namespace) -> int:
     from .config import Deployment, site_token
 
@@ -606,7 +654,45 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     revoke.add_argument("--reason", required=True, help="why (the user reads it)")
     revoke.set_defaults(func=cmd_access_revoke)
-    for verb in (request, requests, approve, refuse, withdraw, give, grants, revoke):
+    delete = access_verbs.add_parser("delete", help="delete a version of a dataset you own (a tombstone stays)")
+    delete.add_argument("dataset")
+    delete.add_argument("version", help="e.g. v000002")
+    delete.add_argument("--reason", required=True, help="why (kept in the tombstone and the audit log)")
+    delete.set_defaults(func=cmd_access_delete)
+    publish = access_verbs.add_parser("publish", help="publish a version its site de-identified as a new dataset")
+    publish.add_argument("dataset")
+    publish.add_argument("--version", help="the version (default: the newest)")
+    publish.add_argument("--as", dest="as_id", required=True, help="the new dataset's id")
+    publish.add_argument("--title", required=True)
+    publish.add_argument("--description")
+    readers = publish.add_mutually_exclusive_group(required=True)
+    readers.add_argument("--group", action="append", help="a group that may read it (again for more)")
+    readers.add_argument("--everyone", action="store_true", help="every user who may log in")
+    publish.set_defaults(func=cmd_access_publish)
+    for verb in (request, requests, approve, refuse, withdraw, give, grants, revoke, delete, publish):
+        hub_args(verb)
+    export = sub.add_parser("export", help="outputs that leave the platform: ask, review, download")
+    export_verbs = export.add_subparsers(dest="export_verb", metavar="VERB", required=True)
+    ask = export_verbs.add_parser("request", help="ask for a file of your home to leave (its data's owners review it)")
+    ask.add_argument("file")
+    ask.add_argument("--justification", required=True, help="what it is and why it must leave")
+    ask.set_defaults(func=cmd_export_request)
+    listed = export_verbs.add_parser("list", help="your exports, or (--owner) those your datasets hold back")
+    listed.add_argument("--owner", action="store_true")
+    listed.set_defaults(func=cmd_export_list)
+    approve_export = export_verbs.add_parser("approve", help="approve an export for the datasets you own")
+    approve_export.add_argument("id")
+    approve_export.add_argument("--reason")
+    refuse_export = export_verbs.add_parser("refuse", help="refuse an export (the user reads why)")
+    refuse_export.add_argument("id")
+    refuse_export.add_argument("--reason", required=True)
+    for verb in (approve_export, refuse_export):
+        verb.set_defaults(func=cmd_export_review)
+    fetch = export_verbs.add_parser("download", help="download an approved export of yours")
+    fetch.add_argument("id")
+    fetch.add_argument("-o", "--output", required=True)
+    fetch.set_defaults(func=cmd_export_download)
+    for verb in (ask, listed, approve_export, refuse_export, fetch):
         hub_args(verb)
     token = sub.add_parser("site-token", help="print the hub token of a site's edge node (install it at the site)")
     token.add_argument("site")

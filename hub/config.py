@@ -211,6 +211,11 @@ def access_service(settings: Settings, where: Deployment, audit_url: str) -> tup
     config.write_text(json.dumps({
         "store": str(where.access_store), "audit_url": audit_url, "enforce_seconds": settings.access.enforce_seconds,
         "self_approval": settings.access.self_approval, "datasets": [d.to_dict() for d in settings.datasets],
+        "allowed_groups": list(settings.allowed_groups), "direct_download": list(settings.access.direct_download),
+        "export_max_mb": settings.access.export_max_mb, "export_download_hours": settings.access.export_download_hours,
+        "small_cell_threshold": settings.access.small_cell_threshold, "exports_dir": str(folder / "exports"),
+        # published derivatives: where the spawners can mount them (not on Kubernetes: no claim for them)
+        "publish_root": "" if where.kubernetes else str(where.state.path / "published"),
     }))
     name = contract.ACCESS_SERVICE
     service = {"name": name, "url": where.service_url(settings.access.port), "display": True,
@@ -317,7 +322,8 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
         s.profile_list = k8s.profiles_for_groups(settings)
         s.pre_spawn_hook = _chain(k8s.gpu_check_hook(settings),
                                   k8s.dataset_volumes_hook(settings.datasets, settings.kubernetes.datasets_claim_prefix,
-                                                           str(where.grants_key), str(where.access_store)),
+                                                           str(where.grants_key), str(where.access_store),
+                                                           settings.access.direct_download),
                                   audit_hooks.spawned)
         return s
     if settings.hub.spawner == "docker":
@@ -343,6 +349,7 @@ def _spawner(c: Config, settings: Settings, where: Deployment) -> Config:
     s.courses = [course.to_dict() for course in settings.courses]
     s.grants_key_file = str(where.grants_key)  # medhub's spawners record their spawns (audit_hooks.spawned)
     s.access_store = str(where.access_store)
+    s.direct_download = list(settings.access.direct_download)
     return s
 
 

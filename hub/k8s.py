@@ -164,11 +164,13 @@ def gpu_check_hook(settings: Settings) -> Callable[[Any], Any]:
     return hook
 
 
-def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
-                         grants_key_file: str, access_store: str = "") -> Callable[[Any], None]:
+def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str, grants_key_file: str,
+                         access_store: str = "", direct_download: tuple[str, ...] = ("anonymized",)
+                         ) -> Callable[[Any], None]:
     """A KubeSpawner ``pre_spawn_hook`` mounting the user's granted datasets read-only: their
     groups' and their personal grants in force (``access_store``, :mod:`medhub.access`), noting
-    which server mounts which personal grant.
+    which server mounts which dataset; downloads off where one's sensitivity is not in
+    ``direct_download``.
 
     Each local dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>``
     (provisioned by the site's administrator), mounted at ``/datasets/<id>``; datasets at a
@@ -180,7 +182,7 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
         standing = granted(catalog, groups)
         personal = access_spawn.personal_grants(access_store, spawner.user.name, catalog, standing)
         mine = [d for d in catalog if d in standing or d.id in personal]
-        access_spawn.note_mounts(access_store, spawner.user.name, spawner.name or "", personal.values())
+        access_spawn.note_mounts(access_store, spawner.user.name, spawner.name or "", mine, personal)
         spawner._personal = personal  # for the audit log's mount events
         for d in mine:
             if not d.is_local:
@@ -200,6 +202,7 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str,
             **spawner.environment,
             contract.GROUPS_ENV: ",".join(groups),
             contract.DATASETS_DIR_ENV: contract.DATASETS_ROOT,
+            contract.DOWNLOADS_ENV: access_spawn.downloads(mine, direct_download),
             contract.GRANTS_ENV: signer.manifest(spawner.user.name, groups, catalog, mine, contract.DATASETS_ROOT,
                                                  personal),
             contract.GRANTS_KEY_ENV: signer.public_key,

@@ -20,11 +20,11 @@ GROUPS_TTL = 60.0
 BIND_ENV = "MEDHUB_SERVICE_BIND"
 
 
-def listen(app: web.Application) -> None:
+def listen(app: web.Application, max_body_size: int | None = None) -> None:
     """Have ``app`` listen where the hub said: ``$JUPYTERHUB_SERVICE_URL``, or at its port on
-    ``$MEDHUB_SERVICE_BIND``."""
+    ``$MEDHUB_SERVICE_BIND``; requests up to ``max_body_size`` bytes (default: tornado's 100 MB)."""
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, address=os.environ.get(BIND_ENV) or url.hostname)
+    app.listen(url.port, address=os.environ.get(BIND_ENV) or url.hostname, max_body_size=max_body_size)
 
 
 class TokenHandler(web.RequestHandler):
@@ -75,15 +75,16 @@ class TokenHandler(web.RequestHandler):
         return groups
 
 
-async def send_event(url: str | None, token: str, event: dict[str, Any]) -> bool:
+async def send_event(url: str | None, token: str, event: dict[str, Any]) -> int | None:
     """Write ``event`` to the audit service at ``url`` as the calling service (one that the
-    audit service lets state the actor); False, logged, when it is refused or ``url`` is empty."""
+    audit service lets state the actor): its sequence number in the log, or None, logged, when
+    it is refused or ``url`` is empty."""
     if not url:
-        return False
+        return None
     request = httpclient.HTTPRequest(url, method="POST", body=json.dumps(event, default=str), request_timeout=30,
                                      headers={"Authorization": f"token {token}"})
     response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
     if response.code != 201:
         log.error("the audit service refused %s (HTTP %s)", event.get("action"), response.code)
-        return False
-    return True
+        return None
+    return json.loads(response.body)["seqs"][0]

@@ -45,7 +45,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from medlib.contract import SLUG, SLUG_RULE
 
 from . import docker_network
-from .catalog import Dataset, load_catalog
+from .catalog import SENSITIVITIES, Dataset, load_catalog
 from .errors import HubConfigError
 from .tomlfile import read_toml
 
@@ -446,6 +446,23 @@ class AccessSettings(Table):
     revoked is stopped within about this long."""
     self_approval: bool = False
     """Whether an owner may approve their own request (false: another owner, or an admin, decides)."""
+    direct_download: Strings = ("anonymized",)
+    """Sensitivities whose servers keep JupyterLab's download and the raw files URL; a server that
+    mounts a dataset of another sensitivity has them off, and its outputs leave by export request."""
+    export_max_mb: Annotated[int, _at_least(1)] = 100
+    """The largest output an export request may carry."""
+    export_download_hours: Annotated[int, _at_least(1, " hours")] = 72
+    """How long an approved export stays downloadable by its requester."""
+    small_cell_threshold: Annotated[int, _at_least(2)] = 10
+    """Counts from 1 to one less than this in a table's whole-number columns are flagged to reviewers."""
+
+    @field_validator("direct_download")
+    @classmethod
+    def _sensitivities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(SENSITIVITIES))
+        if unknown:
+            raise SettingError(f"{', '.join(unknown)} is no sensitivity; choose from {', '.join(SENSITIVITIES)}")
+        return value
 
 
 class FederatedSettings(Table):

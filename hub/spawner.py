@@ -108,6 +108,14 @@ class ProfilesMixin(Configurable):
         grants in force are mounted with their groups' datasets, and which server mounts which
         grant is noted there, so that an ended grant stops that server. Empty: groups only.""",
     )
+    direct_download = List(
+        Unicode(),
+        ["anonymized"],
+        config=True,
+        help="""Sensitivities whose servers keep direct downloads: a server that mounts a dataset of
+        another sensitivity is started with them off (``MEDHUB_DOWNLOADS=off``:
+        :mod:`medhub_jupyter.downloads`), and its outputs leave by export request.""",
+    )
     courses = List(
         Dict(),
         config=True,
@@ -167,11 +175,11 @@ class ProfilesMixin(Configurable):
             orm.Share.grant(self.user.db, self.orm_spawner, instructor)
         self._course_shares = [u.name for u in instructors]
         try:
-            self._personal = access_spawn.personal_grants(self.access_store, self.user.name, self.catalog(),
-                                                          granted(self.catalog(), self.group_names()))
-            mounted = {d.id for d in self.mounted_datasets()}
-            access_spawn.note_mounts(self.access_store, self.user.name, self.name or "",
-                                     [g for dataset, g in self._personal.items() if dataset in mounted])
+            self._catalog = access_spawn.catalog(self.access_store, [Dataset.from_dict(d) for d in self.datasets])
+            self._personal = access_spawn.personal_grants(self.access_store, self.user.name, self._catalog,
+                                                          granted(self._catalog, self.group_names()))
+            access_spawn.note_mounts(self.access_store, self.user.name, self.name or "", self.mounted_datasets(),
+                                     self._personal)
             await self.prepare_start()
             url = await super().start()
         except Exception as e:
@@ -319,8 +327,11 @@ class ProfilesMixin(Configurable):
     def group_names(self) -> list[str]:
         return sorted(g.name for g in self.user.groups)
 
+    _catalog: list[Dataset] | None = None  # the catalog at the last start, published derivatives included
+
     def catalog(self) -> list[Dataset]:
-        return [Dataset.from_dict(d) for d in self.datasets]
+        """The settings' catalog and the published derivatives, as read at the last start."""
+        return self._catalog if self._catalog is not None else [Dataset.from_dict(d) for d in self.datasets]
 
     _personal: dict[str, dict[str, Any]] = {}  # dataset id → personal grant, read at the last start
 
@@ -345,6 +356,7 @@ class ProfilesMixin(Configurable):
             contract.GROUPS_ENV: ",".join(self.group_names()),
             contract.PROFILE_ENV: self.profile.slug,
             contract.DATASETS_DIR_ENV: datasets_dir,
+            contract.DOWNLOADS_ENV: access_spawn.downloads(self.mounted_datasets(), self.direct_download),
         }
         if self.grants_key_file:
             signer = grants.GrantSigner(self.grants_key_file)

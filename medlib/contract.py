@@ -29,6 +29,7 @@ AUDIT_SOURCE_ENV = "MEDHUB_AUDIT_SOURCE"  # notebook, batch, cli: who writes
 URL_ENV = "MEDHUB_URL"  # the hub's address as the server reaches it
 TOKEN_ENV = "MEDHUB_TOKEN"  # a hub API token given on the command line's behalf
 WORKER_PROFILE_ENV = "MEDHUB_WORKER_PROFILE"  # the profile of a Dask worker
+DOWNLOADS_ENV = "MEDHUB_DOWNLOADS"  # "off": the server mounts data whose outputs leave only by export request
 
 #: Where a server finds its granted datasets, one folder per id.
 DATASETS_ROOT = "/datasets"

@@ -6,11 +6,14 @@ A dataset catalogued with ``versioned = true`` grows by deliveries from the hosp
     <location>/v000001/            the files, MANIFEST.sha256, provenance.json, qc.json
     <location>/v000002/
     <location>/current -> v000002
+    <location>/v000001.deleted.json  a deleted version's tombstone: who, when, why, what it held
 
 A version is made complete beside the others under a hidden name, made read-only, and renamed
 into place; then ``current`` is replaced by a new link in one ``rename``. A reader therefore sees
 the old version or the new one, never part of one, and a version never changes once published.
-The hub writes versions (:func:`publish`); ``medlib.datasets`` reads them (:func:`resolve`).
+A deleted version (:func:`delete`, by one of the dataset's owners) leaves its tombstone, and
+its name is never given again. The hub writes and deletes versions (:func:`publish`,
+:func:`delete`); ``medlib.datasets`` reads them (:func:`resolve`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ QC_REPORT = "qc.json"
 #: Files of a version that are about it rather than its data.
 RECORDS = (MANIFEST, PROVENANCE, QC_REPORT)
 VERSION = re.compile(r"^v(\d{6})$")
+TOMBSTONE = re.compile(r"^(v\d{6})\.deleted\.json$")
 #: A delivered file's path inside a version: relative, plain names, no hidden parts.
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -48,6 +52,14 @@ def versions(root: str | os.PathLike[str]) -> list[str]:
     return sorted(p.name for p in root.iterdir() if VERSION.match(p.name) and p.is_dir())
 
 
+def tombstones(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The deleted versions under ``root``: name → its tombstone."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {m.group(1): json.loads(p.read_text()) for p in sorted(root.iterdir()) if (m := TOMBSTONE.match(p.name))}
+
+
 def resolve(root: str | os.PathLike[str], version: str | None = None) -> Path:
     """The folder of ``version`` (default: the newest) of the dataset at ``root``.
 
@@ -58,10 +70,19 @@ def resolve(root: str | os.PathLike[str], version: str | None = None) -> Path:
     if version is None:
         current = root / CURRENT
         if not current.is_dir():
+            deleted = tombstones(root)
+            if deleted:
+                last = deleted[max(deleted)]
+                raise VersionNotFound(f"every version of {root.name} was deleted (the newest, {last['version']}, at "
+                                      f"{last['deleted_at']} by {last['deleted_by']}: {last['reason']})")
             raise VersionNotFound(f"{root} has no version yet: nothing has been delivered to this dataset")
         return root / os.readlink(current)
     found = versions(root)
     if version not in found:
+        deleted = tombstones(root).get(version)
+        if deleted:
+            raise VersionNotFound(f"version {version} was deleted at {deleted['deleted_at']} by {deleted['deleted_by']}: "
+                                  f"{deleted['reason']}; there are: {', '.join(found) or 'none'}")
         raise VersionNotFound(f"no version {version!r}; there are: {', '.join(found) or 'none yet'}")
     return root / version
 
@@ -110,7 +131,7 @@ def publish(root: str | os.PathLike[str], files: Mapping[str, tuple[Path, str]],
         (staging / QC_REPORT).write_text(json.dumps(qc or {}, indent=1, sort_keys=True))
         _fsync_files(staging)  # on disk before it is named: a version survives a power cut whole
         while True:
-            name = f"v{len(versions(root)) + 1:06d}"
+            name = _next_name(root)
             (staging / PROVENANCE).write_text(json.dumps({**provenance, "version": name,
                                                           "base": base_dir.name if base_dir else None},
                                                          indent=1, sort_keys=True))
@@ -136,6 +157,48 @@ def publish(root: str | os.PathLike[str], files: Mapping[str, tuple[Path, str]],
         if staging.exists():
             _writable(staging)
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _next_name(root: Path) -> str:
+    """The name after every version there is and ever was (a deleted one's is never reused)."""
+    taken = [int(VERSION.match(v).group(1)) for v in versions(root)] + [int(v[1:]) for v in tombstones(root)]
+    return f"v{max(taken, default=0) + 1:06d}"
+
+
+def tombstone(root: str | os.PathLike[str], version: str, deleted_by: str, reason: str,
+              deleted_at: str) -> dict[str, Any]:
+    """What a version's tombstone says of it: who deleted it, when and why, and what it held
+    (its manifest's SHA-256 and how many files it listed)."""
+    folder = resolve(root, version)
+    return {"version": version, "deleted_by": deleted_by, "deleted_at": deleted_at, "reason": reason,
+            "manifest_sha256": sha256(folder / MANIFEST), "files": len(read_manifest(folder))}
+
+
+def delete(root: str | os.PathLike[str], version: str, record: dict[str, Any]) -> None:
+    """Delete a published version: its tombstone ``record`` (:func:`tombstone`, plus what the
+    caller adds) is on disk first, then the version disappears in one rename, ``current`` names
+    the newest left (or goes), and the files are removed."""
+    root = Path(root)
+    folder = resolve(root, version)
+    stone = root / f"{version}.deleted.json"
+    partial = root / f".{stone.name}.partial"
+    partial.write_text(json.dumps(record, indent=1, sort_keys=True))
+    _fsync(partial)
+    os.replace(partial, stone)
+    doomed = root / f".deleting-{version}-{os.urandom(4).hex()}"
+    os.rename(folder, doomed)
+    left = versions(root)
+    current = root / CURRENT
+    if current.is_symlink() and os.readlink(current) == version:
+        if left:
+            link = root / f".{CURRENT}-{left[-1]}"
+            link.symlink_to(left[-1], target_is_directory=True)
+            os.replace(link, current)
+        else:
+            current.unlink()
+    _fsync(root)
+    _writable(doomed)
+    shutil.rmtree(doomed)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

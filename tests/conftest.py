@@ -78,6 +78,8 @@ def make_accounts() -> dict[str, Account]:
         "olga": account("olga", "radiology-research"),  # ... an owner of research-ct decides
         "adam": account("adam", "course-instructors"),  # ... a platform admin who cannot read it
         "pia": account("pia", "course-students"),  # ... and on the access page, in a browser
+        "tara": account("tara", "trial-team", "trial-stewards"),  # owns trial-ct: deletes, publishes, reviews
+        "kim": account("kim", "trial-team"),  # reads trial-ct and cohort-ct: his outputs leave by export
         "zoe": account("zoe", "course-students"),  # two accounts that differ only by case
         "Zoe": account("Zoe", "radiology-research"),
     }
@@ -154,10 +156,11 @@ def write_catalog(root: Path, more: tuple[dict, ...] = ()) -> Path:
     """Two small CT datasets with their manifests, and the catalog that grants them (with the
     entries ``more``)."""
     datasets = root / "datasets"
-    for name, patient in (("research-ct", "PAT-0001"), ("teaching-ct", "PAT-0002")):
+    for name, patient in (("research-ct", "PAT-0001"), ("teaching-ct", "PAT-0002"), ("cohort-ct", "COHORT-7")):
         if not (datasets / name / MANIFEST).is_file():
             write_ct_series(datasets / name / "series-001", shape=(4, 16, 16), patient_id=patient)
             write_manifest(datasets / name)
+    (datasets / "trial-ct").mkdir(exist_ok=True)  # versioned: sites deliver into it
     entry = {"modality": "CT", "licence": "CC0-1.0", "sensitivity": "anonymized", "contact": "steward@example.org"}
     catalog = root / "datasets.toml"
     catalog.write_text(tomli_w.dumps({"dataset": [
@@ -165,6 +168,10 @@ def write_catalog(root: Path, more: tuple[dict, ...] = ()) -> Path:
          "groups": ["radiology-research"], "owners": ["radiology-research"], **entry},
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
          "groups": ["course-students", "course-instructors", "course-tutors"], "owners": ["course-tutors"], **entry},
+        {"id": "trial-ct", "title": "Trial CT", "location": str(datasets / "trial-ct"), "groups": ["trial-team"],
+         "owners": ["trial-stewards"], "versioned": True, **entry | {"sensitivity": "pseudonymized"}},
+        {"id": "cohort-ct", "title": "Cohort CT", "location": str(datasets / "cohort-ct"), "groups": ["trial-team"],
+         "owners": ["radiology-research"], **entry | {"sensitivity": "pseudonymized"}},
         *more,
     ]}))
     return catalog
@@ -199,7 +206,8 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: s
             "issuer": issuer,
             "client_id": "medhub-test",
             "client_secret": client_secret,
-            "allowed_groups": ["radiology-research", "course-instructors", "course-students"],
+            "allowed_groups": ["radiology-research", "course-instructors", "course-students", "trial-team",
+                               "trial-stewards"],
             "admin_groups": ["course-instructors"],
             "refresh_age": 5,
             "login_service": "the hospital's identity provider",

@@ -168,7 +168,7 @@ def test_bad_requests_and_decisions_are_refused_saying_what_to_do(platform, peop
     rita, olga = people["rita"], people["olga"]
     cases = [
         (("no-such-ct", "p", "EC-1", day(3)), r"HTTP 404: no dataset 'no-such-ct' in the catalog \(there are: "
-                                             r"research-ct, teaching-ct\)"),
+                                             r"cohort-ct, research-ct, teaching-ct, trial-ct"),
         (("teaching-ct", "p", "EC-1", day(3)), "you may read 'teaching-ct' already, as a member of course-students"),
         (("research-ct", "p", "EC-1", "2020-01-01"), "until: the end lies in the past"),
         (("research-ct", "p", "EC-1", day(400)), "at most 365 days at a time .* ask until "),
@@ -195,6 +195,153 @@ def test_bad_requests_and_decisions_are_refused_saying_what_to_do(platform, peop
     with pytest.raises(BatchError, match="you may not grant yourself"):
         people["adam"].grant("adam", "research-ct", "p", "EC-1", day(3))
     assert any(e["action"] == "access-refuse" and e["outcome"] == "denied" for e in events(platform, "rita", "research-ct"))
+
+
+def deliver(root: Path, work: Path, patient: str, *, anonymize: bool) -> str:
+    """A version of ``root`` as the ingest service publishes an anonymized delivery from site-a:
+    a synthetic CT series, de-identified with a site key (or, a mis-delivery, not)."""
+    from medlib import versions
+    from medlib.manifest import sha256
+    from medlib.synthetic import write_ct_series
+
+    raw, out = work / f"raw-{patient}", work / f"out-{patient}"
+    write_ct_series(raw, shape=(3, 8, 8), patient_id=patient)
+    if anonymize:
+        key = work / "site.key"
+        if not key.exists():
+            subprocess.run([sys.executable, "-m", "medlib.cli", "anonymize", "keygen", str(key)], check=True)
+        done = subprocess.run([sys.executable, "-m", "medlib.cli", "anonymize", "run", str(raw), str(out),
+                               "--key-file", str(key)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    else:
+        out = raw
+    files = {f"series/{p.name}": (p, sha256(p)) for p in sorted(out.rglob("*.dcm"))}
+    return versions.publish(root, files, {"site": "site-a", "policy": "anonymized", "harvest": patient})
+
+
+def test_an_owner_deletes_a_version_leaving_a_tombstone_and_publishes_a_de_identified_one(platform, people, browsers,
+                                                                                        tmp_path: Path):
+    from medlib import versions
+
+    root = platform.root / "datasets" / "trial-ct"
+    good, bad = deliver(root, tmp_path, "TRIAL-1", anonymize=True), deliver(root, tmp_path, "TRIAL-2", anonymize=False)
+    assert platform.login(browsers.setdefault("tara", platform.browser()), "tara").status_code == 200
+    token = platform.api("POST", "/users/tara/tokens", json={"note": "access test"}).json()["token"]
+    tara, rita = AccessClient(platform.url, token), people["rita"]
+    platform.spawn(browsers["tara"], "tara")
+    assert view(platform, "tara") == ["cohort-ct", "trial-ct"]
+
+    with pytest.raises(BatchError, match="you do not own 'trial-ct'"):
+        rita.delete("trial-ct", bad, "not hers")
+    with pytest.raises(BatchError, match=r"finding\(s\) in \d+ DICOM file\(s\) of trial-ct v000002 \(medlib anonymize "
+                                         r"check\): series/.*; nothing was published"):
+        tara.publish("trial-ct", bad, "trial-ct-open", "Trial CT, de-identified", ["course-students"])
+    with pytest.raises(BatchError, match="reason: say why"):
+        tara.delete("trial-ct", bad, "")
+
+    stone = tara.delete("trial-ct", bad, "delivered without de-identification")
+    taken = wait_stopped(platform, "tara")  # her server mounted trial-ct
+    print(f"\ntara's server stopped {taken:.1f} s after the deletion")
+    assert taken < STOP_BOUND
+    assert versions.versions(root) == [good] and not list(root.glob(f"*{bad}*/**/*.dcm"))
+    with pytest.raises(versions.VersionNotFound, match=f"version {bad} was deleted at .* by tara: delivered without "
+                                                       "de-identification"):
+        versions.resolve(root, bad)
+    # the tombstone verifies in the audit chain: the chained record at its seq says the same
+    on_disk = json.loads((root / f"{bad}.deleted.json").read_text())
+    assert on_disk == stone
+    record = next(e for e in events(platform, "tara", "trial-ct") if e["seq"] == stone["audit_seq"])
+    assert record["action"] == "dataset-delete" and record["object"] == {"dataset": "trial-ct", "version": bad}
+    assert {k: v for k, v in record["details"].items() if k != "authority"} == \
+        {k: v for k, v in stone.items() if k != "audit_seq"}
+    verify = subprocess.run([sys.executable, "-m", "medhub.cli", "audit", "verify", "-s", str(platform.settings.source)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout + verify.stderr
+
+    published = tara.publish("trial-ct", good, "trial-ct-open", "Trial CT, de-identified", ["course-students"])
+    assert (published["sensitivity"], published["groups"], published["derived_from"]["version"]) == \
+        ("anonymized", ["course-students"], good)
+    with pytest.raises(BatchError, match="must be a new dataset id"):
+        tara.publish("trial-ct", good, "trial-ct-open", "again", everyone=True)
+    platform.api("DELETE", "/users/rita/server")
+    wait_stopped(platform, "rita")
+    platform.spawn(browsers["rita"], "rita")  # a course student: the derivative is hers at her next start
+    assert "trial-ct-open" in view(platform, "rita") and "trial-ct" not in view(platform, "rita")
+    copy = platform.settings.hub.state_dir / "published" / "trial-ct-open"
+    assert json.loads((copy / "current" / "provenance.json").read_text())["derived_from"] == published["derived_from"]
+    assert any(e["action"] == "dataset-publish" and e["object"]["published_as"] == "trial-ct-open"
+               for e in events(platform, "tara", "trial-ct"))
+    platform.api("DELETE", "/users/rita/server")
+
+
+def test_an_output_leaves_only_when_an_owner_of_every_dataset_behind_it_approves(platform, people, browsers):
+    """kim's server mounts trial-ct (owned by tara's group) and cohort-ct (olga's): downloads are
+    off there; his outputs are flagged, held until both approve, and then his to download."""
+    olga, tina, rita = people["olga"], people["tina"], people["rita"]
+    for name in ("kim", "tara"):
+        if name not in browsers:
+            browsers[name] = platform.browser()
+            assert platform.login(browsers[name], name).status_code == 200
+    kim, tara = (AccessClient(platform.url, platform.api("POST", f"/users/{name}/tokens", json={"note": "exports"})
+                              .json()["token"]) for name in ("kim", "tara"))
+    platform.spawn(browsers["kim"], "kim")
+    assert view(platform, "kim") == ["cohort-ct", "trial-ct"]
+    home = platform.settings.local.home_root / "kim"
+    (home / "counts.csv").write_text("patient,site,n\nCOHORT-7,a,3\nother,b,120\n")
+    (home / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    lab = browsers["kim"].get(f"{platform.url}/user/kim/lab")
+    assert lab.status_code == 200 and "@jupyterlab/docmanager-extension:download" in lab.text  # disabled there
+    raw = browsers["kim"].get(f"{platform.url}/user/kim/files/counts.csv")
+    assert raw.status_code == 403 and "Downloads are off on this server" in raw.text
+
+    with pytest.raises(BatchError, match="is outside your home"):
+        kim.export(platform.root / "medhub.toml", "the settings", home=home)
+    with pytest.raises(BatchError, match="justification: say what the output is"):
+        kim.export(home / "counts.csv", " ", home=home)
+    table = kim.export(home / "counts.csv", "counts per site for the paper", home=home)
+    assert table["state"] == "pending" and [r["dataset"] for r in table["reviews"]] == ["cohort-ct", "trial-ct"]
+    assert table["kind"] == "table" and "identifiers of cohort-ct: PatientID" in table["flags"]
+    assert "small cells: n: 1 count(s) below 10" in table["flags"]
+    figure = kim.export(home / "figure.png", "figure 2", home=home)
+    assert figure["kind"] == "image" and figure["flags"] == []
+
+    preview = httpx.get(f"{platform.url}/services/medhub-access/exports/{table['id']}/preview",
+                        headers=olga.headers, timeout=30)
+    assert preview.status_code == 200 and "<td>COHORT-7</td>" in preview.text
+    with pytest.raises(BatchError, match=f"no export {table['id']} of yours or held back by a dataset you own"):
+        tina.review(table["id"], "approve")
+    assert [e["id"] for e in tara.exports(owner=True)] == [table["id"], figure["id"]]
+    held = tara.review(table["id"], "approve", "aggregate counts are fine for trial-ct")
+    assert held["state"] == "pending"  # approved for trial-ct, still waiting for cohort-ct's owners
+    with pytest.raises(BatchError, match="HTTP 409: export .* is pending: only an approved one is downloaded"):
+        kim.download(table["id"])
+    with pytest.raises(BatchError, match="you decide for none of the datasets that still hold it back"):
+        tara.review(table["id"], "approve")
+    done = olga.review(table["id"], "approve")
+    assert done["state"] == "approved" and done["download_until"]
+    assert kim.download(table["id"]) == (home / "counts.csv").read_bytes()
+    with pytest.raises(BatchError, match="no export .* of yours"):
+        olga.download(table["id"])  # a reviewer does not take it out
+    with pytest.raises(BatchError, match="reason: say why"):
+        olga.review(figure["id"], "refuse")
+    assert olga.review(figure["id"], "refuse", "the image shows a face")["state"] == "refused"
+    with pytest.raises(BatchError, match="is refused: only an approved one is downloaded"):
+        kim.download(figure["id"])
+
+    rita_home = platform.settings.local.home_root / "rita"  # her servers read anonymized data only
+    rita_home.mkdir(parents=True, exist_ok=True)
+    (rita_home / "result.txt").write_text("AUC 0.91\n")
+    free = rita.export(rita_home / "result.txt", "the headline number", home=rita_home)
+    assert free["state"] == "approved" and free["reviews"] == []
+    assert rita.download(free["id"]) == b"AUC 0.91\n"
+
+    actions = [(e["action"], e["outcome"]) for e in events(platform, "kim", "cohort-ct")
+               if e["object"].get("export") in (table["id"], figure["id"])]
+    assert actions == [("export-request", "success"), ("export-request", "success"), ("export-review", "success"),
+                       ("export-review", "denied")]
+    downloads = [e for e in events(platform, "kim", "") if e["action"] == "export-download"]
+    assert [e["object"]["export"] for e in downloads] == [table["id"]]
+    platform.api("DELETE", "/users/kim/server")
 
 
 @pytest.mark.browser
@@ -267,7 +414,8 @@ def test_a_grant_ends_by_expiry_or_revocation_and_its_servers_are_found(tmp_path
     store = AccessStore(tmp_path / "access.sqlite")
     soon = store.add_grant("rita", "lung-ct", "p", "EC-1", "olga", time.time() + 60)
     later = store.add_grant("rita", "head-ct", "p", "EC-2", "olga", time.time() + 3600)
-    store.mounted("rita", "", [soon["id"], later["id"]])
+    store.mounted("rita", "", {"lung-ct": soon["id"], "head-ct": later["id"], "open-ct": None})
+    assert store.mounting("open-ct") == [("rita", "")] and store.ever_mounted("rita") == ["head-ct", "lung-ct", "open-ct"]
     assert [g["id"] for g in store.active("rita")] == [soon["id"], later["id"]]
     assert store.ended_mounts() == [] and store.newly_expired() == []
     later_on = time.time() + 120
@@ -279,7 +427,8 @@ def test_a_grant_ends_by_expiry_or_revocation_and_its_servers_are_found(tmp_path
     assert {m["grant"]["id"] for m in store.ended_mounts()} == {later["id"]}
     assert store.grant(later["id"])["state"] == "revoked"
     store.unmounted("rita", "")
-    assert store.ended_mounts(later_on) == []
+    assert store.ended_mounts(later_on) == [] and store.mounting("open-ct") == []
+    assert store.ever_mounted("rita") == ["head-ct", "lung-ct", "open-ct"]  # her home may hold what they gave
 
 
 def test_medlib_refuses_an_expired_grant_at_once_naming_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -307,3 +456,19 @@ def test_medlib_refuses_an_expired_grant_at_once_naming_its_end(tmp_path: Path, 
                 mds.local_root("lung-ct")
     denied = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
     assert (denied["action"], denied["outcome"], denied["details"]["grant"]) == ("dataset-open", "denied", grant["id"])
+
+
+def test_the_export_checks_flag_dicom_identifiers_and_small_cells():
+    from medhub.access.exports import inspect, preview
+    from medlib.anonymize.residual import Identifiers
+
+    found = {"cohort-ct": Identifiers((("PatientID", "COHORT-7"), ("PatientName part", "DOE")))}
+    table = inspect("t.csv", b"who,n,mean\nCohort-7,4,1.5\nx,0,2.5\ny,40,3.0\n", found, 10)
+    assert table.kind == "table" and table.flags == ("small cells: n: 1 count(s) below 10",
+                                                     "identifiers of cohort-ct: PatientID")
+    assert inspect("notes.txt", b"Mrs Doelittle, 44", found, 10).flags == ()  # whole words only
+    assert inspect("notes.txt", b"seen: doe", found, 10).flags == ("identifiers of cohort-ct: PatientName part",)
+    dicom = inspect("x.bin", bytes(128) + b"DICM" + bytes(16), {}, 10)
+    assert dicom.kind == "dicom" and dicom.flags[0].startswith("a DICOM file")
+    kind, body = preview("t.csv", b"a,b\n<script>,2\n")
+    assert kind.startswith("text/html") and b"&lt;script&gt;" in body and b"<script>" not in body

@@ -73,3 +73,27 @@ def test_a_reader_sees_the_old_version_or_the_new_one_never_a_mix(tmp_path: Path
     reader.join()
     assert seen and all(len(contents) == 1 for contents in seen)  # every read: one version's files only
     assert len(versions.versions(root)) == 8
+
+
+def test_a_deleted_version_leaves_its_tombstone_and_its_name_is_never_given_again(tmp_path: Path):
+    root = tmp_path / "dataset"
+    first = versions.publish(root, staged(tmp_path / "a", {"s/1.dcm": b"one"}), {"site": "site-a"})
+    second = versions.publish(root, staged(tmp_path / "b", {"s/2.dcm": b"two"}), {"site": "site-a"})
+    stone = versions.tombstone(root, second, "tara", "consent withdrawn", "2026-12-02T05:00:00.000000Z")
+    assert stone["files"] == 4 and stone["manifest_sha256"] == hashlib.sha256(
+        (root / second / "MANIFEST.sha256").read_bytes()).hexdigest()  # two data files, provenance, qc
+    versions.delete(root, second, {**stone, "audit_seq": 7})
+    assert versions.versions(root) == [first] and not (root / second).exists()
+    assert versions.resolve(root) == root / first  # the newest left is current again
+    assert versions.tombstones(root) == {second: {**stone, "audit_seq": 7}}
+    with pytest.raises(versions.VersionNotFound, match="version v000002 was deleted at 2026-12-02T05:00:00.000000Z "
+                                                       "by tara: consent withdrawn; there are: v000001"):
+        versions.resolve(root, second)
+    third = versions.publish(root, staged(tmp_path / "c", {"s/3.dcm": b"three"}), {"site": "site-a"})
+    assert third == "v000003" and (root / third / "s" / "1.dcm").read_bytes() == b"one"
+    assert sorted(p.name for p in root.iterdir()) == ["current", "v000001", "v000002.deleted.json", "v000003"]
+    versions.delete(root, first, versions.tombstone(root, first, "tara", "superseded", "2026-12-02T06:00:00.000000Z"))
+    versions.delete(root, third, versions.tombstone(root, third, "tara", "superseded", "2026-12-02T06:00:00.000000Z"))
+    with pytest.raises(versions.VersionNotFound, match=r"every version of dataset was deleted \(the newest, "
+                                                       "v000003, at 2026-12-02T06:00:00.000000Z by tara: superseded"):
+        versions.resolve(root)  # none left: no current

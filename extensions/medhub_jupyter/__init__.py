@@ -8,7 +8,9 @@ like every Jupyter server API: only the server's own user (through the hub) reac
 
 At start it offers one kernel, the medlib one (the interpreter's own kernelspec hidden), copies
 medlib's teaching notebooks (:mod:`medlib.notebooks`) into the home, never over a file that is
-there, and on a user's first start has JupyterLab open on the welcome notebook. Enabled by
+there, and on a user's first start has JupyterLab open on the welcome notebook; on a server the
+hub started with downloads off, the raw files URL and JupyterLab's downloads are off
+(:mod:`.downloads`). Enabled by
 ``jupyter_server_config.d/medhub_jupyter.json``, which installing medhub puts in
 ``<prefix>/etc/jupyter``.
 """
@@ -16,6 +18,7 @@ there, and on a user's first start has JupyterLab open on the welcome notebook. 
 from __future__ import annotations
 
 import json
+import os
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
@@ -53,7 +56,12 @@ def _link_jupyter_server_extension(serverapp) -> None:
     from jupyter_client.kernelspec import KernelSpecManager
 
     from medlib import notebooks
-    from medlib.contract import NOTEBOOKS_FOLDER, WELCOME_NOTEBOOK
+    from medlib.contract import DOWNLOADS_ENV, NOTEBOOKS_FOLDER, WELCOME_NOTEBOOK
+
+    from .downloads import refuse_files
+
+    if os.environ.get(DOWNLOADS_ENV) == "off":
+        refuse_files(serverapp)
 
     if KERNEL in KernelSpecManager(parent=serverapp).find_kernel_specs():  # never hide the only kernel
         serverapp.config.KernelSpecManager.allowed_kernelspecs = {KERNEL}
@@ -84,7 +92,13 @@ def _open_first_on(serverapp, url: str) -> None:
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
+    from medlib.contract import DOWNLOADS_ENV
+
     from .batch import BatchHandler
+    from .downloads import hide_downloads
+
+    if os.environ.get(DOWNLOADS_ENV) == "off":
+        hide_downloads(serverapp)
 
     base = serverapp.web_app.settings["base_url"]
     serverapp.web_app.add_handlers(".*$", [

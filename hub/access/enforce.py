@@ -68,6 +68,20 @@ class Enforcer:
                     await self.audit("grant-enforce", grant, server=server, stopped=True, why=why)
             self.store.unmounted(user, server)
 
+    async def stop_mounting(self, dataset: str, why: str) -> None:
+        """Stop every server noted as mounting ``dataset`` (a version of it was deleted)."""
+        for user, server in self.store.mounting(dataset):
+            try:
+                stopped = await self.stop(user, server)
+            except Exception:  # noqa: BLE001 - the others still stop; this one is logged
+                log.exception("could not stop %s's server %r, which mounts %s", user, server, dataset)
+                continue
+            if stopped:
+                log.info("stopped %s's server %r: it mounts %s (%s)", user, server, dataset, why)
+                await self.audit("grant-enforce", {"dataset": dataset, "user": user, "id": None}, server=server,
+                                 stopped=True, why=why)
+            self.store.unmounted(user, server)
+
     def _api(self, path: str) -> str:
         return f"{self.hub_auth.api_url.rstrip('/')}/{path}"
 
@@ -90,7 +104,8 @@ class Enforcer:
         return True
 
     async def audit(self, action: str, grant: dict[str, Any], **details: Any) -> None:
+        """An event of the service's own about ``grant`` (or, without an id, a dataset's user)."""
+        object_ = {"dataset": grant["dataset"], "user": grant["user"]} | ({"grant": grant["id"]} if grant["id"] else {})
         event = {"action": action, "actor": {"user": ACCESS_SERVICE, "groups": []}, "outcome": "success",
-                 "object": {"dataset": grant["dataset"], "user": grant["user"], "grant": grant["id"]},
-                 "details": details}
+                 "object": object_, "details": details}
         await send_event(self.audit_url, self.hub_auth.api_token, event)

@@ -1,6 +1,7 @@
 """The access service's page, ``/services/medhub-access/``, in the hub's look: signed in through
 the hub (OAuth). Users ask for datasets and see their requests and grants with the days left;
-owners decide on the requests for their datasets and revoke grants of them. Every form calls
+users see their exports and download the approved ones; owners decide on the requests for
+their datasets, revoke grants of them, and review the exports they hold back. Every form calls
 the same methods as the REST API (:class:`medhub.access.service.AccessHandler`)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tornado import web
 from medlib.contract import parse_time
 
 from .service import AccessHandler
-from .store import GrantState, RequestState
+from .store import ExportState, GrantState, RequestState
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Data access · medhub</title>
 <link rel="stylesheet" href="{base}hub/static/css/style.min.css"></head><body>
@@ -40,12 +41,16 @@ server; when it ends, every server that mounts it is stopped (your home stays).<
 <div class="col-12"><button class="btn btn-primary">Ask its owners</button></div></form></div></section>
 <h2 class="h5">My requests</h2>{my_requests}
 <h2 class="h5 mt-4">My grants</h2>{my_grants}
+<h2 class="h5 mt-4">My exports</h2>
+<p class="text-muted">Outputs leave the platform through a request (<code>medhub export request FILE
+--justification ...</code> in your server): the owners of the datasets you work with review each one.</p>{my_exports}
 {owner}
 </main></body></html>"""
 
 OWNER = """<hr class="my-4"><h2 class="h4">Datasets I own: {owned}</h2>
 <h3 class="h5">Requests to decide</h3>{pending}
-<h3 class="h5 mt-4">Grants of my datasets</h3>{grants}"""
+<h3 class="h5 mt-4">Grants of my datasets</h3>{grants}
+<h3 class="h5 mt-4">Exports to review</h3>{exports}"""
 
 
 def days_left(expires: str, now: float | None = None) -> str:
@@ -84,6 +89,10 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                 f'<input type="hidden" name="action" value="{action}"><input type="hidden" name="id" value="{item_id}">'
                 f'{fields}<button class="btn btn-sm {style}" data-action="{action}">{button}</button></form>')
 
+    def reviews(self, export: dict[str, Any]) -> str:
+        return escape(", ".join(f"{r['dataset']}: {r['decision'] or 'waiting'}" + (f" ({r['by']})" if r["by"] else "")
+                                for r in export["reviews"]) or "none needed")
+
     def state(self, item: dict[str, Any]) -> str:
         state = item["state"]
         colour = {"pending": "warning", "approved": "success", "active": "success", "refused": "danger",
@@ -105,6 +114,11 @@ class PageHandler(HubOAuthenticated, AccessHandler):
         my_grants = [[escape(g["dataset"]), escape(g["purpose"]), escape(g["approver"]), _when(g["starts"]),
                       _when(g["expires"]), days_left(g["expires"]) if g["state"] == GrantState.ACTIVE else "",
                       self.state(g), escape(g["revoke_reason"] or "")] for g in reversed(grants)]
+        my_exports = [[escape(e["name"]), f"{e['size']:,} bytes", self.state(e), self.reviews(e),
+                       escape("; ".join(e["flags"])),
+                       f'<a class="btn btn-sm btn-primary" href="exports/{e["id"]}/download">Download</a> until '
+                       f'{_when(e["download_until"])}' if e["state"] == ExportState.APPROVED else ""]
+                      for e in reversed(self.store.exports(user=user))]
         owner = ""
         if owned:
             pending = [[escape(r["user"]), escape(r["dataset"]), escape(r["purpose"]), escape(r["approval"]),
@@ -124,7 +138,19 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                                  '<input class="form-control form-control-sm" name="reason" placeholder="why" '
                                  'required>') if g["state"] == GrantState.ACTIVE else escape(g["revoke_reason"] or "")]
                       for g in reversed(self.store.grants(datasets=set(owned)))]
+            to_review = [[escape(e["user"]), escape(e["name"]), f"{e['size']:,} bytes", escape(e["justification"]),
+                          escape("; ".join(e["flags"]) or "none"), self.reviews(e),
+                          f'<a href="exports/{e["id"]}/preview" target="_blank">preview</a>',
+                          (self.form("approve-export", e["id"], "Approve", "btn-success",
+                                     '<input class="form-control form-control-sm" name="reason" '
+                                     'placeholder="note (optional)">') +
+                           self.form("refuse-export", e["id"], "Refuse", "btn-outline-danger",
+                                     '<input class="form-control form-control-sm" name="reason" placeholder="why" '
+                                     'required>')) if e["state"] == ExportState.PENDING else self.state(e)]
+                         for e in reversed(self.store.exports(datasets=set(owned)))]
             owner = OWNER.format(
+                exports=_table(to_review, ("user", "file", "size", "justification", "flags", "reviews", "", "decide"),
+                               "to-review", "No export waits for your datasets."),
                 owned=escape(", ".join(owned)),
                 pending=_table(pending, ("user", "dataset", "purpose", "approval", "until", "decide"), "to-decide",
                                "No request waits for you."),
@@ -138,6 +164,8 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                             for d in askable),
             my_requests=_table(my_requests, ("dataset", "purpose", "approval", "until", "state", "decided by",
                                              "reason", ""), "my-requests", "You have asked for nothing yet."),
+            my_exports=_table(my_exports, ("file", "size", "state", "reviews", "flags", ""), "my-exports",
+                              "You have asked for no export."),
             my_grants=_table(my_grants, ("dataset", "purpose", "approver", "since", "until", "left", "state", "reason"),
                              "my-grants", "No personal grants; your groups' datasets need none."),
             owner=owner))
@@ -155,6 +183,8 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                 await self.withdraw(item)
             elif action == "revoke":
                 await self.revoke(item, fields)
+            elif action in ("approve-export", "refuse-export"):
+                await self.review(item, "approved" if action == "approve-export" else "refused", fields["reason"])
             else:
                 raise web.HTTPError(400, f"no action {action!r}")
         except web.HTTPError as e:

@@ -1,5 +1,6 @@
-"""What a spawn takes from the access service's store: the user's personal grants in force, and
-a note of which server mounts which of them (so that an ended grant stops exactly those)."""
+"""What a spawn takes from the access service's store: the published derivatives (catalog
+entries beside the settings' catalog), the user's personal grants in force, and a note of which
+server mounts which dataset (so that an ended grant or a deleted version stops exactly those)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,31 @@ from ..catalog import Dataset
 from .store import AccessStore, iso
 
 
+def _open(store: str | Path) -> AccessStore | None:
+    """The store, if there is one yet (none before the access service first ran)."""
+    return AccessStore(store) if store and Path(store).is_file() else None
+
+
+def catalog(store: str | Path, datasets: Iterable[Dataset]) -> list[Dataset]:
+    """The settings' catalog ``datasets`` and, after them, the published derivatives."""
+    datasets = list(datasets)
+    access = _open(store)
+    if access is None:
+        return datasets
+    try:
+        return datasets + [Dataset.from_dict(entry) for entry in access.published()]
+    finally:
+        access.close()
+
+
 def personal_grants(store: str | Path, user: str, catalog: Iterable[Dataset],
                     standing: Iterable[Dataset]) -> dict[str, dict[str, Any]]:
     """Dataset id → the grant (as the manifest carries it) of each catalogued dataset that
     ``user`` may read by a personal grant in force now and not already by a group (``standing``)."""
-    if not store or not Path(store).is_file():
+    access = _open(store)
+    if access is None:
         return {}
     known, standing_ids = {d.id for d in catalog}, {d.id for d in standing}
-    access = AccessStore(store)
     try:
         found = access.active(user, time.time())
     finally:
@@ -32,22 +50,30 @@ def personal_grants(store: str | Path, user: str, catalog: Iterable[Dataset],
     return grants
 
 
-def note_mounts(store: str | Path, user: str, server: str, grants: Iterable[dict[str, Any]]) -> None:
-    """``user``'s ``server`` starts with exactly ``grants`` (none: any note of it is dropped)."""
+def downloads(mounted: Iterable[Dataset], allowed: Iterable[str]) -> str:
+    """``MEDHUB_DOWNLOADS`` of a server that mounts ``mounted``: "off" if one of them has a
+    sensitivity not in ``allowed`` (``access.direct_download``)."""
+    allowed = set(allowed)
+    return "on" if all(d.sensitivity in allowed for d in mounted) else "off"
+
+
+def note_mounts(store: str | Path, user: str, server: str, datasets: Iterable[Dataset],
+                personal: dict[str, dict[str, Any]]) -> None:
+    """``user``'s ``server`` starts with exactly ``datasets``, those in ``personal`` by a grant."""
     if not store:
         return
     access = AccessStore(store)
     try:
-        access.mounted(user, server, [g["id"] for g in grants])
+        access.mounted(user, server, {d.id: personal.get(d.id, {}).get("id") for d in datasets})
     finally:
         access.close()
 
 
 def forget_mounts(store: str | Path, user: str, server: str) -> None:
     """``user``'s ``server`` stopped."""
-    if not store or not Path(store).is_file():
+    access = _open(store)
+    if access is None:
         return
-    access = AccessStore(store)
     try:
         access.unmounted(user, server)
     finally:

@@ -1,14 +1,17 @@
-"""Access requests, personal grants and the servers that mount them, in one SQLite file.
+"""Access requests, personal grants, published derivatives and the servers that mount
+datasets, in one SQLite file.
 
-The access service writes requests and grants (:mod:`medhub.access.service`); the hub's
-spawners read a user's active grants at spawn and note which server mounted which grant, so
-that the service can stop exactly those servers when a grant ends. Times are seconds since
+The access service writes requests, grants and the catalog entries of published derivatives
+(:mod:`medhub.access.service`); the hub's spawners read a user's active grants and the
+published entries at spawn, and note which server mounts which dataset (and by which grant), so
+that the service can stop exactly those servers when a grant ends or a version is deleted. Times are seconds since
 the epoch here and :data:`medlib.contract.TIME_FORMAT` strings in what leaves the store.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import time
 import uuid
@@ -30,12 +33,27 @@ CREATE TABLE IF NOT EXISTS grants (
     revoked REAL, revoked_by TEXT, revoke_reason TEXT, expiry_recorded INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS mounts (
-    user TEXT NOT NULL, server TEXT NOT NULL, grant_id TEXT NOT NULL, since REAL NOT NULL,
-    PRIMARY KEY (user, server, grant_id)
+    user TEXT NOT NULL, server TEXT NOT NULL, dataset TEXT NOT NULL, grant_id TEXT, since REAL NOT NULL,
+    PRIMARY KEY (user, server, dataset)
+);
+CREATE TABLE IF NOT EXISTS published (
+    id TEXT PRIMARY KEY, entry TEXT NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mount_history (
+    user TEXT NOT NULL, dataset TEXT NOT NULL, first REAL NOT NULL, last REAL NOT NULL, PRIMARY KEY (user, dataset)
+);
+CREATE TABLE IF NOT EXISTS exports (
+    id TEXT PRIMARY KEY, user TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    justification TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL, kind TEXT NOT NULL,
+    flags TEXT NOT NULL, decided REAL, download_until REAL
+);
+CREATE TABLE IF NOT EXISTS export_reviews (
+    export TEXT NOT NULL, dataset TEXT NOT NULL, decision TEXT, by TEXT, reason TEXT, at REAL,
+    PRIMARY KEY (export, dataset)
 );
 CREATE INDEX IF NOT EXISTS grants_by_user ON grants (user, expires);
 """
-TIMES = ("until", "created", "decided_at", "starts", "expires", "revoked", "since")
+TIMES = ("until", "created", "decided_at", "starts", "expires", "revoked", "since", "decided", "download_until", "at")
 
 
 class RequestState(StrEnum):
@@ -43,6 +61,12 @@ class RequestState(StrEnum):
     APPROVED = "approved"
     REFUSED = "refused"
     WITHDRAWN = "withdrawn"
+
+
+class ExportState(StrEnum):
+    PENDING = "pending"  # waiting for an owner of each dataset that holds it back
+    APPROVED = "approved"  # downloadable by its requester until download_until
+    REFUSED = "refused"
 
 
 class GrantState(StrEnum):
@@ -144,19 +168,98 @@ class AccessStore:
             self.db.execute("UPDATE grants SET expiry_recorded = 1 WHERE id = ?", (grant["id"],))
         return rows
 
-    # --- servers that mount grants -----------------------------------------------------------
-    def mounted(self, user: str, server: str, grant_ids: list[str]) -> None:
-        """``user``'s server ``server`` is starting with ``grant_ids`` (and no other grant)."""
+    # --- servers that mount datasets ----------------------------------------------------------
+    def mounted(self, user: str, server: str, datasets: dict[str, str | None]) -> None:
+        """``user``'s server ``server`` is starting with ``datasets`` (id → the personal grant it
+        comes with, or None for a group's), and no other."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("DELETE FROM mounts WHERE user = ? AND server = ?", (user, server))
-            self.db.executemany("INSERT INTO mounts (user, server, grant_id, since) VALUES (?, ?, ?, ?)",
-                                [(user, server, g, time.time()) for g in grant_ids])
+            now = time.time()
+            self.db.executemany("INSERT INTO mounts (user, server, dataset, grant_id, since) VALUES (?, ?, ?, ?, ?)",
+                                [(user, server, d, g, now) for d, g in datasets.items()])
+            self.db.executemany("INSERT INTO mount_history (user, dataset, first, last) VALUES (?, ?, ?, ?) "
+                                "ON CONFLICT (user, dataset) DO UPDATE SET last = excluded.last",
+                                [(user, d, now, now) for d in datasets])
 
-    def unmounted(self, user: str, server: str, grant_id: str | None = None) -> None:
-        """The server stopped (every grant), or no longer holds ``grant_id``."""
-        self.db.execute("DELETE FROM mounts WHERE user = ? AND server = ? AND (? IS NULL OR grant_id = ?)",
-                        (user, server, grant_id, grant_id))
+    def ever_mounted(self, user: str) -> list[str]:
+        """Every dataset a server of ``user`` was ever started with (their home may hold its results)."""
+        return [r["dataset"] for r in
+                self.db.execute("SELECT dataset FROM mount_history WHERE user = ? ORDER BY dataset", (user,))]
+
+    def unmounted(self, user: str, server: str) -> None:
+        """The server stopped."""
+        self.db.execute("DELETE FROM mounts WHERE user = ? AND server = ?", (user, server))
+
+    def mounting(self, dataset: str) -> list[tuple[str, str]]:
+        """The (user, server) noted as mounting ``dataset``."""
+        return [(r["user"], r["server"]) for r in
+                self.db.execute("SELECT user, server FROM mounts WHERE dataset = ? ORDER BY user, server", (dataset,))]
+
+    # --- exports ----------------------------------------------------------------------------
+    def add_export(self, user: str, name: str, size: int, digest: str, justification: str, kind: str,
+                   flags: list[str], reviewers: list[str], download_until: float | None) -> dict[str, Any]:
+        """A new export; with no ``reviewers`` it is approved at once, until ``download_until``."""
+        export_id = uuid.uuid4().hex[:12]
+        state = ExportState.PENDING if reviewers else ExportState.APPROVED
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT INTO exports (id, user, name, size, sha256, justification, created, state, kind, "
+                            "flags, decided, download_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (export_id, user, name, size, digest, justification, time.time(), state, kind,
+                             json.dumps(flags), None if reviewers else time.time(),
+                             None if reviewers else download_until))
+            self.db.executemany("INSERT INTO export_reviews (export, dataset) VALUES (?, ?)",
+                                [(export_id, d) for d in reviewers])
+        return self.export(export_id)
+
+    def export(self, export_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM exports WHERE id = ?", (export_id,)).fetchone()
+        if row is None:
+            return None
+        out = _public(row)
+        out["flags"] = json.loads(out["flags"])
+        out["reviews"] = [_public(r) for r in self.db.execute(
+            "SELECT dataset, decision, by, reason, at FROM export_reviews WHERE export = ? ORDER BY dataset",
+            (export_id,))]
+        return out
+
+    def exports(self, *, user: str | None = None, datasets: set[str] | None = None) -> list[dict[str, Any]]:
+        """The exports of ``user``, or those held back by one of ``datasets``, oldest first."""
+        ids = [r["id"] for r in self.db.execute("SELECT id, user FROM exports ORDER BY created")
+               if user is None or r["user"] == user]
+        found = [self.export(i) for i in ids]
+        return [e for e in found if datasets is None or {r["dataset"] for r in e["reviews"]} & datasets]
+
+    def review(self, export_id: str, datasets: list[str], decision: str, by: str, reason: str,
+               download_until: float) -> dict[str, Any]:
+        """Record ``by``'s decision for ``datasets`` of a pending export; it is approved (until
+        ``download_until``) once every dataset approves, refused as soon as one refuses."""
+        with self.db:
+            self.db.execute("BEGIN")
+            now = time.time()
+            self.db.executemany("UPDATE export_reviews SET decision = ?, by = ?, reason = ?, at = ? "
+                                "WHERE export = ? AND dataset = ?",
+                                [(decision, by, reason, now, export_id, d) for d in datasets])
+            decisions = [r[0] for r in self.db.execute("SELECT decision FROM export_reviews WHERE export = ?",
+                                                       (export_id,))]
+            if "refused" in decisions:
+                self.db.execute("UPDATE exports SET state = ?, decided = ? WHERE id = ?",
+                                (ExportState.REFUSED, now, export_id))
+            elif all(d == "approved" for d in decisions):
+                self.db.execute("UPDATE exports SET state = ?, decided = ?, download_until = ? WHERE id = ?",
+                                (ExportState.APPROVED, now, download_until, export_id))
+        return self.export(export_id)
+
+    # --- published derivatives --------------------------------------------------------------
+    def add_published(self, entry: dict[str, Any]) -> None:
+        """A new catalog entry (:meth:`medhub.catalog.Dataset.to_dict`) of a published derivative."""
+        self.db.execute("INSERT INTO published (id, entry, created) VALUES (?, ?, ?)",
+                        (entry["id"], json.dumps(entry), time.time()))
+
+    def published(self) -> list[dict[str, Any]]:
+        """The published derivatives' catalog entries, oldest first."""
+        return [json.loads(r["entry"]) for r in self.db.execute("SELECT entry FROM published ORDER BY created")]
 
     def ended_mounts(self, now: float | None = None) -> list[dict[str, Any]]:
         """Servers still noted as mounting a grant that has ended: (user, server, the grant)."""

@@ -47,6 +47,11 @@ EVENT_IDS = {
     "grant-revoke": ("110137", "User Security Attributes Changed", "D"),
     "grant-expire": ("110137", "User Security Attributes Changed", "D"),
     "grant-enforce": ("110100", "Application Activity", "E"),
+    "dataset-delete": ("110105", "DICOM Study Deleted", "D"),
+    "dataset-publish": ("110106", "Export", "C"),
+    "export-request": ("110100", "Application Activity", "E"),
+    "export-review": ("110100", "Application Activity", "E"),
+    "export-download": ("110106", "Export", "R"),
 }
 #: action → DICOM event type code (CID 401/403/...), where one says more
 EVENT_TYPES = {

@@ -31,7 +31,8 @@ ACTIONS = frozenset({
     "admin-change", "token-created", "dataset-mount",
     "harvest-request", "harvest-run", "quarantine", "delivery", "dataset-version",
     "access-request", "access-withdraw", "access-approve", "access-refuse", "access-grant",
-    "grant-revoke", "grant-expire", "grant-enforce",
+    "grant-revoke", "grant-expire", "grant-enforce", "dataset-delete", "dataset-publish",
+    "export-request", "export-review", "export-download",
 })
 SOURCES = ("hub", "notebook", "batch", "cli", "ingest", "federated", "access")
 #: The sources a user's own token may name (its code, in a server or on the command line).

@@ -38,7 +38,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from medlib.contract import BATCH_SERVICE, JobState
 
-from ..access.spawn import personal_grants
+from ..access.spawn import catalog as access_catalog, personal_grants
 from ..catalog import Dataset, granted
 from ..service_auth import TokenHandler, listen
 from .store import ACTIVE, FINAL, JobStore
@@ -266,7 +266,7 @@ class JobsHandler(TokenHandler):
         profile = profile or config["default_profile"]
         if profile not in offered:
             raise web.HTTPError(400, f"profile {profile!r} is not offered to you; choose one of {', '.join(offered)}")
-        catalog = [Dataset.from_dict(d) for d in config["datasets"]]
+        catalog = access_catalog(config.get("access_store", ""), [Dataset.from_dict(d) for d in config["datasets"]])
         standing = granted(catalog, groups)
         personal = personal_grants(config.get("access_store", ""), model["name"], catalog, standing)
         refused = sorted(set(datasets) - {d.id for d in standing} - set(personal))

@@ -108,12 +108,14 @@ def local_root(dataset_id: str, version: str | None = None) -> Path:
 
 def versions(dataset_id: str) -> list[dict[str, Any]]:
     """The versions of a versioned dataset, oldest first: each one's provenance (site, policy,
-    harvest request, software, when) and the summary of its quality report."""
+    harvest request, software, when), and for a deleted one its tombstone under ``deleted``."""
     entry = _entry(dataset_id)
     if not entry.get("versioned"):
         return []
     root = Path(entry["path"])
-    return [_versions.provenance(root, name) for name in _versions.versions(root)]
+    found = {name: _versions.provenance(root, name) for name in _versions.versions(root)}
+    found.update({name: {"version": name, "deleted": stone} for name, stone in _versions.tombstones(root).items()})
+    return [found[name] for name in sorted(found)]
 
 
 def _manifest(entry: dict[str, Any]) -> str:
