@@ -17,7 +17,8 @@ test: install system-packages docker-engine
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml package.json package-lock.json
+LAB    := extensions/medhub-lab
+$(STAMP): pyproject.toml package.json package-lock.json $(LAB)/package.json $(LAB)/tsconfig.json $(wildcard $(LAB)/src/*.ts) $(LAB)/style/index.css
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"  # the CPU wheel on disk, before anything asks for torch
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml package.json package-lock.json
 	install -D -m 644 extensions/jupyter-config/medhub_jupyter.json $(VENV)/etc/jupyter/jupyter_server_config.d/medhub_jupyter.json
 	install -D -m 644 extensions/jupyter-config/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	npm ci --no-audit --no-fund --loglevel=error
+	# JupyterLab's medhub panel, built with @jupyterlab/builder into the server extension's package
+	PATH="$(abspath $(BIN)):$$PATH" npm run build --silent --workspace=$(LAB) >/dev/null
+	rm -rf $(VENV)/share/jupyter/labextensions/medhub-lab
+	cp -r extensions/medhub_jupyter/labextension $(VENV)/share/jupyter/labextensions/medhub-lab
 	touch $(STAMP)
 
 # Debian packages the tests use: Chromium for the browser tests (Playwright cannot download

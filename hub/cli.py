@@ -360,9 +360,9 @@ def _request_line(r: dict) -> str:
 
 
 def _grant_line(g: dict) -> str:
-    from .access.pages import days_left
+    from medlib.contract import time_left
 
-    left = days_left(g["expires"]) if g["state"] == "active" else g["state"]
+    left = time_left(g["expires"]) if g["state"] == "active" else g["state"]
     return "\t".join([g["id"], left, g["user"], g["dataset"], f"until {g['expires']}", g["purpose"], g["approval"],
                       f"approved by {g['approver']}"] + ([g["revoke_reason"]] if g.get("revoke_reason") else []))
 

@@ -60,6 +60,22 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime(TIME_FORMAT)
 
 
+def time_left(expires: str, now: float | None = None) -> str:
+    """What a grant ending at ``expires`` (:data:`TIME_FORMAT`) has left, for people reading it
+    (the hub's page, ``medhub access grants``, JupyterLab's panel): whole days, hours on its last
+    day, "ended" after."""
+    now = dt.datetime.now(dt.timezone.utc).timestamp() if now is None else now
+    left = parse_time(expires).timestamp() - now
+    if left <= 0:
+        return "ended"
+    if left < 3600:
+        return "under 1 h"
+    if left < 86400:
+        return f"{-(-left // 3600):.0f} h"
+    days = int(left // 86400)
+    return f"{days} day{'s' * (days != 1)}"
+
+
 def parse_time(text: str) -> dt.datetime:
     """``text`` in :data:`TIME_FORMAT` as an aware datetime.
 

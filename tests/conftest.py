@@ -73,7 +73,7 @@ def make_accounts() -> dict[str, Account]:
         "wendy": account("wendy", "radiology-research"),  # removed from her groups at the IdP (test_isolation)
         "nina": account("nina", "radiology-research"),  # a server's activity reports (test_first_hour)
         "oscar": account("oscar", "radiology-research"),  # a server that cannot start (test_first_hour)
-        "rita": account("rita", "course-students"),  # asks for research-ct (test_access) ...
+        "rita": account("rita", "course-students", "trial-readers"),  # asks for research-ct (test_access) ...
         "rick": account("rick", "course-students"),  # ... is granted it, then revoked
         "olga": account("olga", "radiology-research"),  # ... an owner of research-ct decides
         "adam": account("adam", "course-instructors"),  # ... a platform admin who cannot read it
@@ -152,26 +152,37 @@ class Platform:
         self.hub = self.stack.start(hub_process(self.settings), timeout=120)
 
 
-def write_catalog(root: Path, more: tuple[dict, ...] = ()) -> Path:
+#: The groups of the data-owner tests (test_access): a trial's team and its stewards, and the
+#: readers of what they publish. Nobody else is in them, so no other test sees their datasets.
+TRIAL_GROUPS = ("trial-team", "trial-stewards", "trial-readers")
+
+
+def write_catalog(root: Path, more: tuple[dict, ...] = (), trial: bool = False) -> Path:
     """Two small CT datasets with their manifests, and the catalog that grants them (with the
-    entries ``more``)."""
+    entries ``more``); with ``trial``, also two pseudonymized datasets of :data:`TRIAL_GROUPS`:
+    trial-ct (versioned, empty) and cohort-ct."""
     datasets = root / "datasets"
     for name, patient in (("research-ct", "PAT-0001"), ("teaching-ct", "PAT-0002"), ("cohort-ct", "COHORT-7")):
-        if not (datasets / name / MANIFEST).is_file():
+        if (trial or name != "cohort-ct") and not (datasets / name / MANIFEST).is_file():
             write_ct_series(datasets / name / "series-001", shape=(4, 16, 16), patient_id=patient)
             write_manifest(datasets / name)
-    (datasets / "trial-ct").mkdir(exist_ok=True)  # versioned: sites deliver into it
     entry = {"modality": "CT", "licence": "CC0-1.0", "sensitivity": "anonymized", "contact": "steward@example.org"}
+    trials = []
+    if trial:
+        (datasets / "trial-ct").mkdir(exist_ok=True)  # versioned: sites deliver into it
+        trials = [
+            {"id": "trial-ct", "title": "Trial CT", "location": str(datasets / "trial-ct"), "groups": ["trial-team"],
+             "owners": ["trial-stewards"], "versioned": True, **entry | {"sensitivity": "pseudonymized"}},
+            {"id": "cohort-ct", "title": "Cohort CT", "location": str(datasets / "cohort-ct"), "groups": ["trial-team"],
+             "owners": ["radiology-research"], **entry | {"sensitivity": "pseudonymized"}},
+        ]
     catalog = root / "datasets.toml"
     catalog.write_text(tomli_w.dumps({"dataset": [
         {"id": "research-ct", "title": "Research CT", "location": str(datasets / "research-ct"),
          "groups": ["radiology-research"], "owners": ["radiology-research"], **entry},
         {"id": "teaching-ct", "title": "Teaching CT", "location": str(datasets / "teaching-ct"),
          "groups": ["course-students", "course-instructors", "course-tutors"], "owners": ["course-tutors"], **entry},
-        {"id": "trial-ct", "title": "Trial CT", "location": str(datasets / "trial-ct"), "groups": ["trial-team"],
-         "owners": ["trial-stewards"], "versioned": True, **entry | {"sensitivity": "pseudonymized"}},
-        {"id": "cohort-ct", "title": "Cohort CT", "location": str(datasets / "cohort-ct"), "groups": ["trial-team"],
-         "owners": ["radiology-research"], **entry | {"sensitivity": "pseudonymized"}},
+        *trials,
         *more,
     ]}))
     return catalog
@@ -187,7 +198,7 @@ def write_materials(root: Path) -> Path:
 
 def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: str, batch_limit: int = 1,
                    sections: dict | None = None, datasets: tuple[dict, ...] = (), **hub: object) -> Path:
-    catalog = write_catalog(root, datasets)
+    catalog = write_catalog(root, datasets, trial=True)
     observer = root / "observer_config.py"
     settings = {
         "hub": {
@@ -206,8 +217,7 @@ def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: s
             "issuer": issuer,
             "client_id": "medhub-test",
             "client_secret": client_secret,
-            "allowed_groups": ["radiology-research", "course-instructors", "course-students", "trial-team",
-                               "trial-stewards"],
+            "allowed_groups": ["radiology-research", "course-instructors", "course-students", *TRIAL_GROUPS],
             "admin_groups": ["course-instructors"],
             "refresh_age": 5,
             "login_service": "the hospital's identity provider",

@@ -17,12 +17,12 @@ import pytest
 
 from conftest import once_answering
 from medhub.access.client import AccessClient
-from medhub.access.pages import days_left
 from medhub.access.rules import AccessError, check_until, parse_until
 from medhub.access.store import AccessStore
 from medhub.batch.client import BatchError
 from medhub.catalog import Dataset
 from medhub.grants import GrantSigner
+from medlib.contract import time_left
 
 STOP_BOUND = 20.0  # seconds from a grant's end to its server gone: enforce_seconds (1) + the hub's stop
 
@@ -211,7 +211,7 @@ def deliver(root: Path, work: Path, patient: str, *, anonymize: bool) -> str:
         if not key.exists():
             subprocess.run([sys.executable, "-m", "medlib.cli", "anonymize", "keygen", str(key)], check=True)
         done = subprocess.run([sys.executable, "-m", "medlib.cli", "anonymize", "run", str(raw), str(out),
-                               "--key-file", str(key)], capture_output=True, text=True)
+                               "--key-file", str(key)], capture_output=True, text=True, cwd=work)  # its report there
         assert done.returncode == 0, done.stderr
     else:
         out = raw
@@ -235,7 +235,7 @@ def test_an_owner_deletes_a_version_leaving_a_tombstone_and_publishes_a_de_ident
         rita.delete("trial-ct", bad, "not hers")
     with pytest.raises(BatchError, match=r"finding\(s\) in \d+ DICOM file\(s\) of trial-ct v000002 \(medlib anonymize "
                                          r"check\): series/.*; nothing was published"):
-        tara.publish("trial-ct", bad, "trial-ct-open", "Trial CT, de-identified", ["course-students"])
+        tara.publish("trial-ct", bad, "trial-ct-open", "Trial CT, de-identified", ["trial-readers"])
     with pytest.raises(BatchError, match="reason: say why"):
         tara.delete("trial-ct", bad, "")
 
@@ -258,14 +258,14 @@ def test_an_owner_deletes_a_version_leaving_a_tombstone_and_publishes_a_de_ident
                             capture_output=True, text=True)
     assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout + verify.stderr
 
-    published = tara.publish("trial-ct", good, "trial-ct-open", "Trial CT, de-identified", ["course-students"])
+    published = tara.publish("trial-ct", good, "trial-ct-open", "Trial CT, de-identified", ["trial-readers"])
     assert (published["sensitivity"], published["groups"], published["derived_from"]["version"]) == \
-        ("anonymized", ["course-students"], good)
+        ("anonymized", ["trial-readers"], good)
     with pytest.raises(BatchError, match="must be a new dataset id"):
         tara.publish("trial-ct", good, "trial-ct-open", "again", everyone=True)
     platform.api("DELETE", "/users/rita/server")
     wait_stopped(platform, "rita")
-    platform.spawn(browsers["rita"], "rita")  # a course student: the derivative is hers at her next start
+    platform.spawn(browsers["rita"], "rita")  # one of its readers: the derivative is hers at her next start
     assert "trial-ct-open" in view(platform, "rita") and "trial-ct" not in view(platform, "rita")
     copy = platform.settings.hub.state_dir / "published" / "trial-ct-open"
     assert json.loads((copy / "current" / "provenance.json").read_text())["derived_from"] == published["derived_from"]
@@ -393,7 +393,7 @@ def test_a_user_asks_on_the_access_page_and_an_owner_approves_there(platform):
 
 def test_an_end_is_a_date_to_its_end_or_a_moment_and_within_the_datasets_maximum(tmp_path: Path):
     now = dt.datetime(2027, 3, 1, 9, tzinfo=dt.timezone.utc).timestamp()
-    assert [days_left(end, now) for end in ("2027-03-01T09:30:00.000000Z", "2027-03-01T20:10:00.000000Z",
+    assert [time_left(end, now) for end in ("2027-03-01T09:30:00.000000Z", "2027-03-01T20:10:00.000000Z",
                                              "2027-03-02T09:00:00.000000Z", "2027-03-16T00:00:00.000000Z",
                                              "2027-03-01T08:59:00.000000Z")] == [
         "under 1 h", "12 h", "1 day", "14 days", "ended"]
@@ -472,3 +472,40 @@ def test_the_export_checks_flag_dicom_identifiers_and_small_cells():
     assert dicom.kind == "dicom" and dicom.flags[0].startswith("a DICOM file")
     kind, body = preview("t.csv", b"a,b\n<script>,2\n")
     assert kind.startswith("text/html") and b"&lt;script&gt;" in body and b"<script>" not in body
+
+
+@pytest.mark.browser
+def test_the_jupyterlab_panel_lists_my_datasets_with_their_time_left_and_opens_one(platform, people, browsers):
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, sign_in
+
+    people["olga"].grant("rick", "research-ct", "segmentation study, second phase", "EC-2026-020", day(10))
+    people["rick"].request("cohort-ct", "external validation", "EC-2026-020", day(20))
+    platform.spawn(browsers["rick"], "rick")
+    home = platform.settings.local.home_root / "rick"
+    notebook = "panel.ipynb"  # the medlib kernel named: JupyterLab asks nothing on opening it
+    (home / notebook).write_text(json.dumps({"cells": [], "metadata": {"kernelspec": {
+        "name": "medlib", "display_name": "Python 3 (medlib)", "language": "python"}}, "nbformat": 4,
+        "nbformat_minor": 5}))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{platform.url}/user/rick/lab/tree/{notebook}")
+            sign_in(page, platform, "rick")
+            page.wait_for_url(f"{platform.url}/user/rick/lab/**", timeout=60_000)
+            page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+            page.get_by_title("medhub: my datasets, requests, jobs and exports").click()
+            datasets = page.locator("#medhub-datasets")
+            row = datasets.locator("li", has_text="research-ct")
+            expect(row).to_contain_text("personal grant: 10 days left")
+            expect(datasets.locator("li", has_text="teaching-ct")).to_contain_text("your group's grant")
+            expect(page.locator("#medhub-requests")).to_contain_text("cohort-ct: pending")
+            expect(page.locator("#medhub-jobs")).to_contain_text("none")
+            expect(page.locator("#medhub-exports")).to_be_visible()
+            row.get_by_role("button", name="Open in notebook").click()
+            expect(page.locator(".jp-Notebook .jp-Cell").last).to_contain_text('medlib.datasets.open("research-ct")')
+        finally:
+            browser.close()
+    platform.api("DELETE", "/users/rick/server")

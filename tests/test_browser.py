@@ -107,7 +107,7 @@ def test_a_new_users_first_hour_in_a_real_browser(platform: Platform, tmp_path):
             page.goto(f"{platform.url}/hub/home")
             expect(page.locator("#medhub-intro")).to_be_visible()
             links = page.locator("#medhub-links a")
-            expect(links).to_have_text(["My datasets", "Batch jobs", "Deliveries"])
+            expect(links).to_have_text(["My datasets", "Batch jobs", "Data access", "Deliveries"])
             assert links.first.get_attribute("href") == f"/hub/user-redirect/lab/tree/{NOTEBOOKS_FOLDER}/{WELCOME_NOTEBOOK}"
             page.screenshot(path=str(tmp_path / "5-home.png"))
         finally:

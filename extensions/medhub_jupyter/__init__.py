@@ -1,7 +1,10 @@
 """medhub's Jupyter server extension: what the notebook UI asks the server about medhub.
 
 ``GET <base_url>medlib/datasets``: the datasets granted to this server's user (from the hub's
-signed grants manifest), with their catalog metadata and schema.org JSON-LD.
+signed grants manifest), with their catalog metadata, schema.org JSON-LD and, for a personal
+grant, its end and the time it has left. ``GET <base_url>medlib/hub/<what>``: the user's access
+requests, grants, exports and batch jobs, asked of the hub's services (:mod:`.hub`); JupyterLab's
+medhub panel (``extensions/medhub-lab``, shipped built in ``labextension/``) shows them.
 ``<base_url>medlib/batch``: notebooks run here by the ``medhub-batch`` service (:mod:`.batch`).
 Authenticated
 like every Jupyter server API: only the server's own user (through the hub) reaches it.
@@ -32,8 +35,11 @@ class DatasetsHandler(APIHandler):
     def get(self) -> None:
         import medlib.datasets as mds
 
+        from medlib.contract import time_left
+
         try:
-            grants = [{**mds.info(d["id"])} for d in mds.list()]
+            grants = [{**mds.info(d["id"]), "expires": d["expires"],
+                       "left": time_left(d["expires"]) if d["expires"] else None} for d in mds.list()]
         except mds.GrantsError as e:
             self.set_status(503)
             self.finish(json.dumps({"datasets": [], "message": str(e)}))
@@ -96,6 +102,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     from .batch import BatchHandler
     from .downloads import hide_downloads
+    from .hub import ROUTES, HubServiceHandler
 
     if os.environ.get(DOWNLOADS_ENV) == "off":
         hide_downloads(serverapp)
@@ -106,5 +113,6 @@ def _load_jupyter_server_extension(serverapp) -> None:
         (url_path_join(base, "medlib", "batch"), BatchHandler),
         (url_path_join(base, "medlib", "batch", r"([a-z0-9-]+)"), BatchHandler),
         (url_path_join(base, "medlib", "batch", r"([a-z0-9-]+)", r"(output|log)"), BatchHandler),
+        (url_path_join(base, "medlib", "hub", f"({'|'.join(ROUTES)})"), HubServiceHandler),
     ])
     serverapp.log.info("medhub_jupyter: serving %smedlib/datasets and %smedlib/batch", base, base)

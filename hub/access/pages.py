@@ -6,16 +6,14 @@ the same methods as the REST API (:class:`medhub.access.service.AccessHandler`).
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from html import escape
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
-from medlib.contract import parse_time
+from medlib.contract import time_left
 
 from .service import AccessHandler
 from .store import ExportState, GrantState, RequestState
@@ -51,19 +49,6 @@ OWNER = """<hr class="my-4"><h2 class="h4">Datasets I own: {owned}</h2>
 <h3 class="h5">Requests to decide</h3>{pending}
 <h3 class="h5 mt-4">Grants of my datasets</h3>{grants}
 <h3 class="h5 mt-4">Exports to review</h3>{exports}"""
-
-
-def days_left(expires: str, now: float | None = None) -> str:
-    """What a grant has left, for people reading a table: whole days, hours on its last day."""
-    left = parse_time(expires).timestamp() - (time.time() if now is None else now)
-    if left <= 0:
-        return "ended"
-    if left < 3600:
-        return "under 1 h"
-    if left < 86400:
-        return f"{math.ceil(left / 3600)} h"
-    days = math.floor(left / 86400)
-    return f"{days} day{'s' * (days != 1)}"
 
 
 def _table(rows: list[list[str]], head: tuple[str, ...], table_id: str, empty: str) -> str:
@@ -112,7 +97,7 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                         self.form("withdraw", r["id"], "Withdraw", "btn-outline-secondary")
                         if r["state"] == RequestState.PENDING else ""] for r in reversed(requests)]
         my_grants = [[escape(g["dataset"]), escape(g["purpose"]), escape(g["approver"]), _when(g["starts"]),
-                      _when(g["expires"]), days_left(g["expires"]) if g["state"] == GrantState.ACTIVE else "",
+                      _when(g["expires"]), time_left(g["expires"]) if g["state"] == GrantState.ACTIVE else "",
                       self.state(g), escape(g["revoke_reason"] or "")] for g in reversed(grants)]
         my_exports = [[escape(e["name"]), f"{e['size']:,} bytes", self.state(e), self.reviews(e),
                        escape("; ".join(e["flags"])),
@@ -133,7 +118,7 @@ class PageHandler(HubOAuthenticated, AccessHandler):
                        for r in self.store.requests(datasets=set(owned), states=(RequestState.PENDING,))]
             theirs = [[escape(g["user"]), escape(g["dataset"]), escape(g["purpose"]), escape(g["approval"]),
                        escape(g["approver"]), _when(g["expires"]),
-                       days_left(g["expires"]) if g["state"] == GrantState.ACTIVE else "", self.state(g),
+                       time_left(g["expires"]) if g["state"] == GrantState.ACTIVE else "", self.state(g),
                        self.form("revoke", g["id"], "Revoke", "btn-outline-danger",
                                  '<input class="form-control form-control-sm" name="reason" placeholder="why" '
                                  'required>') if g["state"] == GrantState.ACTIVE else escape(g["revoke_reason"] or "")]
