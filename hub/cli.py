@@ -380,7 +380,8 @@ def cmd_access_requests(args: argparse.Namespace) -> int:
 
 
 def cmd_access_decide(args: argparse.Namespace) -> int:
-    body = {"until": getattr(args, "until", None), "reason": getattr(args, "reason", None)}
+    body = {"until": getattr(args, "until", None), "reason": getattr(args, "reason", None),
+            "versions": getattr(args, "version", None)}
     decided = _access(args).decide(args.id, args.access_verb, **body)
     if args.access_verb == "approve":
         print(f"grant {decided['id']}: {decided['user']} may read {decided['dataset']} until {decided['expires']}")
@@ -390,7 +391,7 @@ def cmd_access_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_access_grant(args: argparse.Namespace) -> int:
-    g = _access(args).grant(args.user, args.dataset, args.purpose, args.approval, args.until)
+    g = _access(args).grant(args.user, args.dataset, args.purpose, args.approval, args.until, args.version)
     print(f"grant {g['id']}: {g['user']} may read {g['dataset']} until {g['expires']}")
     return 0
 
@@ -633,6 +634,7 @@ def parser() -> argparse.ArgumentParser:
     approve.add_argument("id")
     approve.add_argument("--until", help="a shorter end than asked: " + until_help)
     approve.add_argument("--reason", help="a note for the user and the audit log")
+    approve.add_argument("--version", action="append", help="grant this version alone (again for more)")
     refuse = access_verbs.add_parser("refuse", help="refuse a request for a dataset you own")
     refuse.add_argument("id")
     refuse.add_argument("--reason", required=True, help="why (the user reads it)")
@@ -646,6 +648,7 @@ def parser() -> argparse.ArgumentParser:
     give.add_argument("--purpose", required=True)
     give.add_argument("--approval", required=True)
     give.add_argument("--until", required=True, help=until_help)
+    give.add_argument("--version", action="append", help="grant this version alone (again for more)")
     give.set_defaults(func=cmd_access_grant)
     grants = access_verbs.add_parser("grants", help="your grants with the days left, or (--owner) those of your datasets")
     grants.add_argument("--owner", action="store_true")

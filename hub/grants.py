@@ -27,18 +27,28 @@ from .catalog import Dataset
 
 
 
-def docker_volumes(datasets: Iterable[Dataset]) -> dict[str, dict[str, str]]:
-    """DockerSpawner ``volumes`` entries: each local dataset read-only at ``/datasets/<id>``."""
-    return {str(d.path): {"bind": f"{DATASETS_ROOT}/{d.id}", "mode": "ro"} for d in datasets if d.is_local}
+def docker_volumes(datasets: Iterable[Dataset], only: dict[str, list[str]] | None = None) -> dict[str, dict[str, str]]:
+    """DockerSpawner ``volumes`` entries: each local dataset read-only at ``/datasets/<id>``; one
+    of ``only`` (id → versions) as those versions alone, each at ``/datasets/<id>/<version>``."""
+    only = only or {}
+    volumes = {}
+    for d in (d for d in datasets if d.is_local):
+        for source, target in ([(d.path / v, f"{DATASETS_ROOT}/{d.id}/{v}") for v in only[d.id]] if d.id in only
+                               else [(d.path, f"{DATASETS_ROOT}/{d.id}")]):
+            volumes[str(source)] = {"bind": target, "mode": "ro"}
+    return volumes
 
 
-def local_view(view_dir: Path, datasets: Iterable[Dataset]) -> Path:
-    """Make ``view_dir`` hold exactly one link per granted local dataset, ``<id> -> path``."""
-    return link_folder(view_dir, {d.id: d.path for d in datasets if d.is_local})
+def local_view(view_dir: Path, datasets: Iterable[Dataset], only: dict[str, list[str]] | None = None) -> Path:
+    """Make ``view_dir`` hold exactly one link per granted local dataset, ``<id> -> path``; one of
+    ``only`` (id → versions) is a folder of links to those versions alone."""
+    only = only or {}
+    return link_folder(view_dir, {d.id: {v: d.path / v for v in only[d.id]} if d.id in only else d.path
+                                  for d in datasets if d.is_local})
 
 
-def link_folder(view_dir: Path, links: dict[str, Path]) -> Path:
-    """Make ``view_dir`` hold exactly the links ``name -> folder``.
+def link_folder(view_dir: Path, links: dict[str, Path | dict[str, Path]]) -> Path:
+    """Make ``view_dir`` hold exactly the links ``name -> folder`` (a dict: a folder of such links).
 
     The folder is rebuilt beside the old one and swapped in, so a server never sees a
     half-made view and a revoked grant disappears at the next spawn.
@@ -49,7 +59,12 @@ def link_folder(view_dir: Path, links: dict[str, Path]) -> Path:
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o755)
     for name, target in links.items():
-        (fresh / name).symlink_to(target, target_is_directory=True)
+        if isinstance(target, dict):
+            (fresh / name).mkdir(mode=0o755)
+            for part, folder in target.items():
+                (fresh / name / part).symlink_to(folder, target_is_directory=True)
+        else:
+            (fresh / name).symlink_to(target, target_is_directory=True)
     old = view_dir.with_name(view_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if view_dir.exists():

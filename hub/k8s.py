@@ -173,7 +173,8 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str, grants
     ``direct_download``.
 
     Each local dataset ``<id>`` is the PersistentVolumeClaim ``<claim_prefix><id>``
-    (provisioned by the site's administrator), mounted at ``/datasets/<id>``; datasets at a
+    (provisioned by the site's administrator), mounted at ``/datasets/<id>`` (a grant of some
+    versions: each at ``/datasets/<id>/<version>``, the claim's sub-path); datasets at a
     URL are read there. The server gets its signed grants manifest (key in the hub's
     persistent volume, made on first use).
     """
@@ -192,9 +193,11 @@ def dataset_volumes_hook(catalog: tuple[Dataset, ...], claim_prefix: str, grants
                 "name": volume,
                 "persistentVolumeClaim": {"claimName": claim_prefix + d.id, "readOnly": True},
             }]
-            spawner.volume_mounts = [*spawner.volume_mounts, {
-                "name": volume, "mountPath": f"{contract.DATASETS_ROOT}/{d.id}", "readOnly": True,
-            }]
+            only = personal.get(d.id, {}).get("versions")  # a grant of some versions: those alone
+            spawner.volume_mounts = [*spawner.volume_mounts, *(
+                [{"name": volume, "mountPath": f"{contract.DATASETS_ROOT}/{d.id}/{v}", "subPath": v, "readOnly": True}
+                 for v in only] if only else
+                [{"name": volume, "mountPath": f"{contract.DATASETS_ROOT}/{d.id}", "readOnly": True}])]
         spawner.mounted_datasets = lambda: [d for d in mine if d.is_local]  # for the audit log's mount events
         spawner.mounts_read_only = True
         signer = grants.GrantSigner(grants_key_file)

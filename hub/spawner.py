@@ -423,7 +423,7 @@ class MedhubLocalSpawner(ProfilesMixin, SimpleLocalProcessSpawner):
         return args
 
     async def prepare_start(self) -> None:
-        grants.local_view(self._view_dir(), self.mounted_datasets())
+        grants.local_view(self._view_dir(), self.mounted_datasets(), access_spawn.only_versions(self._personal))
         home = Path(self.home_dir_template.format(username=self.user.name))
         grants.link_folder(home / "courses", self.course_materials())  # read-only only in containers
 
@@ -465,7 +465,7 @@ class MedhubDockerSpawner(ProfilesMixin, DockerSpawner):
         other host path."""
         return {
             self.home_volume: {"bind": self.home_mount, "mode": "rw"},
-            **grants.docker_volumes(self.mounted_datasets()),
+            **grants.docker_volumes(self.mounted_datasets(), access_spawn.only_versions(self._personal)),
             **{str(path): {"bind": f"{self.home_mount}/courses/{name}", "mode": "ro"}
                for name, path in self.course_materials().items()},
         }

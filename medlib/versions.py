@@ -61,7 +61,8 @@ def tombstones(root: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 def resolve(root: str | os.PathLike[str], version: str | None = None) -> Path:
-    """The folder of ``version`` (default: the newest) of the dataset at ``root``.
+    """The folder of ``version`` (default: the newest: ``current``, or where only some versions are
+    mounted, the newest of those) of the dataset at ``root``.
 
     Raises:
         VersionNotFound: none published yet, or not that one.
@@ -69,6 +70,8 @@ def resolve(root: str | os.PathLike[str], version: str | None = None) -> Path:
     root = Path(root)
     if version is None:
         current = root / CURRENT
+        if not current.is_dir() and versions(root):  # a grant of some versions mounts those alone
+            return root / versions(root)[-1]
         if not current.is_dir():
             deleted = tombstones(root)
             if deleted:

@@ -197,8 +197,9 @@ def write_materials(root: Path) -> Path:
 
 
 def write_settings(root: Path, issuer: str, client_secret: str, *, public_url: str, batch_limit: int = 1,
-                   sections: dict | None = None, datasets: tuple[dict, ...] = (), **hub: object) -> Path:
-    catalog = write_catalog(root, datasets, trial=True)
+                   sections: dict | None = None, datasets: tuple[dict, ...] = (), trial: bool = True,
+                   **hub: object) -> Path:
+    catalog = write_catalog(root, datasets, trial=trial)
     observer = root / "observer_config.py"
     settings = {
         "hub": {
@@ -307,8 +308,10 @@ def start_platform(root: Path, *, issuer: str | None = None, batch_limit: int = 
             )
             stack.start(idp_process(idp, root / "logs"))
             issuer = idp.issuer
+        # the hub's container would have to own trial-ct to publish into it: the data-owner tests
+        # (test_access) run with the hub process
         settings = load(write_settings(root, issuer, client_secret, public_url=public_url, batch_limit=batch_limit,
-                                       sections=sections, datasets=datasets, **hub))
+                                       sections=sections, datasets=datasets, trial=hub_image is None, **hub))
         if hub_image:
             hub_proc = stack.start(ContainerisedHub(settings, hub_image, f"medhub-test-{root.name}"), timeout=180)
         else:

@@ -274,6 +274,26 @@ def test_an_owner_deletes_a_version_leaving_a_tombstone_and_publishes_a_de_ident
     platform.api("DELETE", "/users/rita/server")
 
 
+def test_a_grant_of_one_version_mounts_that_version_alone(platform, people, browsers, tmp_path: Path):
+    from medlib import versions
+
+    root = platform.root / "datasets" / "trial-ct"
+    newer = deliver(root, tmp_path, "TRIAL-3", anonymize=True)
+    first = versions.versions(root)[0]
+    tara = AccessClient(platform.url, platform.api("POST", "/users/tara/tokens", json={"note": "versions"})
+                        .json()["token"])
+    with pytest.raises(BatchError, match=f"versions: trial-ct has no v000009; it has {first}, {newer}"):
+        tara.grant("rick", "trial-ct", "reader study", "EC-2026-050", day(5), versions=["v000009"])
+    grant = tara.grant("rick", "trial-ct", "reader study", "EC-2026-050", day(5), versions=[first])
+    assert grant["versions"] == [first]
+    platform.spawn(browsers["rick"], "rick")
+    mounted = platform.settings.hub.state_dir / "views" / "rick" / "trial-ct"
+    assert sorted(p.name for p in mounted.iterdir()) == [first]  # not the newer one, nor `current`
+    assert versions.resolve(mounted) == mounted / first  # what medlib opens by default there
+    tara.revoke(grant["id"], "the reader study is over")
+    wait_stopped(platform, "rick")
+
+
 def test_an_output_leaves_only_when_an_owner_of_every_dataset_behind_it_approves(platform, people, browsers):
     """kim's server mounts trial-ct (owned by tara's group) and cohort-ct (olga's): downloads are
     off there; his outputs are flagged, held until both approve, and then his to download."""
@@ -431,6 +451,20 @@ def test_a_grant_ends_by_expiry_or_revocation_and_its_servers_are_found(tmp_path
     assert store.ever_mounted("rita") == ["head-ct", "lung-ct", "open-ct"]  # her home may hold what they gave
 
 
+def test_a_grant_of_some_versions_is_mounted_as_those_alone(tmp_path: Path):
+    from medhub import grants
+
+    (tmp_path / "trial" / "v000001").mkdir(parents=True)
+    (tmp_path / "trial" / "v000002").mkdir()
+    trial = Dataset(id="trial-ct", title="T", location=str(tmp_path / "trial"), groups=("g",),
+                    sensitivity="pseudonymized", licence="CC0-1.0", owners=("s",), versioned=True)
+    assert grants.docker_volumes([trial], {"trial-ct": ["v000001"]}) == {
+        str(tmp_path / "trial" / "v000001"): {"bind": "/datasets/trial-ct/v000001", "mode": "ro"}}
+    view = grants.local_view(tmp_path / "views" / "rick", [trial], {"trial-ct": ["v000002"]})
+    assert [p.name for p in (view / "trial-ct").iterdir()] == ["v000002"]
+    assert (view / "trial-ct" / "v000002").resolve() == tmp_path / "trial" / "v000002"
+
+
 def test_medlib_refuses_an_expired_grant_at_once_naming_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import medlib.datasets as mds
 
@@ -509,3 +543,22 @@ def test_the_jupyterlab_panel_lists_my_datasets_with_their_time_left_and_opens_o
         finally:
             browser.close()
     platform.api("DELETE", "/users/rick/server")
+
+
+def test_medlib_refuses_a_version_its_grant_does_not_cover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import medlib.datasets as mds
+
+    (tmp_path / "trial-ct" / "v000001").mkdir(parents=True)
+    catalog = [Dataset(id="trial-ct", title="Trial CT", location=str(tmp_path / "trial-ct"), groups=("g",),
+                       sensitivity="pseudonymized", licence="CC0-1.0", owners=("stewards",), versioned=True)]
+    signer = GrantSigner(tmp_path / "key.pem")
+    monkeypatch.setenv("MEDHUB_GRANTS_KEY", signer.public_key)
+    monkeypatch.setenv("MEDHUB_AUDIT_BUFFER", str(tmp_path / "audit.jsonl"))
+    monkeypatch.delenv("MEDHUB_AUDIT_URL", raising=False)
+    grant = {"id": "0123456789ab", "purpose": "reader study", "approval": "EC-1", "approver": "tara",
+             "expires": "2099-01-01T00:00:00.000000Z", "versions": ["v000001"]}
+    monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest("rick", ["g2"], catalog, catalog, str(tmp_path),
+                                                        {"trial-ct": grant}))
+    assert mds.local_root("trial-ct") == tmp_path / "trial-ct" / "v000001"  # the newest it may read
+    with pytest.raises(PermissionError, match="your grant of 'trial-ct' covers v000001 only, not v000002"):
+        mds.local_root("trial-ct", version="v000002")

@@ -26,13 +26,15 @@ class AccessClient(ServiceClient):
             params["state"] = ",".join(states)
         return self._call("GET", "requests", params=params).json()["requests"]
 
-    def decide(self, request_id: str, verb: str, **body: str) -> dict[str, Any]:
-        """``verb``: approve (body: until, reason), refuse (reason) or withdraw."""
+    def decide(self, request_id: str, verb: str, **body: Any) -> dict[str, Any]:
+        """``verb``: approve (body: until, reason, versions), refuse (reason) or withdraw."""
         return self._call("POST", f"requests/{request_id}/{verb}", json={k: v for k, v in body.items() if v}).json()
 
-    def grant(self, user: str, dataset: str, purpose: str, approval: str, until: str) -> dict[str, Any]:
+    def grant(self, user: str, dataset: str, purpose: str, approval: str, until: str,
+              versions: list[str] | None = None) -> dict[str, Any]:
         return self._call("POST", "grants", json={"user": user, "dataset": dataset, "purpose": purpose,
-                                                  "approval": approval, "until": until}).json()
+                                                  "approval": approval, "until": until,
+                                                  "versions": versions or []}).json()
 
     def grants(self, owner: bool = False) -> list[dict[str, Any]]:
         return self._call("GET", "grants", params={"role": "owner"} if owner else {}).json()["grants"]

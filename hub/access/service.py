@@ -5,7 +5,8 @@ protocol it serves, and an end date: ``POST requests`` {dataset, purpose, approv
 dataset's owners (members of a group in its catalog entry's ``owners``) see it among
 ``GET requests?role=owner``, and approve it (``POST requests/<id>/approve`` {until?, reason?},
 for as long as asked or less) or refuse it with a reason (``POST requests/<id>/refuse``);
-its user sees the decision in ``GET requests``. An owner may also grant directly
+its user sees the decision in ``GET requests``. An approval may also narrow a versioned dataset
+to some of its versions ({versions: ["v000002"]}): the servers then mount those alone. An owner may also grant directly
 (``POST grants`` {user, dataset, purpose, approval, until}) and revoke any grant of their
 datasets (``POST grants/<id>/revoke`` {reason}). ``GET grants`` lists the caller's grants
 (``?role=owner``: those of the datasets they own).
@@ -162,6 +163,22 @@ class AccessHandler(TokenHandler):
             raise web.HTTPError(409, f"request {request_id} is {request['state']} already")
         return request, self.datasets.get(request["dataset"]) or self.dataset(request["dataset"])
 
+    def narrowed(self, dataset: Dataset, body: dict[str, Any]) -> list[str] | None:
+        """The versions a grant is limited to (``versions`` in ``body``), each published; None: all."""
+        wanted = body.get("versions")
+        if not wanted:
+            return None
+        if not dataset.versioned:
+            raise web.HTTPError(400, f"versions: {dataset.id!r} is not versioned; grant it whole")
+        if not isinstance(wanted, list) or not all(isinstance(v, str) for v in wanted):
+            raise web.HTTPError(400, "versions: a list of version names, such as [\"v000002\"]")
+        there = versions.versions(dataset.path)
+        missing = sorted(set(wanted) - set(there))
+        if missing:
+            raise web.HTTPError(400, f"versions: {dataset.id} has no {', '.join(missing)}; it has "
+                                     f"{', '.join(there) or 'none yet'}")
+        return sorted(set(wanted))
+
     async def approve(self, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Approve a pending request (for as long as it asked, or less): the new grant."""
         request, dataset = await self.pending(request_id)
@@ -179,10 +196,10 @@ class AccessHandler(TokenHandler):
         except AccessError as e:
             raise self.refuse_bad(e) from None
         grant = self.store.add_grant(request["user"], dataset.id, request["purpose"], request["approval"], approver,
-                                     until, request=request_id)
+                                     until, request=request_id, versions=self.narrowed(dataset, body))
         reason = str(body.get("reason") or "").strip()
         self.store.decide(request_id, RequestState.APPROVED, approver, reason, grant["id"])
-        await self.audit("access-approve", grant, request=request_id, expires=grant["expires"],
+        await self.audit("access-approve", grant, request=request_id, expires=grant["expires"], versions=grant["versions"],
                          purpose=grant["purpose"], approval=grant["approval"], reason=reason, authority=authority)
         return grant
 
@@ -226,8 +243,10 @@ class AccessHandler(TokenHandler):
             raise self.refuse_bad(e) from None
         if user == self.user() and not self.settings["self_approval"]:
             raise web.HTTPError(403, "you may not grant yourself (access.self_approval is off): another owner does")
-        grant = self.store.add_grant(user, dataset.id, purpose, approval, self.user(), until)
-        await self.audit("access-grant", grant, expires=grant["expires"], purpose=purpose, approval=approval,
+        grant = self.store.add_grant(user, dataset.id, purpose, approval, self.user(), until,
+                                     versions=self.narrowed(dataset, body))
+        await self.audit("access-grant", grant, expires=grant["expires"], versions=grant["versions"], purpose=purpose,
+                         approval=approval,
                          authority=authority)
         return grant
 

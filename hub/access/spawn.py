@@ -46,8 +46,13 @@ def personal_grants(store: str | Path, user: str, catalog: Iterable[Dataset],
     for g in found:  # soonest end first: a dataset granted twice counts with the grant that ends last
         if g["dataset"] in known and g["dataset"] not in standing_ids:
             grants[g["dataset"]] = {"id": g["id"], "expires": iso(g["expires"]), "purpose": g["purpose"],
-                                    "approval": g["approval"], "approver": g["approver"]}
+                                    "approval": g["approval"], "approver": g["approver"], "versions": g["versions"]}
     return grants
+
+
+def only_versions(personal: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Dataset id → the versions its personal grant is limited to (those that are)."""
+    return {dataset: g["versions"] for dataset, g in personal.items() if g.get("versions")}
 
 
 def downloads(mounted: Iterable[Dataset], allowed: Iterable[str]) -> str:

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, dataset TEXT NOT NULL, purpose TEXT NOT NULL,
     approval TEXT NOT NULL, approver TEXT NOT NULL, request TEXT, starts REAL NOT NULL, expires REAL NOT NULL,
-    revoked REAL, revoked_by TEXT, revoke_reason TEXT, expiry_recorded INTEGER NOT NULL DEFAULT 0
+    revoked REAL, revoked_by TEXT, revoke_reason TEXT, expiry_recorded INTEGER NOT NULL DEFAULT 0,
+    versions TEXT
 );
 CREATE TABLE IF NOT EXISTS mounts (
     user TEXT NOT NULL, server TEXT NOT NULL, dataset TEXT NOT NULL, grant_id TEXT, since REAL NOT NULL,
@@ -130,11 +131,13 @@ class AccessStore:
 
     # --- grants -----------------------------------------------------------------------------
     def add_grant(self, user: str, dataset: str, purpose: str, approval: str, approver: str, expires: float,
-                  request: str | None = None) -> dict[str, Any]:
+                  request: str | None = None, versions: list[str] | None = None) -> dict[str, Any]:
+        """A new grant; ``versions``: only those of a versioned dataset (None: all)."""
         grant_id = uuid.uuid4().hex[:12]
-        self.db.execute("INSERT INTO grants (id, user, dataset, purpose, approval, approver, request, starts, expires) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (grant_id, user, dataset, purpose, approval, approver, request, time.time(), expires))
+        self.db.execute("INSERT INTO grants (id, user, dataset, purpose, approval, approver, request, starts, expires, "
+                        "versions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (grant_id, user, dataset, purpose, approval, approver, request, time.time(), expires,
+                         json.dumps(versions) if versions else None))
         return self.grant(grant_id)
 
     def grant(self, grant_id: str) -> dict[str, Any] | None:
@@ -152,7 +155,7 @@ class AccessStore:
         now = time.time() if now is None else now
         rows = self.db.execute("SELECT * FROM grants WHERE user = ? AND revoked IS NULL AND expires > ? "
                                "ORDER BY expires", (user, now))
-        return [dict(r) for r in rows]
+        return [dict(r) | {"versions": json.loads(r["versions"]) if r["versions"] else None} for r in rows]
 
     def revoke(self, grant_id: str, by: str, reason: str) -> dict[str, Any]:
         self.db.execute("UPDATE grants SET revoked = ?, revoked_by = ?, revoke_reason = ? "
@@ -274,4 +277,5 @@ def _public(row: sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys() if k not in ("server", "expiry_recorded")}
     if "expires" in out:
         out["state"] = grant_state(out)
+        out["versions"] = json.loads(out["versions"]) if out.get("versions") else None
     return {k: iso(v) if k in TIMES and v is not None else v for k, v in out.items()}

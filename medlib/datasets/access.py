@@ -125,6 +125,10 @@ def _manifest(entry: dict[str, Any]) -> str:
 def _root(entry: dict[str, Any], version: str | None = None) -> Path:
     location = entry["path"]
     if entry.get("versioned"):
+        only = entry.get("grant", {}).get("versions")
+        if version is not None and only and version not in only:
+            raise PermissionError(f"your grant of {entry['id']!r} covers {', '.join(only)} only, not {version}; ask its "
+                                  f"owners for it: {_REQUEST.format(entry['id'])}")
         return _versions.resolve(location, version)
     if version is not None:
         raise _versions.VersionNotFound(f"dataset {entry['id']!r} is not versioned: it has one fixed content; "
