@@ -417,7 +417,7 @@ def cmd_access_delete(args: argparse.Namespace) -> int:
 
 def cmd_access_publish(args: argparse.Namespace) -> int:
     d = _access(args).publish(args.dataset, args.version, args.as_id, args.title, args.group, args.everyone,
-                              args.description or "")
+                              args.description or "", args.owner)
     source = d["derived_from"]
     print(f"published {d['id']} from {source['dataset']} {source['version']} for {', '.join(d['groups'])}: "
           "its readers see it at their next server start")
@@ -668,6 +668,7 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("--as", dest="as_id", required=True, help="the new dataset's id")
     publish.add_argument("--title", required=True)
     publish.add_argument("--description")
+    publish.add_argument("--owner", action="append", help="a group that owns the new dataset (default: the source's owners)")
     readers = publish.add_mutually_exclusive_group(required=True)
     readers.add_argument("--group", action="append", help="a group that may read it (again for more)")
     readers.add_argument("--everyone", action="store_true", help="every user who may log in")

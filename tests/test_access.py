@@ -258,9 +258,13 @@ def test_an_owner_deletes_a_version_leaving_a_tombstone_and_publishes_a_de_ident
                             capture_output=True, text=True)
     assert verify.returncode == 0 and "chain intact" in verify.stdout, verify.stdout + verify.stderr
 
+    with pytest.raises(BatchError, match="owners: no such group: nobody-here"):
+        tara.publish("trial-ct", good, "trial-ct-open", "Trial CT, de-identified", ["trial-readers"],
+                     owners=["nobody-here"])
     published = tara.publish("trial-ct", good, "trial-ct-open", "Trial CT, de-identified", ["trial-readers"])
     assert (published["sensitivity"], published["groups"], published["derived_from"]["version"]) == \
         ("anonymized", ["trial-readers"], good)
+    assert published["owners"] == ["trial-stewards"]  # the source's, unless the publisher names others
     with pytest.raises(BatchError, match="must be a new dataset id"):
         tara.publish("trial-ct", good, "trial-ct-open", "again", everyone=True)
     platform.api("DELETE", "/users/rita/server")

@@ -47,11 +47,12 @@ class AccessClient(ServiceClient):
         return self._call("POST", f"datasets/{dataset}/versions/{version}/delete", json={"reason": reason}).json()
 
     def publish(self, dataset: str, version: str | None, as_id: str, title: str, groups: list[str] | None = None,
-                everyone: bool = False, description: str = "") -> dict[str, Any]:
-        """Publish a de-identified version of a dataset you own as a new dataset."""
+                everyone: bool = False, description: str = "", owners: list[str] | None = None) -> dict[str, Any]:
+        """Publish a de-identified version of a dataset you own as a new dataset (owned by
+        ``owners``, default the source's owners)."""
         return self._call("POST", f"datasets/{dataset}/publish", json={
             "version": version or "", "as": as_id, "title": title, "groups": groups or [], "everyone": everyone,
-            "description": description}).json()
+            "description": description, "owners": owners or []}).json()
 
     def export(self, path: str | Path, justification: str, home: str | Path | None = None) -> dict[str, Any]:
         """Ask for the file at ``path`` (inside ``home``, default yours) to leave the platform."""

@@ -22,7 +22,7 @@ stop is an audit event (source ``access``) whose object names the dataset and th
 Owners also end and widen their data's life: ``POST datasets/<id>/versions/<v>/delete``
 {reason} deletes a version (its tombstone stays beside the others and in the audit log, and
 every server that mounts the dataset stops), and ``POST datasets/<id>/publish`` {version, as,
-title, groups | everyone} publishes a version that its site de-identified (or a features
+title, groups | everyone, owners (default: the source's)} publishes a version that its site de-identified (or a features
 table) as a new dataset, after ``medlib anonymize check`` finds nothing in it.
 
 The output airlock: ``POST exports?name=&justification=`` (the file as the body) asks for an
@@ -323,6 +323,10 @@ class AccessHandler(TokenHandler):
         if not groups or unknown:
             raise web.HTTPError(400, f"groups: name the groups that may read it (of {', '.join(known)}), or everyone"
                                      + (f"; no such group: {', '.join(unknown)}" if unknown else ""))
+        owners = [str(g) for g in body.get("owners") or source.owners]
+        unknown = sorted(set(owners) - set(known))
+        if unknown:
+            raise web.HTTPError(400, f"owners: no such group: {', '.join(unknown)} (of {', '.join(known)})")
         checked, findings = await IOLoop.current().run_in_executor(None, check_tree, folder)
         if findings:
             shown = "; ".join(f"{f.file}: {f.keyword or f.tag} {f.reason}" for f in findings[:5])
@@ -338,7 +342,7 @@ class AccessHandler(TokenHandler):
         await IOLoop.current().run_in_executor(None, lambda: versions.publish(target, files, provenance))
         dataset = Dataset(id=new_id, title=title, location=str(target), groups=tuple(groups), sensitivity="anonymized",
                           licence=source.licence, description=str(body.get("description") or ""),
-                          modality=source.modality, contact=source.contact, owners=source.owners, versioned=True,
+                          modality=source.modality, contact=source.contact, owners=tuple(owners), versioned=True,
                           provenance=f"Published by {self.user()} from {source.id} {folder.name} (delivered "
                                      f"{origin.get('policy')} from site {origin.get('site', '?')})")
         self.store.add_published(dataset.to_dict())
