@@ -320,6 +320,9 @@ def test_an_output_leaves_only_when_an_owner_of_every_dataset_behind_it_approves
 
     with pytest.raises(BatchError, match="is outside your home"):
         kim.export(platform.root / "medhub.toml", "the settings", home=home)
+    climbing = httpx.post(f"{platform.url}/services/medhub-access/exports", headers=kim.headers, content=b"x",
+                          params={"name": "../../access.sqlite", "justification": "overwrite the store"}, timeout=30)
+    assert climbing.status_code == 400 and "not a plain file name" in climbing.json()["message"]
     with pytest.raises(BatchError, match="justification: say what the output is"):
         kim.export(home / "counts.csv", " ", home=home)
     table = kim.export(home / "counts.csv", "counts per site for the paper", home=home)

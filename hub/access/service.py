@@ -161,7 +161,7 @@ class AccessHandler(TokenHandler):
             raise web.HTTPError(404, f"no request {request_id}")
         if request["state"] != RequestState.PENDING:
             raise web.HTTPError(409, f"request {request_id} is {request['state']} already")
-        return request, self.datasets.get(request["dataset"]) or self.dataset(request["dataset"])
+        return request, self.dataset(request["dataset"])
 
     def narrowed(self, dataset: Dataset, body: dict[str, Any]) -> list[str] | None:
         """The versions a grant is limited to (``versions`` in ``body``), each published; None: all."""
@@ -499,11 +499,7 @@ class RevokeHandler(AccessHandler):
 
 class ExportsHandler(AccessHandler):
     async def get(self) -> None:
-        if self.get_argument("role", "") == "owner":
-            found = self.store.exports(datasets=await self.owned())
-        else:
-            found = self.store.exports(user=self.user())
-        self.finish({"exports": found})
+        self.finish({"exports": await self.listing("exports")})
 
     async def post(self) -> None:
         """The output is the body; its name and justification are query arguments."""
@@ -523,12 +519,17 @@ class ExportHandler(AccessHandler):
                                       str(body.get("reason") or "")))
 
 
-class DownloadHandler(HubOAuthenticated, AccessHandler):
-    """An approved export's file, for its requester (a token, or the page's session), within its window."""
+class TokenOrSession(HubOAuthenticated, AccessHandler):
+    """A file the browser fetches with the page's session, or a client with a token (checked as
+    the API checks it)."""
 
     async def prepare(self) -> None:
         if self.hub_auth.get_token(self, in_cookie=False):
-            await AccessHandler.prepare(self)  # a token: checked as the API checks it
+            await AccessHandler.prepare(self)
+
+
+class DownloadHandler(TokenOrSession):
+    """An approved export's file, for its requester, within its window."""
 
     @web.authenticated
     async def get(self, export_id: str) -> None:
@@ -548,12 +549,8 @@ class DownloadHandler(HubOAuthenticated, AccessHandler):
         self.finish(path.read_bytes())
 
 
-class PreviewHandler(HubOAuthenticated, AccessHandler):
+class PreviewHandler(TokenOrSession):
     """What a reviewer sees of an export: an image, a table's first rows, a text's start."""
-
-    async def prepare(self) -> None:
-        if self.hub_auth.get_token(self, in_cookie=False):
-            await AccessHandler.prepare(self)
 
     @web.authenticated
     async def get(self, export_id: str) -> None:
