@@ -12,10 +12,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 from medlib.manifest import MANIFEST, write_manifest
-from medlib.synthetic import write_ct_series
+from medlib.synthetic import SPHERES, write_ct_series
 
 from .idp import DEMO_ACCOUNTS, Account, Client, DevIdentityProvider
 from .processes import Stack, hub_process, idp_process, proxy_process
@@ -23,6 +24,21 @@ from .settings import Settings, load
 from .state import StateDir
 
 DEMO_DATASET = "demo-phantom-ct"
+#: The demo dataset's series: phantoms whose spheres move a little from one to the next, from two
+#: scanners (enough cases to train on some, validate on the rest and watch them for drift).
+DEMO_SERIES = 12
+SCANNERS = ((("medhub", "Phantom CT"), "STANDARD"), (("medhub", "Phantom CT 2"), "SOFT"))
+
+
+def write_demo_dataset(folder: Path) -> None:
+    """The demo's synthetic CT series, ``series-001`` … (no patient data)."""
+    rng = np.random.default_rng(2024)
+    for index in range(DEMO_SERIES):
+        spheres = tuple((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06), z,
+                         radius * rng.uniform(0.85, 1.15), hu) for x, y, z, radius, hu in SPHERES)
+        scanner, kernel = SCANNERS[index % len(SCANNERS)]
+        write_ct_series(folder / f"series-{index + 1:03d}", patient_name=f"Phantom^{index + 1:03d}",
+                        patient_id=f"DEMO-{index + 1:03d}", seed=index, spheres=spheres, scanner=scanner, kernel=kernel)
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ def prepare(
     if not dataset_dir.is_dir():
         tmp = dataset_dir.with_name(DEMO_DATASET + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_ct_series(tmp / "series-001")
+        write_demo_dataset(tmp)
         tmp.rename(dataset_dir)
     if not (dataset_dir / MANIFEST).is_file():  # also for a dataset an older demo made
         write_manifest(dataset_dir)
@@ -72,7 +88,8 @@ def prepare(
         "dataset": [{
             "id": DEMO_DATASET,
             "title": "Synthetic CT phantom",
-            "description": "One synthetic CT series (16 slices) of a water cylinder with three spheres.",
+            "description": f"{DEMO_SERIES} synthetic CT series (16 slices each) of a water cylinder with three spheres, "
+                           "from two scanners.",
             "location": str(dataset_dir),
             "modality": "CT",
             "licence": "CC0-1.0",

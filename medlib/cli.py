@@ -146,6 +146,57 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qa_check(args: argparse.Namespace) -> int:
+    from .qa import Profile, check_dataset
+
+    reference = Profile.load(args.profile) if args.profile else None
+    reports = check_dataset(args.dataset, args.version, reference=reference, modalities=args.modality or None)
+    for report in reports:
+        print(f"{'ok    ' if report.passed else 'FAILED'} {report.series} ({report.modality}, {report.instances} files)")
+        for problem in report.problems:
+            print(f"       {problem}")
+    failed = sum(not r.passed for r in reports)
+    print(f"{len(reports) - failed} of {len(reports)} series passed")
+    return 1 if failed else 0
+
+
+def cmd_qa_drift(args: argparse.Namespace) -> int:
+    from .qa import Profile, drift
+
+    reference = Profile.load(args.profile)
+    data = Path(args.folder) if args.folder else args.dataset
+    if data is None:
+        raise ValueError("name the batch: a dataset (DATASET) or a folder (--folder)")
+    report = drift(reference, data, version=args.version, alpha=args.alpha, folder=args.report)
+    for row in report.document["tests"]:
+        print(f"{'DRIFT' if row['drifted'] else 'ok   '} {row['variable']:40} adjusted p {row['p_adjusted']:.3g}")
+    for line in report.document["not_tested"]:
+        print(f"not tested: {line}")
+    print(f"report: {report.folder}")
+    return report.exit_code
+
+
+def _qa_parser(sub) -> None:
+    qa = sub.add_parser("qa", help="input quality checks and drift of a dataset (medlib.qa)")
+    verbs = qa.add_subparsers(dest="qa_verb", metavar="VERB", required=True)
+    check = verbs.add_parser("check", help="check every series of a dataset (exit 1 if any failed)")
+    check.add_argument("dataset")
+    check.add_argument("--version", help="a version of a versioned dataset (default: the newest)")
+    check.add_argument("--profile", metavar="FILE", help="a reference profile (qa.profile(...).save): the training "
+                                                         "set's modalities, body parts and acquisition ranges")
+    check.add_argument("--modality", action="append", help="an expected modality (repeat for more)")
+    check.set_defaults(func=cmd_qa_check)
+    drifted = verbs.add_parser("drift", help="compare a batch with a reference profile: acquisition and image "
+                                             "statistics (exit 1 on drift; the model's variables need Python)")
+    drifted.add_argument("profile", help="the reference profile (JSON, qa.profile(...).save)")
+    drifted.add_argument("dataset", nargs="?", help="the batch: a granted dataset")
+    drifted.add_argument("--version", help="its version (default: the newest)")
+    drifted.add_argument("--folder", help="the batch: a folder of DICOM files instead of a dataset")
+    drifted.add_argument("--alpha", type=float, default=0.05, help="false-discovery rate (default 0.05)")
+    drifted.add_argument("--report", metavar="FOLDER", help="where to store the report (default ~/qa-reports/drift-…)")
+    drifted.set_defaults(func=cmd_qa_drift)
+
+
 def cmd_federated_site(args: argparse.Namespace) -> int:
     from .train.kits import harden_site
 
@@ -274,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
                      help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")
     rad.add_argument("-o", "--output", metavar="CSV", help="write one CSV row (default: print name and value)")
     rad.set_defaults(func=cmd_radiomics)
+    _qa_parser(sub)
     _federated_parser(sub)
     try:
         from medhub_edge.cli import add_parser as edge_parser

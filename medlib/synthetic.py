@@ -20,8 +20,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 SPHERES = ((0.35, 0.4, 0.5, 12.0, 60.0), (0.65, 0.45, 0.5, 9.0, -500.0), (0.5, 0.65, 0.4, 7.0, 900.0))
 
 
-def phantom_hu(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
-    """A (z, y, x) volume in HU: air, a water cylinder, and the :data:`SPHERES`."""
+def phantom_hu(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+               spheres: tuple[tuple[float, float, float, float, float], ...] = SPHERES) -> np.ndarray:
+    """A (z, y, x) volume in HU: air, a water cylinder, and ``spheres`` (as :data:`SPHERES`)."""
     nz, ny, nx = shape
     sz, sy, sx = spacing
     z, y, x = np.meshgrid(np.arange(nz) * sz, np.arange(ny) * sy, np.arange(nx) * sx, indexing="ij")
@@ -29,7 +30,7 @@ def phantom_hu(shape: tuple[int, int, int], spacing: tuple[float, float, float])
     cy, cx = (ny - 1) * sy / 2, (nx - 1) * sx / 2
     cylinder = (y - cy) ** 2 + (x - cx) ** 2 <= (0.42 * min(ny * sy, nx * sx)) ** 2
     volume[cylinder] = 0.0
-    for fx, fy, fz, radius, hu in SPHERES:
+    for fx, fy, fz, radius, hu in spheres:
         d2 = (x - fx * nx * sx) ** 2 + (y - fy * ny * sy) ** 2 + (z - fz * nz * sz) ** 2
         volume[d2 <= radius**2] = hu
     return volume
@@ -44,6 +45,10 @@ def write_ct_series(
     spacing: tuple[float, float, float] = (2.5, 0.8, 0.8),
     study_date: dt.date = dt.date(2024, 3, 14),
     seed: int = 0,
+    noise: float = 5.0,
+    spheres: tuple[tuple[float, float, float, float, float], ...] = SPHERES,
+    scanner: tuple[str, str] = ("medhub", "Phantom CT"),
+    kernel: str | None = None,
 ) -> list[Path]:
     """Write one CT series, one file per slice, and return the paths.
 
@@ -53,7 +58,10 @@ def write_ct_series(
         shape: (slices, rows, columns).
         spacing: (slice thickness, row spacing, column spacing) in mm.
         study_date: StudyDate / SeriesDate / AcquisitionDate.
-        seed: noise seed (σ = 5 HU), so that repeated calls give identical files.
+        seed: the noise's seed, so that repeated calls give identical files.
+        noise: the noise's standard deviation, HU.
+        spheres: (centre x, y, z as fractions of the volume, radius mm, HU) of each sphere.
+        scanner, kernel: (Manufacturer, ManufacturerModelName) and ConvolutionKernel (None: not written).
 
     Example:
         >>> import tempfile
@@ -64,7 +72,7 @@ def write_ct_series(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    hu = phantom_hu(shape, spacing) + rng.normal(0.0, 5.0, shape)
+    hu = phantom_hu(shape, spacing, spheres) + rng.normal(0.0, noise, shape)
     slope, intercept = 1.0, -1024.0
     pixels = np.clip(np.round((hu - intercept) / slope), 0, 4095).astype(np.uint16)
 
@@ -90,7 +98,9 @@ def write_ct_series(
         ds.AccessionNumber, ds.StudyID = "ACC0001", "1"
         ds.ReferringPhysicianName = "Smith^John"
         ds.InstitutionName, ds.StationName = "Synthetic General Hospital", "CTSCAN01"
-        ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber = "medhub", "Phantom CT", "SN-0001"
+        ds.Manufacturer, ds.ManufacturerModelName, ds.DeviceSerialNumber = *scanner, "SN-0001"
+        if kernel is not None:
+            ds.ConvolutionKernel = kernel
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
         ds.StudyDescription, ds.SeriesDescription = "Synthetic phantom", "Axial 2.5 mm"
         ds.BodyPartExamined, ds.KVP = "CHEST", 120

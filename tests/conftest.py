@@ -14,17 +14,50 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import json
+
 import httpx
 import pytest
 import tomli_w
 
 from medhub import single_node
+from medhub.catalog import granted
+from medhub.grants import GrantSigner
 from medhub.idp import Account, Client, DevIdentityProvider
 from medhub.idp.browser import scripted_login, submit_spawn_form
 from medhub.processes import ManagedProcess, Stack, free_port, hub_process, idp_process, proxy_process
 from medhub.settings import Settings, load
 from medlib.manifest import MANIFEST, write_manifest
 from medlib.synthetic import write_ct_series
+
+
+@pytest.fixture
+def as_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog):
+    """Become a server the hub started for a user in the given groups (a local spawner's view) of
+    the test module's ``catalog`` (a fixture of it: a loaded catalogue); audit events are buffered
+    (read them with :func:`events`)."""
+    signer = GrantSigner(tmp_path / "grants.pem")
+    monkeypatch.setenv("MEDHUB_AUDIT_BUFFER", str(tmp_path / "audit-buffer.jsonl"))  # no service here
+    monkeypatch.delenv("MEDHUB_AUDIT_URL", raising=False)
+    monkeypatch.setenv("MEDLIB_CACHE_DIR", str(tmp_path / "cache"))
+
+    def become(user: str, groups: list[str]) -> None:
+        view = tmp_path / "views" / user
+        view.mkdir(parents=True, exist_ok=True)
+        for d in catalog:
+            if d.is_local and set(groups) & set(d.readers()) and not (view / d.id).exists():
+                (view / d.id).symlink_to(d.path)
+        monkeypatch.setenv("JUPYTERHUB_USER", user)
+        monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest(user, groups, catalog, granted(catalog, groups), str(view)))
+        monkeypatch.setenv("MEDHUB_GRANTS_KEY", signer.public_key)
+
+    return become
+
+
+def events(tmp_path: Path) -> list[dict]:
+    """The events recorded (buffered: no audit service runs in these tests)."""
+    return [json.loads(line) for line in (tmp_path / "audit-buffer.jsonl").read_text().splitlines()]
+
 
 def once_answering(call, timeout: float = 60):
     """``call()``'s result once it stops raising: the hub starts its services without waiting

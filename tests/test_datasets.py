@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 import tomli_w
 
 import medlib.datasets as mds
-from medhub.catalog import granted, load_catalog
+from conftest import events
+from medhub.catalog import load_catalog
 from medhub.grants import GrantSigner
 from medlib.manifest import write_manifest
 from medlib.synthetic import write_ct_series
@@ -40,32 +40,6 @@ def catalog(tmp_path: Path):
          "groups": ["course-students"], "open_access": True, **common},
     ]}))
     return load_catalog(path, GROUPS)
-
-
-@pytest.fixture
-def as_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog):
-    """Become a server the hub started for a user in the given groups (a local spawner's view)."""
-    signer = GrantSigner(tmp_path / "grants.pem")
-    monkeypatch.setenv("MEDHUB_AUDIT_BUFFER", str(tmp_path / "audit-buffer.jsonl"))  # no service here
-    monkeypatch.delenv("MEDHUB_AUDIT_URL", raising=False)
-    monkeypatch.setenv("MEDLIB_CACHE_DIR", str(tmp_path / "cache"))
-
-    def become(user: str, groups: list[str]) -> None:
-        view = tmp_path / "views" / user
-        view.mkdir(parents=True, exist_ok=True)
-        for d in catalog:
-            if d.is_local and set(groups) & set(d.readers()) and not (view / d.id).exists():
-                (view / d.id).symlink_to(d.path)
-        monkeypatch.setenv("JUPYTERHUB_USER", user)
-        monkeypatch.setenv("MEDHUB_GRANTS", signer.manifest(user, groups, catalog, granted(catalog, groups), str(view)))
-        monkeypatch.setenv("MEDHUB_GRANTS_KEY", signer.public_key)
-
-    return become
-
-
-def events(tmp_path: Path) -> list[dict]:
-    """The events recorded (buffered: no audit service runs in these tests)."""
-    return [json.loads(line) for line in (tmp_path / "audit-buffer.jsonl").read_text().splitlines()]
 
 
 def test_a_user_lists_and_opens_only_their_groups_datasets(as_user, tmp_path: Path):

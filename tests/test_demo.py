@@ -23,11 +23,13 @@ from medlib.contract import JobState
 
 #: What each teaching notebook runs with on the demo, and a line its executed copy must show.
 NOTEBOOK_RUNS = {
-    "1-welcome.ipynb": ({}, f"{DEMO_DATASET}: 1 series; the first is (16, 64, 64) voxels"),
+    "1-welcome.ipynb": ({}, f"{DEMO_DATASET}: 12 series; the first is (16, 64, 64) voxels"),
     "2-deidentify.ipynb": ({}, "PatientIdentityRemoved: YES"),
     "3-radiomics.ipynb": ({}, "ROI: "),
     "4-train-unet.ipynb": ({"epochs": 2}, "predicted "),
     "5-batch-job.ipynb": ({"parameters": {"epochs": 1, "workers": 1}}, "job "),
+    "6-quality.ipynb": ({}, "drifted batch: ['image:noise'"),
+    "7-drift-watch.ipynb": ({}, "0 variable(s) drifted"),
 }
 
 
@@ -114,6 +116,10 @@ def test_every_teaching_notebook_runs_end_to_end_on_the_demo(tmp_path: Path):
         # the batch notebook submitted the training notebook as a job of ada's: it runs too
         (nested,) = [j for j in jobs.jobs() if j["name"] == "4-train-unet.ipynb" and j["parameters"].get("epochs") == 1]
         assert jobs.wait(nested["id"], timeout=600)["status"] == JobState.SUCCEEDED
+        # the scheduled drift check fails its job on the drifted batch the quality notebook made
+        watch = jobs.wait(jobs.submit(notebooks.path("7-drift-watch.ipynb"), {"folder": "qa/drifted-batch"},
+                                      profile="cpu")["id"], timeout=600)
+        assert watch["status"] == JobState.FAILED and "DriftDetected" in watch["error"] and "image:noise" in watch["error"], watch
     finally:
         stop_demo(proc, state)
 

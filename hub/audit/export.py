@@ -52,6 +52,7 @@ EVENT_IDS = {
     "export-request": ("110100", "Application Activity", "E"),
     "export-review": ("110100", "Application Activity", "E"),
     "export-download": ("110106", "Export", "R"),
+    "qa-report": ("110100", "Application Activity", "C"),
 }
 #: action → DICOM event type code (CID 401/403/...), where one says more
 EVENT_TYPES = {

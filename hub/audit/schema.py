@@ -32,7 +32,7 @@ ACTIONS = frozenset({
     "harvest-request", "harvest-run", "quarantine", "delivery", "dataset-version",
     "access-request", "access-withdraw", "access-approve", "access-refuse", "access-grant",
     "grant-revoke", "grant-expire", "grant-enforce", "dataset-delete", "dataset-publish",
-    "export-request", "export-review", "export-download",
+    "export-request", "export-review", "export-download", "qa-report",
 })
 SOURCES = ("hub", "notebook", "batch", "cli", "ingest", "federated", "access")
 #: The sources a user's own token may name (its code, in a server or on the command line).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,22 @@ def _opened(entry: dict[str, Any], version: str | None) -> dict[str, Any]:
     if not entry.get("versioned"):
         return {"dataset": entry["id"]}
     return {"dataset": entry["id"], "version": _root(entry, version).name}
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a granted dataset's version is read, and what names it in the audit log."""
+
+    root: Path
+    object: dict[str, Any]  # {"dataset": id} and, for a versioned dataset, "version"
+    manifest: Path  # its manifest of SHA-256 digests
+
+
+def locate(dataset_id: str, version: str | None = None) -> Located:
+    """The folder, audit object and manifest of a granted dataset at ``version`` (default: the newest)."""
+    entry = _entry(dataset_id)
+    root = _root(entry, version)
+    return Located(root, _opened(entry, version), root / _manifest(entry))
 
 
 def open_dataset(dataset_id: str, version: str | None = None):

@@ -2,8 +2,10 @@
 
 ``1-welcome.ipynb`` (a tour: who you are, your datasets, a series in the viewer),
 ``2-deidentify.ipynb`` (de-identify a folder at the site), ``3-radiomics.ipynb`` (features of a
-ROI, as a table), ``4-train-unet.ipynb`` (a small UNet on a granted dataset, with Dask) and
-``5-batch-job.ipynb`` (run a notebook as a batch job). They are stored without outputs and
+ROI, as a table), ``4-train-unet.ipynb`` (a small UNet on a granted dataset, with Dask),
+``5-batch-job.ipynb`` (run a notebook as a batch job), ``6-quality.ipynb`` (validate a model,
+explain a prediction, watch for drift: medlib.qa) and ``7-drift-watch.ipynb`` (the drift check
+a schedule submits: its job fails on drift). They are stored without outputs and
 run end to end as batch jobs on `medhub demo` by tests/test_demo.py, so that they never rot.
 """
 

@@ -34,6 +34,12 @@ class SyntheticSpheres(torch.utils.data.Dataset):
         return {"image": torch.from_numpy(image[None]).float(), "label": torch.from_numpy(label[None]).float()}
 
 
+def hu_input(volume: np.ndarray, series: object = None) -> np.ndarray:
+    """A CT volume (z, y, x, HU) as the small UNet's input in the examples: one channel, HU clipped
+    to ±1000 and scaled to ±1 (``series`` unused: the signature of a medlib.qa transform)."""
+    return np.clip(volume, -1000.0, 1000.0)[None].astype(np.float32) / 1000.0
+
+
 def small_unet(channels: tuple[int, ...] = (8, 16, 32)) -> torch.nn.Module:
     """MONAI's UNet, 3D, one input and one output channel, instance normalisation."""
     from monai.networks.nets import UNet
