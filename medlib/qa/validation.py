@@ -2,7 +2,7 @@
 
     report = qa.validate(model, "lung-ct-2024", version="v000003", task="segmentation",
                          labels=lambda series, volume: masks[series.uid], trained_on=[("lung-ct-2023", "v000002")])
-    report.save()                   # ~/qa-reports/validation-<digest>/report.{html,json}, audited
+    report.folder                   # ~/qa-reports/validation-<digest>/report.{html,json}, its creation audited
 
 Each case (series) is first checked (:mod:`.series`): a case with problems is left out and listed.
 The model runs over the rest in batches (:mod:`.cases`); the metrics (:mod:`.metrics`) are given
