@@ -12,11 +12,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tomli_w
 
 from medlib.manifest import MANIFEST, write_manifest
-from medlib.synthetic import SPHERES, write_ct_series
+from medlib.synthetic import write_cohort
 
 from .idp import DEMO_ACCOUNTS, Account, Client, DevIdentityProvider
 from .processes import Stack, hub_process, idp_process, proxy_process
@@ -24,21 +23,9 @@ from .settings import Settings, load
 from .state import StateDir
 
 DEMO_DATASET = "demo-phantom-ct"
-#: The demo dataset's series: phantoms whose spheres move a little from one to the next, from two
-#: scanners (enough cases to train on some, validate on the rest and watch them for drift).
+#: The demo dataset's series (medlib.synthetic.write_cohort: two scanners, the spheres moving a
+#: little from one to the next): enough to train on some, validate on the rest, watch for drift.
 DEMO_SERIES = 12
-SCANNERS = ((("medhub", "Phantom CT"), "STANDARD"), (("medhub", "Phantom CT 2"), "SOFT"))
-
-
-def write_demo_dataset(folder: Path) -> None:
-    """The demo's synthetic CT series, ``series-001`` … (no patient data)."""
-    rng = np.random.default_rng(2024)
-    for index in range(DEMO_SERIES):
-        spheres = tuple((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06), z,
-                         radius * rng.uniform(0.85, 1.15), hu) for x, y, z, radius, hu in SPHERES)
-        scanner, kernel = SCANNERS[index % len(SCANNERS)]
-        write_ct_series(folder / f"series-{index + 1:03d}", patient_name=f"Phantom^{index + 1:03d}",
-                        patient_id=f"DEMO-{index + 1:03d}", seed=index, spheres=spheres, scanner=scanner, kernel=kernel)
 
 
 @dataclass(frozen=True)
@@ -79,7 +66,7 @@ def prepare(
     if not dataset_dir.is_dir():
         tmp = dataset_dir.with_name(DEMO_DATASET + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_demo_dataset(tmp)
+        write_cohort(tmp, DEMO_SERIES, seed=2024, prefix="DEMO")
         tmp.rename(dataset_dir)
     if not (dataset_dir / MANIFEST).is_file():  # also for a dataset an older demo made
         write_manifest(dataset_dir)

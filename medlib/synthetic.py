@@ -122,3 +122,25 @@ def write_ct_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+#: The scanners of :func:`write_cohort`: (Manufacturer, ManufacturerModelName), ConvolutionKernel.
+SCANNERS = ((("medhub", "Phantom CT"), "STANDARD"), (("medhub", "Phantom CT 2"), "SOFT"))
+
+
+def write_cohort(folder: str | os.PathLike[str], n: int, *, seed: int = 0, prefix: str = "PHANTOM",
+                 **options) -> list[Path]:
+    """Write ``n`` phantom series into ``folder``/series-001 …, alternately from the two
+    :data:`SCANNERS`, their spheres moved by up to 6% of the volume and resized by up to 15% from
+    one to the next (drawn from ``seed``); patient IDs ``<prefix>-001`` …; ``options`` as
+    :func:`write_ct_series` (shape, spacing, noise). Returns the series' folders."""
+    rng = np.random.default_rng(seed)
+    folders = []
+    for index in range(n):
+        spheres = tuple((x + rng.uniform(-0.06, 0.06), y + rng.uniform(-0.06, 0.06), z,
+                         radius * rng.uniform(0.85, 1.15), hu) for x, y, z, radius, hu in SPHERES)
+        scanner, kernel = SCANNERS[index % len(SCANNERS)]
+        folders.append(Path(folder) / f"series-{index + 1:03d}")
+        write_ct_series(folders[-1], patient_name=f"Phantom^{index + 1:03d}", patient_id=f"{prefix}-{index + 1:03d}",
+                        seed=seed + index, spheres=spheres, scanner=scanner, kernel=kernel, **options)
+    return folders

@@ -19,39 +19,24 @@ from scipy.stats import norm
 
 from conftest import events
 from medhub.catalog import load_catalog
-from medhub.demo import SCANNERS
 from medlib import qa
 from medlib.datasets.series import find_series
 from medlib.manifest import MANIFEST, write_manifest
 from medlib.qa import metrics
 from medlib.qa.cases import cases, weights_sha256
 from medlib.qa.monitor import Profile, compare
-from medlib.synthetic import SPHERES, write_ct_series
+from medlib.synthetic import write_cohort, write_ct_series
 from medlib.train.examples import SyntheticSpheres, dice_loss, hu_input, small_unet
 
 GROUPS = ("radiology-research",)
 SHAPE, SPACING = (8, 32, 32), (2.5, 2.0, 2.0)
 
 
-def cohort(folder: Path, n: int, seed: int, noise: float = 5.0) -> list[Path]:
-    """``n`` phantom series from the demo's two scanners, their spheres moved a little each."""
-    rng = np.random.default_rng(seed)
-    folders = []
-    for i in range(n):
-        spheres = tuple((x + rng.uniform(-0.05, 0.05), y + rng.uniform(-0.05, 0.05), z, r * rng.uniform(0.85, 1.15), hu)
-                        for x, y, z, r, hu in SPHERES)
-        scanner, kernel = SCANNERS[i % 2]
-        folders.append(folder / f"s{i:02d}")
-        write_ct_series(folders[-1], patient_id=f"P{seed}-{i}", shape=SHAPE, spacing=SPACING, seed=seed * 100 + i,
-                        noise=noise, spheres=spheres, scanner=scanner, kernel=kernel)
-    return folders
-
-
 @pytest.fixture
 def catalog(tmp_path: Path):
     """cohort-ct: ten phantom series from two scanners; in the last one a slice is missing."""
     root = tmp_path / "data" / "cohort-ct"
-    last = cohort(root, 10, seed=1)[-1]
+    last = write_cohort(root, 10, seed=1, shape=SHAPE, spacing=SPACING)[-1]
     (last / "CT000004.dcm").unlink()
     write_manifest(root)
     path = tmp_path / "datasets.toml"
@@ -154,7 +139,7 @@ def test_a_validation_is_stratified_carries_a_model_card_and_is_the_same_report_
                          trained_on=[("phantoms", "v000001")], code_version="test-1", progress=False)
 
     series = {s.uid: s for s in find_series(tmp_path / "data" / "cohort-ct")}
-    broken = next(uid for uid, s in series.items() if "s09" in s.slices[0].path)
+    broken = next(uid for uid, s in series.items() if "series-010" in s.slices[0].path)
     assert list(report.document["excluded"]) == [broken]
     assert report.document["excluded"][broken][0].startswith("1 missing slice(s)")
     assert len(report.document["cases"]) == 9
@@ -298,10 +283,11 @@ def test_a_noisier_batch_drifts_and_a_resampled_reference_batch_does_not(vera: P
     assert reference.model["layer"] == "model.1.submodule.1.submodule.conv.unit0.conv"  # the bottleneck
     reference = qa.Profile.load(reference.save(tmp_path / "reference.json"))
 
-    cohort(tmp_path / "later", 10, seed=2)  # more of the same
+    write_cohort(tmp_path / "later", 10, seed=2, shape=SHAPE, spacing=SPACING)  # more of the same
     same = qa.drift(reference, tmp_path / "later", model=model, transform=hu_input, progress=False)
     assert same.drifted == [], same.document["tests"]
-    cohort(tmp_path / "noisy", 10, seed=3, noise=40.0)  # a sharper kernel, a lower dose
+    # a sharper kernel, a lower dose
+    write_cohort(tmp_path / "noisy", 10, seed=3, shape=SHAPE, spacing=SPACING, noise=40.0)
     noisy = qa.drift(reference, tmp_path / "noisy", model=model, transform=hu_input, progress=False)
     assert "image:noise" in noisy.drifted and not any(v.startswith("acquisition:") for v in noisy.drifted)
     tested = {r["variable"]: r for r in noisy.document["tests"]}

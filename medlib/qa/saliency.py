@@ -90,9 +90,13 @@ class Explanation:
     maps: dict[str, np.ndarray]
     score: float
     task: str
-    region_voxels: int | None = None
+    region: np.ndarray | None = None  # the voxels a segmentation's score averages over (None: all)
     series: Series | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def region_voxels(self) -> int | None:
+        return None if self.region is None else int(self.region.sum())
 
     def show(self, node: Any = None, **viewer_options: Any):
         """The maps over the series in :class:`~medlib.viewer.SeriesViewer` (a series node of
@@ -185,5 +189,5 @@ def explain(model: torch.nn.Module, x: Any, *, task: str, methods: Sequence[str]
     finally:
         model.train(was_training)
     maps = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
-    region_voxels = int(score.region.sum()) if score.region is not None else None
-    return Explanation(maps, value, task, region_voxels, series, settings)
+    region = score.region[0, 0].bool().cpu().numpy() if score.region is not None else None
+    return Explanation(maps, value, task, region, series, settings)

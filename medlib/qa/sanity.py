@@ -157,11 +157,8 @@ def sanity_checks(model: torch.nn.Module, x: Any, *, task: str, methods: Sequenc
         if any(f is None for _, f in named) else None
     # every model's maps explain the same number: the trained model's region and positive class
     options = {**options, "positive": trained.settings["positive"] if trained else options.get("positive")}
-    if task == "segmentation" and options.get("region") is None and trained is not None and trained.region_voxels:
-        from .saliency import score_of
-
-        score = score_of(model.eval(), x.to(next(model.parameters()).device), task, options["positive"])
-        options["region"] = score.region[0, 0].cpu().numpy().astype(bool) if score.region is not None else None
+    if task == "segmentation" and options.get("region") is None and trained is not None:
+        options["region"] = trained.region
     if trained is not None and "layer" in trained.settings:
         options["layer"] = trained.settings["layer"]
 
