@@ -6,7 +6,9 @@
 Every IBSI 1 feature family (morphology, local intensity, intensity statistics, histogram and
 intensity-volume histogram, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM) with IBSI's image
 processing (interpolation, re-segmentation, discretisation), checked against every reference
-value of the IBSI digital phantom and of the CT phantom under configurations A–E.
+value of the IBSI digital phantom and of the CT phantom under configurations A–E; and the
+response maps of IBSI 2's convolutional filters (:mod:`medlib.radiomics.filters`, given as
+``Settings(filters=...)``), checked against the IBSI 2 phase 1 maps and phase 2 values.
 """
 
 from .extract import RadiomicsError, Settings, extract, extract_batch, extract_dataset, feature_table

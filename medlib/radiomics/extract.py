@@ -6,6 +6,13 @@ re-segmented, discretised and padded into one batch, so that every family runs a
 operations on the chosen device. :func:`extract` is the one-ROI form. Feature names come from
 ``features.csv`` (IBSI family prefix and key, texture features with their aggregation), or
 PyRadiomics' names where one exists (``names="pyradiomics"``).
+
+With ``Settings.filters`` (IBSI 2), the image processing follows the standard's order: each
+response map is computed after interpolation, on the ROI's crop widened by the filter's reach
+(or the whole image, for filters whose support is the image), and cropped back; the ROI is
+re-segmented on the original intensities and that mask is used for every response map, which
+is discretised over its own intensity range. Morphology describes the mask: it is computed for
+the original image only. A response map's features are named ``<filter name>_<feature>``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import numpy as np
 import torch
 
 from . import first_order, neighbourhood, texture, zones
+from .filters import Filter
 from .local_intensity import local_intensity, sphere_margin
 from .morphology import morphology
 from .resample import INTERPOLATORS, resample
@@ -61,6 +69,9 @@ class Settings:
         device: "cpu", "cuda", ...
         names: "ibsi" (family_key[_aggregation]) or "pyradiomics" (PyRadiomics' names, for the
             features it has).
+        filters: IBSI 2 filters (:mod:`medlib.radiomics.filters`) whose response maps are also
+            described, each by the families above except morphology.
+        original: describe the original image too (False: response maps only).
     """
 
     resample_spacing: tuple[float | None, float | None, float | None] | None = None
@@ -79,6 +90,8 @@ class Settings:
     families: tuple[str, ...] = FAMILIES
     device: str = "cpu"
     names: str = "ibsi"
+    filters: tuple[Filter, ...] = ()
+    original: bool = True
 
     def __post_init__(self):
         if self.discretisation not in DISCRETISATIONS:
@@ -94,6 +107,16 @@ class Settings:
             raise RadiomicsError(f"unknown feature families {unknown}; known: {', '.join(FAMILIES)}")
         if self.names not in ("ibsi", "pyradiomics"):
             raise RadiomicsError(f"names {self.names!r}: use ibsi or pyradiomics")
+        object.__setattr__(self, "filters", tuple(self.filters))
+        wrong = [f for f in self.filters if not isinstance(f, Filter)]
+        if wrong:
+            raise RadiomicsError(f"filters {wrong}: give filters of medlib.radiomics.filters (Mean, LoG, Laws, "
+                                 "Gabor, Wavelet, Simoncelli, Riesz)")
+        if not self.original and not self.filters:
+            raise RadiomicsError("original=False leaves nothing to describe: give filters, or keep the original")
+        if self.filters and self.names == "pyradiomics":
+            raise RadiomicsError("PyRadiomics' names for response maps are not implemented yet: use names='ibsi' "
+                                 "with filters")
 
 
 def _spacing_of(image) -> tuple[float, float, float] | None:
@@ -117,9 +140,23 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a[0]), int(a[-1]) + 1) for a in (slices, rows, columns))
 
 
+def _reach(settings: Settings, spacing) -> tuple[int, int, int] | None:
+    """How far beyond the ROI (and its local-intensity margin) the filters need the image, in
+    voxels (z, y, x); None: the whole image (also with periodic padding, where the voxels by
+    one edge depend on those by the opposite edge)."""
+    reach = [0, 0, 0]
+    for f in settings.filters:
+        r = None if f.padding == "periodic" else f.reach(spacing)
+        if r is None:
+            return None
+        reach = [max(a, b) for a, b in zip(reach, r)]
+    return tuple(reach)
+
+
 def _prepare(image, mask, spacing, settings: Settings):
-    """One ROI as tensors: its intensities, morphological mask and which positions are image
-    (not padding), cropped to the ROI with the margin local intensity needs; and its spacing."""
+    """One ROI as tensors: its intensities and morphological mask, cropped to the ROI with the
+    margin local intensity needs and the filters' reach beyond it; its spacing; and the slices
+    of that crop that hold the ROI with the local-intensity margin alone."""
     spacing = _spacing_of(image) or spacing
     if spacing is None:
         raise RadiomicsError("give the voxel spacing: spacing=(z, y, x) in mm, or an xarray image with "
@@ -135,7 +172,9 @@ def _prepare(image, mask, spacing, settings: Settings):
     if settings.resample_spacing is not None:
         target = tuple(settings.resample_spacing)
         new = tuple(s if t is None else t for s, t in zip(spacing, target))
-        margin = max(sphere_margin(new)) + 1 if "loc" in settings.families else 1
+        reach = _reach(settings, new)
+        margin = (max(sphere_margin(new)) if "loc" in settings.families else 0) + 1
+        margin += max(reach) if reach is not None else max(image.shape) * 10 ** 3  # the whole grid
         values, inside, spacing = resample(image, mask, box, spacing, target, settings.interpolator,
                                            settings.mask_interpolator, settings.mask_threshold, margin, settings.device)
         if not inside.any():
@@ -147,13 +186,18 @@ def _prepare(image, mask, spacing, settings: Settings):
         box = tuple(slice(int(f.min()), int(f.max()) + 1) for f in found)
     else:
         values, inside = image, mask
+    shape = values.shape
     margin = sphere_margin(spacing) if "loc" in settings.families else (0, 0, 0)
-    box = tuple(slice(max(b.start - m, 0), b.stop + m) for b, m in zip(box, margin))
-    values, inside = values[box], inside[box]
+    box = tuple(slice(max(b.start - m, 0), min(b.stop + m, n)) for b, m, n in zip(box, margin, shape))
+    reach = _reach(settings, spacing)
+    outer = (tuple(slice(0, n) for n in shape) if reach is None else
+             tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, shape)))
+    values, inside = values[outer], inside[outer]
     if isinstance(values, np.ndarray):
         values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
         inside = torch.from_numpy(np.ascontiguousarray(inside, dtype=bool)).to(settings.device)
-    return values, inside, tuple(float(s) for s in spacing)
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
+    return values, inside, tuple(float(s) for s in spacing), inner
 
 
 def _resegment(values: torch.Tensor, inside: torch.Tensor, settings: Settings) -> torch.Tensor:
@@ -252,7 +296,7 @@ def _batch(rois):
     values = torch.zeros((len(rois), *shape), dtype=torch.float64, device=device)
     morphological = torch.zeros((len(rois), *shape), dtype=torch.bool, device=device)
     image = torch.zeros((len(rois), *shape), dtype=torch.bool, device=device)
-    for n, (v, m, _) in enumerate(rois):
+    for n, (v, m) in enumerate(rois):
         box = (n, *(slice(0, s) for s in v.shape))
         values[box], morphological[box], image[box] = v, m, True
     return values, morphological, image
@@ -278,8 +322,29 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
         raise RadiomicsError(f"the ROIs have different voxel spacings {sorted(spacings)}; set resample_spacing, "
                              "or extract them in separate batches")
     spacing = spacings.pop()
-    values, morphological, image = _batch(rois)
+    values, morphological, image = _batch([(v[inner], m[inner]) for v, m, _, inner in rois])
     inside = _resegment(values, morphological, settings)
+    columns: dict[str, torch.Tensor] = {}
+    if settings.original:
+        columns.update(_features(values, morphological, inside, image, spacing, settings))
+    if settings.filters:
+        # a response map's intensities are its own: discretised over their range, IVH as for texture
+        own = replace(settings, resegment_range=None, resegment_outliers=False, families=tuple(
+            f for f in settings.families if f != "morph"), ivh_discretisation="texture", filters=(), original=True)
+        for f in settings.filters:
+            response = _batch([(f(v[None], spacing)[0][inner], m[inner]) for v, m, _, inner in rois])[0]
+            for key, column in _features(response, morphological, inside, image, spacing, own).items():
+                columns[f"{f.name}_{key}"] = column
+    table = pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})
+    if settings.names == "pyradiomics":
+        names = {k: v for k, v in pyradiomics_names().items() if k in table}
+        table = table[list(names)].rename(columns=names)
+    return table
+
+
+def _features(values, morphological, inside, image, spacing, settings: Settings) -> dict[str, torch.Tensor]:
+    """Every asked family's features of a batch (B, Z, Y, X): intensities, morphological and
+    intensity masks, and which positions are image; in IBSI's family order."""
     levels, n_levels = _discretise(values, inside, settings)
     families = set(settings.families)
     voxels = inside.sum((1, 2, 3))
@@ -324,12 +389,7 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
             for aggregation, by_key in features(levels, n_levels, shared).items():
                 add(family, by_key, aggregation)
     order = {family: n for n, family in enumerate(FAMILIES)}
-    table = pd.DataFrame({k: columns[k].detach().cpu().numpy()
-                          for k in sorted(columns, key=lambda c: order[c.split("_", 1)[0]])})
-    if settings.names == "pyradiomics":
-        names = {k: v for k, v in pyradiomics_names().items() if k in table}
-        table = table[list(names)].rename(columns=names)
-    return table
+    return {k: columns[k] for k in sorted(columns, key=lambda c: order[c.split("_", 1)[0]])}
 
 
 def pyradiomics_names() -> dict[str, str]:

@@ -50,7 +50,7 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, 
 def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
     """Settings and the mask label from a PyRadiomics parameter file (YAML), for the settings
     both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label,
-    resampledPixelSpacing, interpolator}`` and ``featureClass``. PyRadiomics lists spacings
+    resampledPixelSpacing, interpolator}``, ``featureClass`` and ``imageType: {Original}``. PyRadiomics lists spacings
     x, y, z with 0 for "keep"; its resampling grid starts at the ROI's corner where IBSI's (and
     medlib's) is centred on the image, so resampled values differ slightly.
 
@@ -60,6 +60,18 @@ def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Set
     import yaml
 
     params = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = sorted(set(params) - {"setting", "featureClass", "imageType", "voxelSetting"})
+    if unknown:
+        raise RadiomicsError(f"{path}: section(s) {', '.join(unknown)} are not PyRadiomics parameter file sections "
+                             "(setting, featureClass, imageType, voxelSetting)")
+    image_types = sorted(set(params.get("imageType") or {"Original": {}}) - {"Original"})
+    if image_types:
+        raise RadiomicsError(f"{path}: image type(s) {', '.join(image_types)} are not read from PyRadiomics parameter "
+                             "files yet; compute filtered features with the Python API (Settings(filters=...), "
+                             "medlib.radiomics.filters) or remove them")
+    if params.get("voxelSetting"):
+        raise RadiomicsError(f"{path}: voxel-based (feature map) extraction (voxelSetting) is not implemented by "
+                             "medlib; remove the section")
     setting = params.get("setting") or {}
     supported = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
                  "interpolator"}
