@@ -568,6 +568,3 @@ class Riesz(Filter):
     def name(self):
         return f"riesz{''.join(map(str, self.order))}_{self.log.name}"
 
-
-FILTERS = {"mean": Mean, "log": LoG, "laws": Laws, "gabor": Gabor, "wavelet": Wavelet, "simoncelli": Simoncelli,
-           "riesz": Riesz}
