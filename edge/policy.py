@@ -150,7 +150,7 @@ def segmentation_features(instances: list[dict], inbox: dict[str, dict], key: Si
     from medlib.datasets.series import find_series
     from medlib.radiomics import extract
 
-    from .masks import MASK_MODALITIES, masks, referenced_series
+    from medlib.radiomics.masks import MASK_MODALITIES, Grid, masks, referenced_series
 
     by_series: dict[str, list[dict]] = defaultdict(list)
     for row in instances:
@@ -165,9 +165,9 @@ def segmentation_features(instances: list[dict], inbox: dict[str, dict], key: Si
             if not images:
                 reasons[mask_row["sop"]] = "the series it segments is not in this harvest"
                 continue
-            series, sops = _image_series(images, inbox, work / referenced, find_series)
+            series = _image_series(images, inbox, work / referenced, find_series)
             volume = series.read()
-            for label, mask in masks(path, series, sops):
+            for label, mask in masks(path, Grid.of(series)):
                 if not mask.any():
                     continue
                 features = extract(volume, mask, spacing=series.spacing)
@@ -190,12 +190,11 @@ def segmentation_features(instances: list[dict], inbox: dict[str, dict], key: Si
 
 
 def _image_series(images: list[dict], inbox: dict[str, dict], folder: Path, find_series):
-    """The image series of ``images`` (linked into ``folder``, read in slice order) and the SOP
-    Instance UIDs of its slices in that order."""
+    """The image series of ``images`` (linked into ``folder``, read in slice order)."""
     folder.mkdir(parents=True, exist_ok=True)
     for row in images:
         link = folder / f"{row['sop']}.dcm"
         if not link.is_symlink():
             link.symlink_to(inbox[row["sop"]]["path"])
     (series,) = find_series(folder)
-    return series, [Path(s.path).stem for s in series.slices]
+    return series

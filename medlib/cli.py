@@ -123,18 +123,13 @@ def cmd_anonymize_reidentify(args: argparse.Namespace) -> int:
 
 
 def cmd_radiomics(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .radiomics import Settings, extract
-    from .radiomics.io import read_volume, settings_from_params
+    from .radiomics.io import read_roi, settings_from_params
 
     overrides = {"device": args.device, "names": args.names}
     settings, label = settings_from_params(args.params, **overrides) if args.params else (Settings(**overrides), 1)
-    image, spacing = read_volume(args.image)
-    mask, mask_spacing = read_volume(args.mask)
-    if not np.allclose(spacing, mask_spacing, rtol=1e-3):
-        raise ValueError(f"the mask's spacing {mask_spacing} differs from the image's {spacing}; resample it first")
-    table = extract(image, mask == label, settings, spacing=spacing)
+    image, mask, spacing = read_roi(args.image, args.mask, args.roi, label)
+    table = extract(image, mask, settings, spacing=spacing)
     table.insert(0, "image", str(args.image))
     if args.output:
         table.to_csv(args.output, index=False)
@@ -317,7 +312,9 @@ def parser() -> argparse.ArgumentParser:
     _anonymize_parser(sub)
     rad = sub.add_parser("radiomics", help="IBSI radiomic features of one region of interest")
     rad.add_argument("image", help="a DICOM series folder, a NIfTI (.nii, .nii.gz) or an NRRD file")
-    rad.add_argument("mask", help="the mask, in any of the same forms, on the image's grid")
+    rad.add_argument("mask", help="the mask: a label image in any of the same forms on the image's grid, or a DICOM "
+                                  "SEG or RTSTRUCT file that segments the image (a DICOM series folder)")
+    rad.add_argument("--roi", help="the segment (SEG) or ROI (RTSTRUCT) to describe, by name (default: the only one)")
     rad.add_argument("--params", metavar="FILE", help="a PyRadiomics parameter file (YAML): binWidth, binCount, "
                                                       "resegmentRange, resegmentMode, label, featureClass")
     rad.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")

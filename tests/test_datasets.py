@@ -228,7 +228,7 @@ def test_the_header_index_is_remade_when_a_file_changes(as_user, catalog, tmp_pa
 
 
 def test_radiomics_over_a_dataset_in_batches(as_user, tmp_path: Path):
-    from medlib.radiomics import Settings, extract, extract_dataset
+    from medlib.radiomics import RadiomicsError, Settings, extract, extract_dataset
 
     as_user("alice", ["radiology-research"])
     tree = mds.open("research-ct")
@@ -247,3 +247,20 @@ def test_radiomics_over_a_dataset_in_batches(as_user, tmp_path: Path):
         voxel = np.prod([float(np.diff(image[d].values[:2])[0]) for d in ("z", "y", "x")])
         assert alone["morph_approximate_volume"] == pytest.approx(masks[uid].sum() * abs(voxel))
     assert [e["action"] for e in events(tmp_path)][-1] == "export"
+
+    # an RTSTRUCT drawn on a series of the dataset stands for its mask
+    from segmentations import write_rtstruct
+
+    from medlib.datasets.series import find_series
+    from medlib.radiomics.masks import Grid, mask
+
+    (series,) = find_series(tmp_path / "data" / "research-ct" / "a")
+    square = np.array([[4, 4], [4, 12], [12, 12], [12, 4]], dtype=float)
+    contours = write_rtstruct([Path(s.path) for s in series.slices], {1: square, 2: square}, tmp_path / "rs.dcm")
+    by_file = extract_dataset("research-ct", {series.uid: contours}, settings, progress=False, roi="GTV")
+    drawn = mask(contours, Grid.of(series))
+    assert drawn.sum() == 2 * 81
+    alone = extract(tree[series.uid]["image"], drawn, settings).iloc[0]
+    np.testing.assert_allclose(by_file.loc[series.uid].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
+    with pytest.raises(RadiomicsError, match="segments series"):
+        extract_dataset("research-ct", {next(u for u in masks if u != series.uid): contours}, settings, progress=False)

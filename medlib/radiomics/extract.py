@@ -17,6 +17,7 @@ the original image only. A response map's features are named ``<filter name>_<fe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -414,13 +415,17 @@ def extract(image, mask, settings: Settings = Settings(), spacing=None):
 __all__ = ["RadiomicsError", "Settings", "extract", "extract_batch", "extract_dataset", "feature_table"]
 
 
-def extract_dataset(dataset_id: str, masks, settings: Settings = Settings(), batch: int = 16, progress: bool = True):
+def extract_dataset(dataset_id: str, masks, settings: Settings = Settings(), batch: int = 16, progress: bool = True,
+                    roi: str | None = None):
     """Features of many series of a granted dataset, in batches, with a progress bar.
 
     Args:
-        masks: Series Instance UID → mask (z-y-x, on that series' grid); series without a mask
-            are left out.
+        masks: Series Instance UID → mask: an array (z-y-x, on that series' grid), or the path of
+            a DICOM SEG or RTSTRUCT that segments that series (see ``roi``); series without a
+            mask are left out.
         batch: series per batch (each batch is read lazily with dask, then extracted at once).
+        roi: the segment (SEG SegmentLabel) or ROI (RTSTRUCT ROIName) to use from SEG and
+            RTSTRUCT files; None: each file's only one.
 
     Returns:
         a DataFrame indexed by Series Instance UID. The extraction is recorded in the audit log.
@@ -442,9 +447,21 @@ def extract_dataset(dataset_id: str, masks, settings: Settings = Settings(), bat
         for start in range(0, len(uids), batch):
             chunk = uids[start:start + batch]
             images = dask.compute(*(tree[uid]["image"] for uid in chunk))
-            table = extract_batch(list(images), [masks[uid] for uid in chunk], settings)
+            table = extract_batch(list(images), [_mask_of(masks[uid], tree[uid], roi) for uid in chunk], settings)
             table.index = chunk
             tables.append(table)
             bar.update(len(chunk))
     audit.record("export", {"dataset": dataset_id, "series": len(uids)}, via="radiomics")
     return pd.concat(tables) if tables else pd.DataFrame()
+
+
+def _mask_of(given, node, roi: str | None) -> np.ndarray:
+    """A mask as given, or read from the SEG or RTSTRUCT file given, onto ``node``'s grid."""
+    if not isinstance(given, (str, os.PathLike)):
+        return given
+    from .masks import Grid, mask, referenced_series
+
+    segmented = referenced_series(given)
+    if segmented != node.attrs.get("SeriesInstanceUID", segmented):
+        raise RadiomicsError(f"{given} segments series {segmented}, not {node.attrs['SeriesInstanceUID']}")
+    return mask(given, Grid.of(node), roi)

@@ -47,6 +47,40 @@ def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, 
     raise RadiomicsError(f"{path}: give a DICOM series folder, a NIfTI (.nii, .nii.gz) or an NRRD file")
 
 
+def read_roi(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str], roi: str | None = None,
+             label: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """An image, its ROI as a boolean mask on its grid, and its spacing (z, y, x) mm.
+
+    The mask is a label image in any form :func:`read_volume` reads (voxels equal to ``label``),
+    or a DICOM SEG or RTSTRUCT file that segments the image (a DICOM series folder): then
+    ``roi`` names the segment or ROI (None: the file's only one).
+    """
+    mask_path = Path(mask_path)
+    if mask_path.is_file() and not mask_path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
+        from ..datasets.series import find_series
+        from .masks import Grid, mask, referenced_series
+
+        if not Path(image_path).is_dir():
+            raise RadiomicsError(f"{mask_path} is a DICOM segmentation: give the DICOM series folder it segments "
+                                 "as the image")
+        found = find_series(image_path)
+        if len(found) != 1:
+            raise RadiomicsError(f"{image_path} holds {len(found)} image series; give the folder of one")
+        series = found[0]
+        if referenced_series(mask_path) != series.uid:
+            raise RadiomicsError(f"{mask_path.name} segments series {referenced_series(mask_path)}, not the image's "
+                                 f"({series.uid})")
+        return series.read(), mask(mask_path, Grid.of(series), roi), series.spacing
+    if roi is not None:
+        raise RadiomicsError(f"roi {roi!r} names a segment of a DICOM SEG or RTSTRUCT; {mask_path.name} is a label "
+                             "image (choose its label with the parameter file's 'label')")
+    image, spacing = read_volume(image_path)
+    labels, mask_spacing = read_volume(mask_path)
+    if not np.allclose(spacing, mask_spacing, rtol=1e-3):
+        raise RadiomicsError(f"the mask's spacing {mask_spacing} differs from the image's {spacing}; resample it first")
+    return image, labels == label, spacing
+
+
 def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
     """Settings and the mask label from a PyRadiomics parameter file (YAML), for the settings
     both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label,
