@@ -219,7 +219,7 @@ def test_cli_reads_nifti_nrrd_and_dicom_with_a_pyradiomics_parameter_file(tmp_pa
     params.write_text("setting:\n  binWidth: 25\n  normalize: true\n")
     refused = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(paths[0].parent),
                               str(tmp_path / "mask.nrrd"), "--params", str(params)], capture_output=True, text=True, env=env)
-    assert refused.returncode == 2 and "normalize are not implemented" in refused.stderr
+    assert refused.returncode == 2 and "normalize: True are implemented by medlib only at PyRadiomics' defaults" in refused.stderr
 
 
 def test_zones_are_the_connected_components_scipy_finds():

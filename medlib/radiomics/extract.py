@@ -17,9 +17,12 @@ the original image only. A response map's features are named ``<filter name>_<fe
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +38,13 @@ FAMILIES = ("morph", "loc", "stat", "ih", "ivh", "cm", "rlm", "szm", "dzm", "ngt
 AGGREGATION_SUFFIX = {a: a.replace(", ", "_").replace(".", "_").replace("-", "_").replace(" ", "_")
                       for a in texture.AGGREGATIONS + neighbourhood.AGGREGATIONS}
 DISCRETISATIONS = ("fixed_bin_number", "fixed_bin_size", "none")
+CONVENTIONS = ("ibsi", "pyradiomics")
+
+
+@functools.cache
+def pyradiomics_table() -> dict:
+    """The data table ``pyradiomics.json``: how PyRadiomics' settings and names map to medlib's."""
+    return json.loads(Path(__file__).with_name("pyradiomics.json").read_text())
 
 
 class RadiomicsError(ValueError):
@@ -57,7 +67,16 @@ class Settings:
             already positive integer grey levels, as the IBSI digital phantom).
         bins: the number of bins (fixed bin number).
         bin_width: the bin width (fixed bin size), from ``resegment_range[0]`` if set, else the
-            ROI's minimum.
+            ROI's minimum (IBSI; see ``conventions``).
+        conventions: "ibsi", or "pyradiomics" where PyRadiomics defines a feature otherwise:
+            fixed-size bins start at the multiple of the bin width at or below the ROI's minimum
+            (bin edges are multiples of the width), and the axis lengths come from the
+            population covariance of the voxel positions (IBSI: the sample covariance); where
+            a feature is undefined for one grey level, PyRadiomics' value. Its surface mesh (its
+            own marching cubes) is not reproduced: surface area, surface to volume ratio and
+            sphericity differ from PyRadiomics' by up to 0.5% (``pyradiomics.json``).
+        energy_shift: added to the intensities for the energy and root mean square (PyRadiomics'
+            voxelArrayShift; IBSI: 0).
         resegment_range: keep only intensities in [low, high] (IBSI 2.6); None: all.
         resegment_outliers: also drop intensities beyond mean ± 3 SD (IBSI 2.6).
         ivh_discretisation: for the intensity-volume histogram (IBSI 3.5): "texture" (as for
@@ -70,6 +89,12 @@ class Settings:
         device: "cpu", "cuda", ...
         names: "ibsi" (family_key[_aggregation]) or "pyradiomics" (PyRadiomics' names, for the
             features it has).
+        pyradiomics_aggregation: with PyRadiomics' names, the texture aggregation they name:
+            "3D" (PyRadiomics' default), "3D merged" (its weightingNorm no_weighting), "2.5D"
+            (its force2D) or "2.5D merged" (both); the table is ``pyradiomics.json``.
+        minimum_dimensions: refuse an ROI that extends over fewer axes (0: any ROI, also one
+            voxel; 1: a line; 2: a slice; 3: a volume; PyRadiomics' minimumROIDimensions).
+        minimum_voxels: refuse an ROI of fewer voxels (PyRadiomics' minimumROISize).
         filters: IBSI 2 filters (:mod:`medlib.radiomics.filters`) whose response maps are also
             described, each by the families above except morphology.
         original: describe the original image too (False: response maps only).
@@ -83,6 +108,8 @@ class Settings:
     discretisation: str = "fixed_bin_number"
     bins: int = 32
     bin_width: float = 25.0
+    conventions: str = "ibsi"
+    energy_shift: float = 0.0
     resegment_range: tuple[float, float] | None = None
     resegment_outliers: bool = False
     ivh_discretisation: str = "texture"
@@ -91,6 +118,9 @@ class Settings:
     families: tuple[str, ...] = FAMILIES
     device: str = "cpu"
     names: str = "ibsi"
+    pyradiomics_aggregation: str = "3D"
+    minimum_dimensions: int = 0
+    minimum_voxels: int = 1
     filters: tuple[Filter, ...] = ()
     original: bool = True
 
@@ -106,6 +136,11 @@ class Settings:
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown:
             raise RadiomicsError(f"unknown feature families {unknown}; known: {', '.join(FAMILIES)}")
+        if self.pyradiomics_aggregation not in pyradiomics_table()["aggregations"]:
+            raise RadiomicsError(f"pyradiomics_aggregation {self.pyradiomics_aggregation!r}: use one of "
+                                 f"{', '.join(pyradiomics_table()['aggregations'])}")
+        if self.conventions not in CONVENTIONS:
+            raise RadiomicsError(f"conventions {self.conventions!r}: use {' or '.join(CONVENTIONS)}")
         if self.names not in ("ibsi", "pyradiomics"):
             raise RadiomicsError(f"names {self.names!r}: use ibsi or pyradiomics")
         object.__setattr__(self, "filters", tuple(self.filters))
@@ -170,6 +205,13 @@ def _prepare(image, mask, spacing, settings: Settings):
         raise RadiomicsError(f"give a volume (z, y, x); this image has {image.ndim} dimension(s)")
     mask = np.asarray(mask, dtype=bool)
     box = _bounding_box(mask)
+    extent = [b.stop - b.start for b in box]
+    if sum(e > 1 for e in extent) < settings.minimum_dimensions:
+        raise RadiomicsError(f"the ROI extends over {sum(e > 1 for e in extent)} axes ({'×'.join(map(str, extent))} "
+                             f"voxels); minimum_dimensions asks for {settings.minimum_dimensions}")
+    if settings.minimum_voxels > 1 and int(mask[box].sum()) < settings.minimum_voxels:
+        raise RadiomicsError(f"the ROI has {int(mask[box].sum())} voxels; minimum_voxels asks for "
+                             f"{settings.minimum_voxels}")
     if settings.resample_spacing is not None:
         target = tuple(settings.resample_spacing)
         new = tuple(s if t is None else t for s, t in zip(spacing, target))
@@ -228,7 +270,10 @@ def _discretise(values: torch.Tensor, inside: torch.Tensor, settings: Settings) 
         levels = (torch.floor(settings.bins * (values - low) / span) + 1).clamp(max=settings.bins).long()
         levels = torch.where(high > low, levels, torch.ones_like(levels))  # constant intensity: one level
     else:
-        origin = settings.resegment_range[0] if settings.resegment_range is not None else low
+        if settings.conventions == "pyradiomics":
+            origin = torch.floor(low / settings.bin_width) * settings.bin_width
+        else:
+            origin = settings.resegment_range[0] if settings.resegment_range is not None else low
         levels = (torch.floor((values - origin) / settings.bin_width) + 1).long()
     levels = torch.where(inside, levels, 0)
     n_levels = settings.bins if settings.discretisation == "fixed_bin_number" else int(levels.max().item())
@@ -338,7 +383,7 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
                 columns[f"{f.name}_{key}"] = column
     table = pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})
     if settings.names == "pyradiomics":
-        names = {k: v for k, v in pyradiomics_names().items() if k in table}
+        names = {k: v for k, v in pyradiomics_names(settings.pyradiomics_aggregation).items() if k in table}
         table = table[list(names)].rename(columns=names)
     return table
 
@@ -360,12 +405,13 @@ def _features(values, morphological, inside, image, spacing, settings: Settings)
             columns[f"{family}_{key}" + (f"_{AGGREGATION_SUFFIX[aggregation]}" if aggregation else "")] = v
 
     if "morph" in families:
-        add("morph", morphology(morphological, inside, values, spacing))
+        add("morph", morphology(morphological, inside, values, spacing,
+                                population_axes=settings.conventions == "pyradiomics"))
     if "loc" in families:
         add("loc", local_intensity(values, image, inside, spacing))
     roi_values, roi_levels, valid = _compact(inside, values, levels)
     if "stat" in families:
-        add("stat", first_order.intensity_statistics(roi_values, valid))
+        add("stat", first_order.intensity_statistics(roi_values, valid, settings.energy_shift))
     if "ih" in families:
         add("ih", first_order.intensity_histogram(roi_levels, valid, n_levels))
     if "ivh" in families:
@@ -389,20 +435,24 @@ def _features(values, morphological, inside, image, spacing, settings: Settings)
         if family in families:
             for aggregation, by_key in features(levels, n_levels, shared).items():
                 add(family, by_key, aggregation)
+    if settings.conventions == "pyradiomics":  # PyRadiomics' values where IBSI's are undefined (one grey level)
+        for name, value in pyradiomics_table()["flat"].items():
+            for column in [c for c in columns if c.startswith(name + "_") or c == name]:
+                columns[column] = torch.where(torch.isnan(columns[column]) & (voxels > 0), value, columns[column])
     order = {family: n for n, family in enumerate(FAMILIES)}
     return {k: columns[k] for k in sorted(columns, key=lambda c: order[c.split("_", 1)[0]])}
 
 
-def pyradiomics_names() -> dict[str, str]:
-    """medlib column → PyRadiomics feature name (3D merged texture, as PyRadiomics aggregates by
-    default over directions with its own averaging; see README for where definitions differ)."""
+def pyradiomics_names(aggregation: str = "3D") -> dict[str, str]:
+    """medlib column → PyRadiomics feature name, texture features under ``aggregation`` (see
+    ``Settings.pyradiomics_aggregation``; README says where definitions differ)."""
+    aggregations = pyradiomics_table()["aggregations"][aggregation]
     names = {}
     for row in feature_table():
         if not row["pyradiomics"]:
             continue
         key = f"{row['family']}_{row['key']}"
-        suffix = {"cm": "_3D_averaged", "rlm": "_3D_averaged", "szm": "_3D", "ngt": "_3D",
-                  "ngl": "_3D"}.get(row["family"], "")
+        suffix = f"_{AGGREGATION_SUFFIX[aggregations[row['family']]]}" if row["family"] in aggregations else ""
         names[key + suffix] = "original_" + row["pyradiomics"]
     return names
 

@@ -72,10 +72,11 @@ def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Te
     }
 
 
-def intensity_statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """IBSI 3.3 on the intensities of the intensity mask."""
+def intensity_statistics(values: torch.Tensor, valid: torch.Tensor, shift: float = 0.0) -> dict[str, torch.Tensor]:
+    """IBSI 3.3 on the intensities of the intensity mask; energy and root mean square of the
+    intensities plus ``shift`` (PyRadiomics' voxelArrayShift; IBSI: 0)."""
     out = _statistics(values, valid)
-    x, n = _masked(values, valid)
+    x, n = _masked(values + shift, valid)
     out["energy"] = (x ** 2).sum(-1)
     out["root_mean_square"] = (out["energy"] / n).sqrt()
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extract import FAMILIES, RadiomicsError, Settings
+from .extract import FAMILIES, RadiomicsError, Settings, pyradiomics_table
 
 #: PyRadiomics feature classes → medlib families (first order covers statistics and histogram).
 PYRADIOMICS_CLASSES = {"shape": ("morph",), "firstorder": ("stat", "ih"), "glcm": ("cm",), "glrlm": ("rlm",),
@@ -82,45 +82,73 @@ def read_roi(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[st
 
 
 def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
-    """Settings and the mask label from a PyRadiomics parameter file (YAML), for the settings
-    both share: ``setting: {binWidth, binCount, resegmentRange, resegmentMode, label,
-    resampledPixelSpacing, interpolator}``, ``featureClass`` and ``imageType: {Original}``. PyRadiomics lists spacings
-    x, y, z with 0 for "keep"; its resampling grid starts at the ROI's corner where IBSI's (and
-    medlib's) is centred on the image, so resampled values differ slightly.
-
-    Raises:
-        RadiomicsError: a setting medlib does not implement (rather than ignoring it).
-    """
+    """Settings and the mask label from a PyRadiomics parameter file (YAML): see
+    :func:`settings_from_pyradiomics`."""
     import yaml
 
-    params = yaml.safe_load(Path(path).read_text()) or {}
+    return settings_from_pyradiomics(yaml.safe_load(Path(path).read_text()) or {}, str(path), **overrides)
+
+
+def settings_from_pyradiomics(params: dict, source: str = "parameters", **overrides) -> tuple[Settings, int]:
+    """Settings and the mask label from PyRadiomics' parameters (a parameter file's sections:
+    ``setting``, ``featureClass``, ``imageType``), with PyRadiomics' conventions
+    (``Settings.conventions``: bin edges at multiples of binWidth, its axis lengths),
+    ``voxelArrayShift`` added for the energy features,
+    ROIs below ``minimumROIDimensions`` (default 2) or ``minimumROISize`` refused, PyRadiomics'
+    defaults where a setting is absent. ``imageType`` may name Original only, for now.
+    PyRadiomics lists spacings x, y, z with 0 for "keep"; its resampling grid starts at the
+    ROI's corner where IBSI's (and medlib's) is centred on the image, so resampled values differ
+    slightly. The settings medlib accepts only at PyRadiomics' default, and those that do not
+    change features, are the data table ``pyradiomics.json``.
+
+    Raises:
+        RadiomicsError: a setting, value, image type or section medlib does not implement, by
+            name (rather than ignoring it).
+    """
+    table = pyradiomics_table()
     unknown = sorted(set(params) - {"setting", "featureClass", "imageType", "voxelSetting"})
     if unknown:
-        raise RadiomicsError(f"{path}: section(s) {', '.join(unknown)} are not PyRadiomics parameter file sections "
+        raise RadiomicsError(f"{source}: section(s) {', '.join(unknown)} are not PyRadiomics parameter file sections "
                              "(setting, featureClass, imageType, voxelSetting)")
     image_types = sorted(set(params.get("imageType") or {"Original": {}}) - {"Original"})
     if image_types:
-        raise RadiomicsError(f"{path}: image type(s) {', '.join(image_types)} are not read from PyRadiomics parameter "
-                             "files yet; compute filtered features with the Python API (Settings(filters=...), "
+        raise RadiomicsError(f"{source}: image type(s) {', '.join(image_types)} are not read from PyRadiomics "
+                             "parameters yet; compute filtered features with the Python API (Settings(filters=...), "
                              "medlib.radiomics.filters) or remove them")
     if params.get("voxelSetting"):
-        raise RadiomicsError(f"{path}: voxel-based (feature map) extraction (voxelSetting) is not implemented by "
+        raise RadiomicsError(f"{source}: voxel-based (feature map) extraction (voxelSetting) is not implemented by "
                              "medlib; remove the section")
-    setting = params.get("setting") or {}
-    supported = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
-                 "interpolator"}
-    unsupported = sorted(set(setting) - supported)
+    setting = dict(params.get("setting") or {})
+    mapped = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
+              "interpolator", "voxelArrayShift", "minimumROIDimensions", "minimumROISize", "force2D", "weightingNorm"}
+    unsupported = sorted(set(setting) - mapped - set(table["same_at_default"]) - set(table["no_effect"]))
     if unsupported:
-        raise RadiomicsError(f"{path}: setting(s) {', '.join(unsupported)} are not implemented by medlib yet; "
+        raise RadiomicsError(f"{source}: setting(s) {', '.join(unsupported)} are not implemented by medlib yet; "
                              "remove them or resample/filter beforehand")
-    kwargs: dict = {}
-    if "binCount" in setting:
+    changed = sorted(k for k, default in table["same_at_default"].items() if k in setting and setting[k] != default)
+    if changed:
+        raise RadiomicsError(f"{source}: " + ", ".join(f"{k}: {setting[k]!r}" for k in changed) + " are implemented by "
+                             "medlib only at PyRadiomics' defaults (" + ", ".join(
+                                 f"{k}: {table['same_at_default'][k]!r}" for k in changed) + ")")
+    kwargs: dict = {"conventions": "pyradiomics", "energy_shift": float(setting.get("voxelArrayShift") or 0),
+                    # PyRadiomics refuses a single voxel whatever minimumROIDimensions says
+                    "minimum_dimensions": max(1, int(setting.get("minimumROIDimensions") or 2)),
+                    "minimum_voxels": int(setting.get("minimumROISize") or 1)}
+    if setting.get("force2D") and setting.get("force2Ddimension", 0) != 0:
+        raise RadiomicsError(f"{source}: force2Ddimension {setting['force2Ddimension']!r}: medlib's 2D texture works in "
+                             "the axial plane only (force2Ddimension: 0)")
+    if setting.get("weightingNorm") not in (None, "no_weighting"):
+        raise RadiomicsError(f"{source}: weightingNorm {setting['weightingNorm']!r}: medlib merges directions without "
+                             "weights only (no_weighting), or averages them (no weightingNorm)")
+    kwargs["pyradiomics_aggregation"] = ("2.5D" if setting.get("force2D") else "3D") + (
+        " merged" if setting.get("weightingNorm") else "")
+    if setting.get("binCount"):
         kwargs.update(discretisation="fixed_bin_number", bins=int(setting["binCount"]))
     else:
-        kwargs.update(discretisation="fixed_bin_size", bin_width=float(setting.get("binWidth", 25)))
+        kwargs.update(discretisation="fixed_bin_size", bin_width=float(setting.get("binWidth") or 25))
     if setting.get("resegmentMode", "absolute") == "sigma":
-        if [float(v) for v in setting.get("resegmentRange", [-3, 3])] != [-3.0, 3.0]:
-            raise RadiomicsError(f"{path}: sigma re-segmentation is implemented for [-3, 3] only (IBSI 2.6)")
+        if [float(v) for v in setting.get("resegmentRange") or [-3, 3]] != [-3.0, 3.0]:
+            raise RadiomicsError(f"{source}: sigma re-segmentation is implemented for [-3, 3] only (IBSI 2.6)")
         kwargs["resegment_outliers"] = True
     elif setting.get("resegmentRange"):
         low, *high = setting["resegmentRange"]
@@ -128,18 +156,18 @@ def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Set
     if setting.get("resampledPixelSpacing"):
         x, y, z = (float(v) or None for v in setting["resampledPixelSpacing"])
         kwargs["resample_spacing"] = (z, y, x)
-    interpolator = setting.get("interpolator", "sitkBSpline")
+    interpolator = setting.get("interpolator") or "sitkBSpline"
     if interpolator not in PYRADIOMICS_INTERPOLATORS:
-        raise RadiomicsError(f"{path}: interpolator {interpolator!r} is not implemented by medlib; use one of "
+        raise RadiomicsError(f"{source}: interpolator {interpolator!r} is not implemented by medlib; use one of "
                              f"{', '.join(PYRADIOMICS_INTERPOLATORS)}")
     kwargs["interpolator"] = PYRADIOMICS_INTERPOLATORS[interpolator]
     classes = params.get("featureClass")
     if classes:
         unknown = sorted(set(classes) - set(PYRADIOMICS_CLASSES))
         if unknown:
-            raise RadiomicsError(f"{path}: feature class(es) {', '.join(unknown)} are not implemented by medlib yet "
+            raise RadiomicsError(f"{source}: feature class(es) {', '.join(unknown)} are not implemented by medlib yet "
                                  f"(implemented: {', '.join(PYRADIOMICS_CLASSES)})")
         kwargs["families"] = tuple(f for c in classes for f in PYRADIOMICS_CLASSES[c])
     else:
         kwargs["families"] = FAMILIES
-    return Settings(**{**kwargs, **overrides}), int(setting.get("label", 1))
+    return Settings(**{**kwargs, **overrides}), int(setting.get("label") or 1)

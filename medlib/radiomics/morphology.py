@@ -109,7 +109,8 @@ def _hull(points: np.ndarray) -> tuple[float, float, np.ndarray]:
     return hull.volume, hull.area, points[hull.vertices]
 
 
-def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.Tensor, spacing) -> dict[str, torch.Tensor]:
+def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.Tensor, spacing,
+               population_axes: bool = False) -> dict[str, torch.Tensor]:
     """The IBSI morphological features with reference values, each (B,).
 
     Args:
@@ -117,6 +118,8 @@ def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.
         inside: (B, Z, Y, X) bool, the intensity mask.
         values: (B, Z, Y, X) float64 intensities.
         spacing: (z, y, x) voxel size in mm.
+        population_axes: the axis lengths from the population covariance of the voxel
+            positions (PyRadiomics), not the sample covariance (IBSI).
     """
     dev = dict(dtype=torch.float64, device=values.device)
     volumes, areas, hull_volumes, hull_areas, diameters, boxes = [], [], [], [], [], []
@@ -143,7 +146,9 @@ def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.
     nm = m.sum((1, 2, 3))
     centre = torch.einsum("bzyx,zyxc->bc", m, position) / nm[:, None]
     second = torch.einsum("bzyx,zyxc,zyxd->bcd", m, position, position) / nm[:, None, None]
-    covariance = (second - centre[:, :, None] * centre[:, None, :]) * (nm / (nm - 1).clamp(min=1))[:, None, None]
+    covariance = second - centre[:, :, None] * centre[:, None, :]
+    if not population_axes:  # IBSI: the sample covariance
+        covariance = covariance * (nm / (nm - 1).clamp(min=1))[:, None, None]
     least, minor, major = torch.linalg.eigvalsh(covariance).clamp(min=0).unbind(-1)
     weight = torch.where(inside, values, 0.0)
     weighted_centre = torch.einsum("bzyx,zyxc->bc", weight, position) / weight.sum((1, 2, 3))[:, None]
