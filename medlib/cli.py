@@ -315,8 +315,9 @@ def parser() -> argparse.ArgumentParser:
     rad.add_argument("mask", help="the mask: a label image in any of the same forms on the image's grid, or a DICOM "
                                   "SEG or RTSTRUCT file that segments the image (a DICOM series folder)")
     rad.add_argument("--roi", help="the segment (SEG) or ROI (RTSTRUCT) to describe, by name (default: the only one)")
-    rad.add_argument("--params", metavar="FILE", help="a PyRadiomics parameter file (YAML): binWidth, binCount, "
-                                                      "resegmentRange, resegmentMode, label, featureClass")
+    rad.add_argument("--params", metavar="FILE", help="a PyRadiomics parameter file (YAML), read with PyRadiomics' "
+                                                      "conventions: setting, featureClass, imageType (what is not "
+                                                      "implemented is refused by name)")
     rad.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     rad.add_argument("--names", choices=("ibsi", "pyradiomics"), default="ibsi",
                      help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")

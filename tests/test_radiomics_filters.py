@@ -239,16 +239,28 @@ def test_settings_refuse_what_is_not_a_filter():
         Settings(filters=("log",))
     with pytest.raises(RadiomicsError, match="nothing to describe"):
         Settings(original=False)
-    with pytest.raises(RadiomicsError, match="PyRadiomics' names for response maps"):
+    with pytest.raises(RadiomicsError, match="PyRadiomics has no names for IBSI 2's filters \\(log_s1_3d\\)"):
         Settings(filters=(LoG(),), names="pyradiomics")
 
 
-def test_a_pyradiomics_parameter_file_s_image_types_are_refused_by_name_not_ignored(tmp_path):
+def test_a_pyradiomics_parameter_file_s_image_types_are_read_or_refused_by_name(tmp_path):
+    from medlib.radiomics.image_types import RecursiveLoG, StationaryWavelet
+
     params = tmp_path / "params.yaml"
-    params.write_text("imageType:\n  Original: {}\n  LoG: {sigma: [1.0, 2.0]}\n  Wavelet: {}\n"
+    params.write_text("imageType:\n  Original: {}\n  LoG: {sigma: [1.0, 2.0]}\n  Wavelet: {level: 2}\n"
                       "setting:\n  binWidth: 25\n")
-    with pytest.raises(RadiomicsError, match="image type\\(s\\) LoG, Wavelet"):
+    settings, _ = settings_from_params(params)
+    assert settings.original and [f.pyradiomics_name for f in settings.filters[:2]] == [
+        "log-sigma-1-0-mm-3D", "log-sigma-2-0-mm-3D"]
+    wavelets = [f.pyradiomics_name for f in settings.filters if isinstance(f, StationaryWavelet)]
+    assert len(wavelets) == 7 + 8 and "wavelet2-LLL" in wavelets and "wavelet-LLL" not in wavelets
+    assert all(isinstance(f, RecursiveLoG) for f in settings.filters[:2])
+    params.write_text("imageType:\n  LBP3D: {}\n")
+    with pytest.raises(RadiomicsError, match="image type LBP3D is not implemented"):
         settings_from_params(params)
-    params.write_text("imageType:\n  Original: {}\nsetting:\n  binWidth: 25\n")
-    settings, label = settings_from_params(params)
-    assert (settings.bin_width, settings.filters, label) == (25.0, (), 1)
+    params.write_text("imageType:\n  LoG: {sigma: [1.0], binWidth: 5}\n")
+    with pytest.raises(RadiomicsError, match="binWidth of image type LoG"):
+        settings_from_params(params)
+    params.write_text("imageType:\n  LoG: {}\n")
+    with pytest.raises(RadiomicsError, match="LoG needs sigma"):
+        settings_from_params(params)

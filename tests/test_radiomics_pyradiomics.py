@@ -103,3 +103,28 @@ def test_pyradiomics_bins_start_at_a_multiple_of_the_width():
                                             conventions="pyradiomics"), spacing=(1, 1, 1)).iloc[0]
     assert (ibsi["ih_minimum"], ibsi["ih_maximum"]) == (1, 1)  # from 40: both in [40, 65)
     assert (aligned["ih_minimum"], aligned["ih_maximum"]) == (1, 2)  # from 25: [25, 50) and [50, 75)
+
+
+#: the parameter file filtered.csv was made with (make_filtered.py)
+FILTERED = {"setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 0},
+            "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 3.0]}, "Wavelet": {}, "Square": {}, "SquareRoot": {},
+                          "Logarithm": {}, "Exponential": {}, "Gradient": {}, "LBP2D": {}},
+            "featureClass": {c: None for c in ("firstorder", "glcm", "glrlm", "glszm", "ngtdm", "gldm")}}
+
+
+@pytest.mark.parametrize("case", ["brain1", "breast1"])
+def test_every_pyradiomics_image_type_matches_pyradiomics_within_0_1_percent(case: str):
+    with open(DATA / "filtered.csv", newline="") as f:
+        expected = {r["featureName"]: float(r[case]) for r in csv.DictReader(f)}
+    settings, label = settings_from_pyradiomics(FILTERED, names="pyradiomics")
+    image, spacing = read_volume(DATA / f"{case}_image.nrrd")
+    labels, _ = read_volume(DATA / f"{case}_label.nrrd")
+    row = extract(image, labels == label, settings, spacing=spacing).iloc[0]
+    types = {name.split("_")[0] for name in expected}
+    assert len(types) == 17  # original, 2 LoG, 8 wavelet sub-bands, 6 voxel-wise and local
+    missing = {name for name in expected if name not in row.index}
+    assert {name.split("_", 1)[1] for name in missing} == set(json.loads(
+        (Path(__file__).resolve().parents[1] / "medlib" / "radiomics" / "pyradiomics.json").read_text())["missing"])
+    off = {name: f"{row[name]:.8g} vs {value:.8g}" for name, value in expected.items()
+           if name in row.index and not np.isclose(row[name], value, rtol=1e-3, atol=1e-12)}
+    assert len(expected) - len(missing) == 17 * 92 and off == {}

@@ -150,9 +150,10 @@ class Settings:
                                  "Gabor, Wavelet, Simoncelli, Riesz)")
         if not self.original and not self.filters:
             raise RadiomicsError("original=False leaves nothing to describe: give filters, or keep the original")
-        if self.filters and self.names == "pyradiomics":
-            raise RadiomicsError("PyRadiomics' names for response maps are not implemented yet: use names='ibsi' "
-                                 "with filters")
+        unnamed = [f.name for f in self.filters if not hasattr(f, "pyradiomics_name")]
+        if unnamed and self.names == "pyradiomics":
+            raise RadiomicsError(f"PyRadiomics has no names for IBSI 2's filters ({', '.join(unnamed)}): use "
+                                 "names='ibsi', or PyRadiomics' image types (medlib.radiomics.image_types)")
 
 
 def _spacing_of(image) -> tuple[float, float, float] | None:
@@ -381,9 +382,22 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
             response = _batch([(f(v[None], spacing)[0][inner], m[inner]) for v, m, _, inner in rois])[0]
             for key, column in _features(response, morphological, inside, image, spacing, own).items():
                 columns[f"{f.name}_{key}"] = column
+    if settings.names == "pyradiomics":  # PyRadiomics' features that are IBSI's shifted or scaled
+        for prefix in [""] * settings.original + [f"{f.name}_" for f in settings.filters]:
+            for target, rule in pyradiomics_table()["derived"].items():
+                if prefix + rule["from"] in columns:
+                    value = columns[prefix + rule["from"]] + rule.get("add", 0)
+                    columns[f"{prefix}pyradiomics_{target}"] = value * (
+                        float(np.prod(spacing)) if rule.get("times_voxel_volume") else 1)
     table = pd.DataFrame({k: v.detach().cpu().numpy() for k, v in columns.items()})
     if settings.names == "pyradiomics":
-        names = {k: v for k, v in pyradiomics_names(settings.pyradiomics_aggregation).items() if k in table}
+        original = pyradiomics_names(settings.pyradiomics_aggregation)
+        original.update({f"pyradiomics_{target}": f"original_{target}" for target in pyradiomics_table()["derived"]})
+        names = dict(original)
+        for f in settings.filters:
+            names.update({f"{f.name}_{k}": f"{f.pyradiomics_name}_{v.removeprefix('original_')}"
+                          for k, v in original.items() if not k.startswith("morph_")})
+        names = {k: v for k, v in names.items() if k in table}
         table = table[list(names)].rename(columns=names)
     return table
 

@@ -6,6 +6,7 @@ Arrays come back z-y-x with their spacing (z, y, x) in mm, as ``medlib.datasets`
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -95,7 +96,11 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
     (``Settings.conventions``: bin edges at multiples of binWidth, its axis lengths),
     ``voxelArrayShift`` added for the energy features,
     ROIs below ``minimumROIDimensions`` (default 2) or ``minimumROISize`` refused, PyRadiomics'
-    defaults where a setting is absent. ``imageType`` may name Original only, for now.
+    defaults where a setting is absent. ``imageType`` names the original image and PyRadiomics'
+    derived images (:mod:`medlib.radiomics.image_types`, with PyRadiomics' definitions and names):
+    LoG (``sigma``), Wavelet (``wavelet``, ``start_level``, ``level``: every sub-band of every
+    level, the approximation of the last), Square, SquareRoot, Logarithm, Exponential, Gradient
+    (``gradientUseSpacing``) and LBP2D (``lbp2DRadius``, ``lbp2DSamples``, ``lbp2DMethod``).
     PyRadiomics lists spacings x, y, z with 0 for "keep"; its resampling grid starts at the
     ROI's corner where IBSI's (and medlib's) is centred on the image, so resampled values differ
     slightly. The settings medlib accepts only at PyRadiomics' default, and those that do not
@@ -110,17 +115,13 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
     if unknown:
         raise RadiomicsError(f"{source}: section(s) {', '.join(unknown)} are not PyRadiomics parameter file sections "
                              "(setting, featureClass, imageType, voxelSetting)")
-    image_types = sorted(set(params.get("imageType") or {"Original": {}}) - {"Original"})
-    if image_types:
-        raise RadiomicsError(f"{source}: image type(s) {', '.join(image_types)} are not read from PyRadiomics "
-                             "parameters yet; compute filtered features with the Python API (Settings(filters=...), "
-                             "medlib.radiomics.filters) or remove them")
     if params.get("voxelSetting"):
         raise RadiomicsError(f"{source}: voxel-based (feature map) extraction (voxelSetting) is not implemented by "
                              "medlib; remove the section")
     setting = dict(params.get("setting") or {})
     mapped = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
-              "interpolator", "voxelArrayShift", "minimumROIDimensions", "minimumROISize", "force2D", "weightingNorm"}
+              "interpolator", "voxelArrayShift", "minimumROIDimensions", "minimumROISize", "force2D", "weightingNorm",
+              *IMAGE_TYPE_SETTINGS}
     unsupported = sorted(set(setting) - mapped - set(table["same_at_default"]) - set(table["no_effect"]))
     if unsupported:
         raise RadiomicsError(f"{source}: setting(s) {', '.join(unsupported)} are not implemented by medlib yet; "
@@ -170,4 +171,49 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
         kwargs["families"] = tuple(f for c in classes for f in PYRADIOMICS_CLASSES[c])
     else:
         kwargs["families"] = FAMILIES
+    kwargs["original"], kwargs["filters"] = _image_types(params.get("imageType") or {"Original": {}}, setting, source)
     return Settings(**{**kwargs, **overrides}), int(setting.get("label") or 1)
+
+
+#: PyRadiomics' settings of its image types, in ``setting`` (for all) or under the image type.
+IMAGE_TYPE_SETTINGS = {"sigma", "wavelet", "start_level", "level", "gradientUseSpacing", "lbp2DRadius",
+                       "lbp2DSamples", "lbp2DMethod"}
+
+
+def _image_types(types: dict, setting: dict, source: str) -> tuple[bool, tuple]:
+    """Whether the original image is described, and PyRadiomics' derived images
+    (:mod:`medlib.radiomics.image_types`) for a parameter file's ``imageType`` section."""
+    from . import image_types as it
+
+    filters: list = []
+    for name, custom in types.items():
+        custom = custom or {}
+        unknown = sorted(set(custom) - IMAGE_TYPE_SETTINGS)
+        if unknown:
+            raise RadiomicsError(f"{source}: setting(s) {', '.join(unknown)} of image type {name} are not implemented "
+                                 "by medlib (settings per image type other than the filter's own); set them for all")
+        given = {**{k: v for k, v in setting.items() if k in IMAGE_TYPE_SETTINGS}, **custom}
+        if name == "Original":
+            continue
+        if name == "LoG":
+            if not given.get("sigma"):
+                raise RadiomicsError(f"{source}: image type LoG needs sigma (a list of scales in mm)")
+            filters += [it.RecursiveLoG(sigma=float(s)) for s in given["sigma"]]
+        elif name == "Wavelet":
+            levels = int(given.get("level", 1))
+            wavelet, start = str(given.get("wavelet", "coif1")), int(given.get("start_level", 0))
+            for level in range(1, levels + 1):
+                bands = ["".join(b) for b in itertools.product("LH", repeat=3) if level == levels or "H" in b]
+                filters += [it.StationaryWavelet(wavelet=wavelet, subband=b, level=level, start_level=start)
+                            for b in bands]
+        elif name == "Gradient":
+            filters.append(it.Gradient(use_spacing=bool(given.get("gradientUseSpacing", True))))
+        elif name == "LBP2D":
+            filters.append(it.LBP2D(radius=float(given.get("lbp2DRadius", 1)), samples=int(given.get("lbp2DSamples", 8)),
+                                    method=str(given.get("lbp2DMethod", "uniform"))))
+        elif name in ("Square", "SquareRoot", "Logarithm", "Exponential"):
+            filters.append(getattr(it, name)())
+        else:
+            raise RadiomicsError(f"{source}: image type {name} is not implemented by medlib (implemented: Original, "
+                                 "LoG, Wavelet, Square, SquareRoot, Logarithm, Exponential, Gradient, LBP2D)")
+    return "Original" in types, tuple(filters)
