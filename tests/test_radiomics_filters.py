@@ -185,13 +185,16 @@ def test_a_batch_with_filters_gives_each_roi_what_it_gives_alone():
     second = rng.normal(50, 20, size=(9, 17, 12))
     second_mask = np.zeros(second.shape, bool)
     second_mask[2:7, 4:13, 3:9] = True
+    elsewhere = np.zeros(first.shape, bool)  # a second ROI of the first image: shares its whole-image maps
+    elsewhere[6:12, 2:9, 14:22] = True
     settings = Settings(families=("stat", "ih", "cm"), discretisation="fixed_bin_number", bins=8,
-                        filters=(Mean(support=3), LoG(sigma=2.0, dimensions=2)))
-    together = extract_batch([first, second], [first_mask, second_mask], settings, spacing=(1.0, 1.0, 1.0))
+                        filters=(Mean(support=3), LoG(sigma=2.0, dimensions=2), Simoncelli(level=1)))
+    together = extract_batch([first, second, first], [first_mask, second_mask, elsewhere], settings,
+                             spacing=(1.0, 1.0, 1.0))
     plain = extract(first, first_mask, Settings(families=("stat", "ih", "cm"), discretisation="fixed_bin_number",
                                                 bins=8), spacing=(1.0, 1.0, 1.0)).iloc[0]
     assert {"stat_mean", "mean_d3_3d_stat_mean", "log_s2_2d_cm_joint_maximum_3D_averaged"} <= set(together.columns)
-    for n, (image, mask) in enumerate([(first, first_mask), (second, second_mask)]):
+    for n, (image, mask) in enumerate([(first, first_mask), (second, second_mask), (first, elsewhere)]):
         alone = extract(image, mask, settings, spacing=(1.0, 1.0, 1.0)).iloc[0]
         np.testing.assert_allclose(together.iloc[n].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
     # the original image's features do not change when filters are added

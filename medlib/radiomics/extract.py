@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -177,6 +178,18 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(slice(int(a[0]), int(a[-1]) + 1) for a in (slices, rows, columns))
 
 
+class _Roi(NamedTuple):
+    """One ROI prepared: intensities and morphological mask of the crop ``outer`` of the
+    (resampled) image, its spacing, and the slices of the crop that hold the ROI with the
+    local-intensity margin."""
+
+    values: torch.Tensor
+    inside: torch.Tensor
+    spacing: tuple[float, float, float]
+    inner: tuple[slice, slice, slice]
+    outer: tuple[slice, slice, slice]
+
+
 def _reach(settings: Settings, spacing) -> tuple[int, int, int] | None:
     """How far beyond the ROI (and its local-intensity margin) the filters need the image, in
     voxels (z, y, x); None: the whole image (also with periodic padding, where the voxels by
@@ -241,7 +254,7 @@ def _prepare(image, mask, spacing, settings: Settings):
         values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
         inside = torch.from_numpy(np.ascontiguousarray(inside, dtype=bool)).to(settings.device)
     inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
-    return values, inside, tuple(float(s) for s in spacing), inner
+    return _Roi(values, inside, tuple(float(s) for s in spacing), inner, outer)
 
 
 def _resegment(values: torch.Tensor, inside: torch.Tensor, settings: Settings) -> torch.Tensor:
@@ -364,12 +377,12 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
     if len(images) != len(masks):
         raise RadiomicsError(f"{len(images)} images but {len(masks)} masks")
     rois = [_prepare(i, m, spacing, settings) for i, m in zip(images, masks)]
-    spacings = {r[2] for r in rois}
+    spacings = {r.spacing for r in rois}
     if len(spacings) > 1:
         raise RadiomicsError(f"the ROIs have different voxel spacings {sorted(spacings)}; set resample_spacing, "
                              "or extract them in separate batches")
     spacing = spacings.pop()
-    values, morphological, image = _batch([(v[inner], m[inner]) for v, m, _, inner in rois])
+    values, morphological, image = _batch([(r.values[r.inner], r.inside[r.inner]) for r in rois])
     inside = _resegment(values, morphological, settings)
     columns: dict[str, torch.Tensor] = {}
     if settings.original:
@@ -379,7 +392,13 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
         own = replace(settings, resegment_range=None, resegment_outliers=False, families=tuple(
             f for f in settings.families if f != "morph"), ivh_discretisation="texture", filters=(), original=True)
         for f in settings.filters:
-            response = _batch([(f(v[None], spacing)[0][inner], m[inner]) for v, m, _, inner in rois])[0]
+            maps: dict[tuple, torch.Tensor] = {}  # ROIs of one image share a response map of the same crop
+            keys = [(id(source), *((o.start, o.stop) for o in r.outer)) for source, r in zip(images, rois)]
+            for key, r in zip(keys, rois):
+                if key not in maps:
+                    maps[key] = f(r.values[None], spacing)[0]
+            response = _batch([(maps[key][r.inner], r.inside[r.inner]) for key, r in zip(keys, rois)])[0]
+            del maps
             for key, column in _features(response, morphological, inside, image, spacing, own).items():
                 columns[f"{f.name}_{key}"] = column
     if settings.names == "pyradiomics":  # PyRadiomics' features that are IBSI's shifted or scaled
