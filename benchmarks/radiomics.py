@@ -15,11 +15,23 @@ PyRadiomics lives in its own virtual environment (../shared/PEERS.md):
     PEERS/pyradiomics/bin/pip install --no-build-isolation pyradiomics
 
     python benchmarks/radiomics.py --peers PEERS [--device cuda] [--record]
+
+``--filtered``: derived images instead, on a real CT (STS_001 of the IBSI validation set, from
+../shared): the PyRadiomics parameter file of the usual published signature (Original, LoG σ 1, 2
+and 3 mm, the 8 wavelet sub-bands of coif1; PyRadiomics' feature classes; bin width 25) through
+medlib (``--params``' conventions and image types) and PyRadiomics, and the same filters as IBSI 2
+defines them (LoG, undecimated coif1, every IBSI family) through medlib and MIRP (its own
+virtual environment, PEERS/mirp: ``pip install mirp``); on the patient's GTV (117k voxels) and on
+100 small ROIs (~150 voxels) in the same image; re-segmentation to [-1000, 400] HU for the IBSI
+run (MIRP's fixed bin size needs a lower bound). PyRadiomics and MIRP take one call per ROI (each
+filters the image again, as they are used); medlib batches of ``--batch`` (25). MIRP on the small ROIs is timed
+over ``--mirp-rois`` of them (default 10) and given per ROI and scaled to 100, said so.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -80,10 +92,10 @@ def volume() -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return image, big, labels, len(centres)
 
 
-def write_nifti(path: Path, array: np.ndarray) -> None:
+def write_nifti(path: Path, array: np.ndarray, spacing=SPACING) -> None:
     import nibabel as nib
 
-    affine = np.diag([SPACING[2], SPACING[1], SPACING[0], 1.0])
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
     nib.save(nib.Nifti1Image(array.transpose(2, 1, 0), affine), str(path))
 
 
@@ -108,12 +120,153 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+PATIENT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ibsi_validation" / "dicom" / "STS_001" / "CT"
+#: the PyRadiomics parameter file of --filtered
+SIGNATURE = {"setting": {"binWidth": 25, "label": 1, "additionalInfo": False},
+             "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0, 3.0]}, "Wavelet": {}},
+             "featureClass": {c: None for c in ("shape", "firstorder", "glcm", "glrlm", "glszm", "ngtdm", "gldm")}}
+
+PYRADIOMICS_FILTERED = r"""
+import json, sys, time
+import SimpleITK as sitk
+from radiomics import featureextractor, logger
+logger.setLevel(40)
+params, image, big, small, n_small = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+extractor = featureextractor.RadiomicsFeatureExtractor(params)
+img, big_mask, small_masks = sitk.ReadImage(image), sitk.ReadImage(big), sitk.ReadImage(small)
+extractor.execute(img, small_masks, label=1)  # warm-up
+t0 = time.perf_counter(); values = extractor.execute(img, big_mask); big_time = time.perf_counter() - t0
+t0 = time.perf_counter()
+for label in range(1, n_small + 1):
+    extractor.execute(img, small_masks, label=label)
+print(json.dumps({"big": big_time, "small": time.perf_counter() - t0,
+                  "values": {k: float(v) for k, v in values.items() if not k.startswith("diagnostics")}}))
+"""
+
+MIRP_FILTERED = r"""
+import json, sys, time, warnings, logging
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+from mirp import extract_features
+image, big, small_files = sys.argv[1], sys.argv[2], sys.argv[3:]
+settings = dict(image_modality="CT", base_feature_families="all", base_discretisation_method="fixed_bin_size",
+                base_discretisation_bin_width=25.0, resegmentation_intensity_range=[-1000.0, 400.0],
+                filter_kernels=["laplacian_of_gaussian", "separable_wavelet"], laplacian_of_gaussian_sigma=[1.0, 2.0, 3.0],
+                separable_wavelet_families="coif1", separable_wavelet_set="all", response_map_feature_families="all",
+                response_map_discretisation_method="fixed_bin_size", response_map_discretisation_bin_width=25.0,
+                export_features=True, write_features=False, num_cpus=1)
+t0 = time.perf_counter(); extract_features(image=image, mask=big, **settings); big_time = time.perf_counter() - t0
+t0 = time.perf_counter()
+for mask in small_files:
+    extract_features(image=image, mask=mask, **settings)
+print(json.dumps({"big": big_time, "small_each": (time.perf_counter() - t0) / len(small_files)}))
+"""
+
+
+def small_rois(shape: tuple[int, int, int], spacing, n: int = 100) -> np.ndarray:
+    """Labels 1..n: balls of radius 5 mm on a grid inside the volume."""
+    z, y, x = np.indices(shape)
+    labels = np.zeros(shape, np.uint8)
+    centres = [(cz, cy, cx) for cz in np.linspace(6, shape[0] - 7, 5).astype(int)
+               for cy in np.linspace(15, shape[1] - 16, 5).astype(int)
+               for cx in np.linspace(15, shape[2] - 16, 5).astype(int)][:n]
+    for label, (cz, cy, cx) in enumerate(centres, 1):
+        ball = ((z - cz) * spacing[0]) ** 2 + ((y - cy) * spacing[1]) ** 2 + ((x - cx) * spacing[2]) ** 2 <= 25
+        labels[ball] = label
+    return labels
+
+
+def filtered(args) -> str:
+    """The --filtered benchmark: its table as text."""
+    from medlib.radiomics import filters as ibsi
+    from medlib.radiomics.io import read_roi, settings_from_pyradiomics
+
+    if not PATIENT.exists():
+        raise SystemExit(f"{PATIENT} is missing: --filtered reads a real CT from ../shared (see ../shared/README.md)")
+    image, gtv, spacing = read_roi(PATIENT / "image", PATIENT / "mask" / "RS.dcm", "GTV_Mass_CT")
+    image = image.astype(np.float64)
+    labels = small_rois(image.shape, spacing)
+    n = int(labels.max())
+    small = [labels == k for k in range(1, n + 1)]
+    ours, _ = settings_from_pyradiomics(SIGNATURE, names="pyradiomics", device=args.device)
+    bands = ["".join(b) for b in itertools.product("LH", repeat=3)]
+    as_ibsi = Settings(discretisation="fixed_bin_size", bin_width=25.0, resegment_range=(-1000.0, 400.0),
+                       device=args.device, filters=tuple(ibsi.LoG(sigma=s) for s in (1.0, 2.0, 3.0)) + tuple(
+                           ibsi.Wavelet(wavelet="coif1", subband=b) for b in bands))
+    extract_batch([image] * 2, small[:2], ours, spacing=spacing)  # warm-up
+    timings = {}
+    for name, settings in (("pyradiomics", ours), ("ibsi", as_ibsi)):
+        t0 = time.perf_counter()
+        row = extract(image, gtv, settings, spacing=spacing).iloc[0]
+        timings[name, "big"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for start in range(0, n, args.batch):
+            extract_batch([image] * len(small[start:start + args.batch]), small[start:start + args.batch], settings,
+                          spacing=spacing)
+        timings[name, "small"] = time.perf_counter() - t0
+        if name == "pyradiomics":
+            values = row
+    peer, mirp = None, None
+    with tempfile.TemporaryDirectory(prefix="medlib-radiomics-filtered-") as tmp:
+        tmp = Path(tmp)
+        for name, array in (("image", image.astype(np.float32)), ("big", gtv.astype(np.uint8)), ("small", labels)):
+            write_nifti(tmp / f"{name}.nii.gz", array, spacing)
+        if args.peers and (args.peers / "pyradiomics").exists():
+            run = subprocess.run([str(args.peers.resolve() / "pyradiomics/bin/python"), "-c", PYRADIOMICS_FILTERED,
+                                  json.dumps(SIGNATURE), *(str(tmp / f"{k}.nii.gz") for k in ("image", "big", "small")),
+                                  str(n)], capture_output=True, text=True)
+            if run.returncode:
+                print(f"pyradiomics failed: {run.stderr[-1000:]}", file=sys.stderr)
+            else:
+                peer = json.loads(run.stdout.strip().splitlines()[-1])
+        if args.peers and (args.peers / "mirp").exists():
+            files = []
+            for k in range(1, args.mirp_rois + 1):
+                write_nifti(tmp / f"small{k}.nii.gz", (labels == k).astype(np.uint8), spacing)
+                files.append(str(tmp / f"small{k}.nii.gz"))
+            run = subprocess.run([str(args.peers.resolve() / "mirp/bin/python"), "-c", MIRP_FILTERED,
+                                  str(tmp / "image.nii.gz"), str(tmp / "big.nii.gz"), *files],
+                                 capture_output=True, text=True, cwd=tmp)
+            if run.returncode:
+                print(f"mirp failed: {run.stderr[-1000:]}", file=sys.stderr)
+            else:
+                mirp = json.loads(run.stdout.strip().splitlines()[-1])
+    big_case = f"1 real CT ROI ({int(gtv.sum())} voxels, {'×'.join(map(str, image.shape))} image)"
+    small_case = f"{n} ROIs of ~{int(np.mean([m.sum() for m in small]))} voxels, same image (medlib: batches of {args.batch})"
+    rows = ["| parameters | case | medlib | peer | × faster |", "|---|---|---|---|---|"]
+    for case, key in ((big_case, "big"), (small_case, "small")):
+        theirs = peer and peer[key]
+        rows.append(f"| PyRadiomics file (12 images, PyRadiomics' classes) | {case} | {timings['pyradiomics', key]:.2f} s | "
+                    + (f"PyRadiomics {theirs:.2f} s | {theirs / timings['pyradiomics', key]:.1f} |" if theirs else "— | — |"))
+    for case, key in ((big_case, "big"), (small_case, "small")):
+        theirs = mirp and (mirp["big"] if key == "big" else mirp["small_each"] * n)
+        label = ("MIRP {:.2f} s" if key == "big" else f"MIRP {{:.2f}} s ({args.mirp_rois} ROIs timed, ×{n / args.mirp_rois:g})")
+        rows.append(f"| IBSI 2 filters (12 images, every IBSI family) | {case} | {timings['ibsi', key]:.2f} s | "
+                    + (f"{label.format(theirs)} | {theirs / timings['ibsi', key]:.1f} |" if theirs else "— | — |"))
+    text = f"device: {args.device} ({torch.get_num_threads()} CPU threads)\n\n" + "\n".join(rows)
+    if peer:
+        shared = [k for k in values.index if k in peer["values"]]
+        agree = sum(bool(np.isclose(values[k], peer["values"][k], rtol=1e-3, atol=1e-9)) for k in shared)
+        text += f"\n\nFeature values, PyRadiomics file on the real ROI: {agree} of {len(shared)} shared features within 0.1%."
+    return text
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--peers", type=Path, help="folder holding the pyradiomics virtual environment")
+    p.add_argument("--peers", type=Path, help="folder holding the pyradiomics (and, for --filtered, mirp) environments")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--filtered", action="store_true", help="derived images on a real CT (see the docstring)")
+    p.add_argument("--mirp-rois", type=int, default=10, help="--filtered: small ROIs MIRP is timed over")
+    p.add_argument("--batch", type=int, default=25, help="--filtered: medlib's ROIs per batch (memory: every family "
+                                                         "of 12 images at once)")
     p.add_argument("--record", action="store_true", help="append the result to benchmarks/README.md")
     args = p.parse_args()
+    if args.filtered:
+        text = filtered(args)
+        print(text)
+        if args.record:
+            record("Radiomics with derived images, medlib vs PyRadiomics and MIRP",
+                   f"python benchmarks/radiomics.py --filtered --peers PEERS --device {args.device}", text)
+        return 0
     image, big, labels, n_small = volume()
     small_masks = [labels == n for n in range(1, n_small + 1)]
 

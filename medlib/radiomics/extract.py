@@ -90,6 +90,8 @@ class Settings:
         device: "cpu", "cuda", ...
         names: "ibsi" (family_key[_aggregation]) or "pyradiomics" (PyRadiomics' names, for the
             features it has).
+        aggregations: the texture aggregations to compute (names of ``texture.AGGREGATIONS``,
+            ``zones.AGGREGATIONS``); None: all.
         pyradiomics_aggregation: with PyRadiomics' names, the texture aggregation they name:
             "3D" (PyRadiomics' default), "3D merged" (its weightingNorm no_weighting), "2.5D"
             (its force2D) or "2.5D merged" (both); the table is ``pyradiomics.json``.
@@ -120,6 +122,7 @@ class Settings:
     device: str = "cpu"
     names: str = "ibsi"
     pyradiomics_aggregation: str = "3D"
+    aggregations: tuple[str, ...] | None = None
     minimum_dimensions: int = 0
     minimum_voxels: int = 1
     filters: tuple[Filter, ...] = ()
@@ -140,6 +143,10 @@ class Settings:
         if self.pyradiomics_aggregation not in pyradiomics_table()["aggregations"]:
             raise RadiomicsError(f"pyradiomics_aggregation {self.pyradiomics_aggregation!r}: use one of "
                                  f"{', '.join(pyradiomics_table()['aggregations'])}")
+        known = set(texture.AGGREGATIONS) | set(zones.AGGREGATIONS)
+        if self.aggregations is not None and set(self.aggregations) - known:
+            raise RadiomicsError(f"aggregations {sorted(set(self.aggregations) - known)}: use some of "
+                                 f"{', '.join(sorted(known))}")
         if self.conventions not in CONVENTIONS:
             raise RadiomicsError(f"conventions {self.conventions!r}: use {' or '.join(CONVENTIONS)}")
         if self.names not in ("ibsi", "pyradiomics"):
@@ -203,11 +210,12 @@ def _reach(settings: Settings, spacing) -> tuple[int, int, int] | None:
     return tuple(reach)
 
 
-def _prepare(image, mask, spacing, settings: Settings):
+def _prepare(image, mask, spacing, settings: Settings, crops: dict):
     """One ROI as tensors: its intensities and morphological mask, cropped to the ROI with the
     margin local intensity needs and the filters' reach beyond it; its spacing; and the slices
-    of that crop that hold the ROI with the local-intensity margin alone."""
-    spacing = _spacing_of(image) or spacing
+    of that crop that hold the ROI with the local-intensity margin alone. ``crops`` keeps the
+    intensity tensors made so far, which ROIs of the same image and crop share (read-only)."""
+    source, spacing = image, _spacing_of(image) or spacing
     if spacing is None:
         raise RadiomicsError("give the voxel spacing: spacing=(z, y, x) in mm, or an xarray image with "
                              "coordinates in mm (as medlib.datasets opens them)")
@@ -251,7 +259,10 @@ def _prepare(image, mask, spacing, settings: Settings):
              tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, shape)))
     values, inside = values[outer], inside[outer]
     if isinstance(values, np.ndarray):
-        values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
+        key = (id(source), *((o.start, o.stop) for o in outer))  # ROIs of one image share its crops' tensors
+        if key not in crops:
+            crops[key] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
+        values = crops[key]
         inside = torch.from_numpy(np.ascontiguousarray(inside, dtype=bool)).to(settings.device)
     inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
     return _Roi(values, inside, tuple(float(s) for s in spacing), inner, outer)
@@ -376,7 +387,9 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
 
     if len(images) != len(masks):
         raise RadiomicsError(f"{len(images)} images but {len(masks)} masks")
-    rois = [_prepare(i, m, spacing, settings) for i, m in zip(images, masks)]
+    crops: dict[tuple, torch.Tensor] = {}
+    rois = [_prepare(i, m, spacing, settings, crops) for i, m in zip(images, masks)]
+    del crops
     spacings = {r.spacing for r in rois}
     if len(spacings) > 1:
         raise RadiomicsError(f"the ROIs have different voxel spacings {sorted(spacings)}; set resample_spacing, "
@@ -455,18 +468,19 @@ def _features(values, morphological, inside, image, spacing, settings: Settings)
                                        ("rlm", texture.run_lengths, texture.glrlm_features)):
         if family in families:
             m2, m3 = matrices(levels, n_levels)
-            for aggregation, by_key in texture.aggregate(m2, m3, features, voxels, per_slice).items():
+            for aggregation, by_key in texture.aggregate(m2, m3, features, voxels, per_slice,
+                                                         settings.aggregations).items():
                 add(family, by_key, aggregation)
     if {"szm", "dzm"} & families:
         found = zones.Zones(levels, morphological)
         for family in ("szm", "dzm"):
             if family in families:
-                for aggregation, by_key in found.features(n_levels, family).items():
+                for aggregation, by_key in found.features(n_levels, family, settings.aggregations).items():
                     add(family, by_key, aggregation)
     shared = neighbourhood.neighbours(levels) if {"ngt", "ngl"} & families else None
     for family, features in (("ngt", neighbourhood.ngtdm), ("ngl", neighbourhood.ngldm)):
         if family in families:
-            for aggregation, by_key in features(levels, n_levels, shared).items():
+            for aggregation, by_key in features(levels, n_levels, shared, settings.aggregations).items():
                 add(family, by_key, aggregation)
     if settings.conventions == "pyradiomics":  # PyRadiomics' values where IBSI's are undefined (one grey level)
         for name, value in pyradiomics_table()["flat"].items():

@@ -26,6 +26,7 @@ for the voxel-wise ones, on the CPU, and names its features as PyRadiomics does
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -123,20 +124,35 @@ class StationaryWavelet(ImageType):
                               "start level 0, 1, ...")
 
     def derive(self, image, spacing):
-        import pywt
-
-        shape = image.shape
-        data = np.pad(image, [(0, n % 2) for n in shape], mode="wrap")  # pywt.swtn wants even sizes
-        axes = (2, 1, 0)  # x, y, z: the sub-band's letters
-        for _ in range(self.start_level + self.level - 1):
-            data = pywt.swtn(data, self.wavelet, level=1, start_level=0, axes=axes)[0]["a" * 3]
-        bands = pywt.swtn(data, self.wavelet, level=1, start_level=0, axes=axes)[0]
-        band = bands[self.subband.upper().replace("L", "a").replace("H", "d")]
-        return band[tuple(slice(0, n) for n in shape)]
+        digest = hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=16).digest()
+        bands = _swt_bands(digest, image, self.wavelet, self.start_level + self.level)
+        return bands[self.subband.upper().replace("L", "a").replace("H", "d")]
 
     @property
     def pyradiomics_name(self):
         return f"wavelet{self.level if self.level > 1 else ''}-{self.subband.upper()}"
+
+
+_last_bands: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def _swt_bands(digest: bytes, image: np.ndarray, wavelet: str, levels: int) -> dict[str, np.ndarray]:
+    """Every sub-band of level ``levels`` of PyRadiomics' stationary wavelet transform of
+    ``image`` (whose contents hash to ``digest``), kept for the next sub-band of the same image:
+    one transform serves all eight."""
+    import pywt
+
+    key = (digest, image.shape, image.dtype.str, wavelet, levels)
+    if key not in _last_bands:
+        shape = image.shape
+        data = np.pad(image, [(0, n % 2) for n in shape], mode="wrap")  # pywt.swtn wants even sizes
+        axes = (2, 1, 0)  # x, y, z: the sub-band's letters
+        for _ in range(levels - 1):
+            data = pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]["a" * 3]
+        bands = pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]
+        _last_bands.clear()
+        _last_bands[key] = {name: band[tuple(slice(0, n) for n in shape)] for name, band in bands.items()}
+    return _last_bands[key]
 
 
 def _largest(image: np.ndarray) -> float:

@@ -143,6 +143,7 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
                              "weights only (no_weighting), or averages them (no weightingNorm)")
     kwargs["pyradiomics_aggregation"] = ("2.5D" if setting.get("force2D") else "3D") + (
         " merged" if setting.get("weightingNorm") else "")
+    kwargs["aggregations"] = tuple(sorted(set(table["aggregations"][kwargs["pyradiomics_aggregation"]].values())))
     if setting.get("binCount"):
         kwargs.update(discretisation="fixed_bin_number", bins=int(setting["binCount"]))
     else:

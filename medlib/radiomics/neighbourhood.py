@@ -44,8 +44,9 @@ def _per(where: torch.Tensor, values: torch.Tensor, groups: int, size: int) -> t
         0, where, values.to(torch.float64)).view(groups, size)
 
 
-def aggregate_by_slice(b: int, z: int, build, features) -> dict[str, dict[str, torch.Tensor]]:
-    """Features per aggregation (2D, 2.5D, 3D), each (B,), of B ROIs of Z slices.
+def aggregate_by_slice(b: int, z: int, build, features, only=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Features per aggregation (2D, 2.5D, 3D; ``only``: those listed), each (B,), of B ROIs of Z
+    slices.
 
     ``build(neighbourhood, per_slice)`` makes the matrices of the "2D" or "3D" neighbourhood
     (linkage), for each slice of each ROI (B × Z groups) or for each ROI (B groups), as tensors
@@ -53,7 +54,7 @@ def aggregate_by_slice(b: int, z: int, build, features) -> dict[str, dict[str, t
     from them. 2D averages the slices' features, 2.5D merges (sums) the slices' matrices.
     """
     out = {}
-    for name in AGGREGATIONS:
+    for name in (a for a in AGGREGATIONS if only is None or a in only):
         volume = name == "3D"
         neighbourhood = "3D" if volume else "2D"
         matrices = build(neighbourhood, not volume)
@@ -64,7 +65,7 @@ def aggregate_by_slice(b: int, z: int, build, features) -> dict[str, dict[str, t
     return out
 
 
-def ngtdm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
+def ngtdm(levels: torch.Tensor, n_levels: int, shared=None, only=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 5 NGTDM features per aggregation, each (B,); ``shared``: :func:`neighbours` of
     ``levels``, when already made."""
     ng, (b, z) = n_levels, levels.shape[:2]
@@ -78,7 +79,7 @@ def ngtdm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[st
         cell = cells[keep] * ng + level[keep] - 1
         return _per(cell, torch.ones_like(diff), groups, ng), _per(cell, diff, groups, ng)
 
-    return aggregate_by_slice(b, z, build, lambda _, n, s: _ngtdm_features(n, s))
+    return aggregate_by_slice(b, z, build, lambda _, n, s: _ngtdm_features(n, s), only)
 
 
 def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -108,7 +109,7 @@ def _ngtdm_features(n: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]
     return {k: torch.where(nvc > 0, v, torch.nan) for k, v in features.items()}
 
 
-def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[str, torch.Tensor]]:
+def ngldm(levels: torch.Tensor, n_levels: int, shared=None, only=None) -> dict[str, dict[str, torch.Tensor]]:
     """The 17 NGLDM features per aggregation, each (B,); ``shared`` as for :func:`ngtdm`."""
     ng, (b, z) = n_levels, levels.shape[:2]
     level, where, found = shared or neighbours(levels)
@@ -120,7 +121,7 @@ def ngldm(levels: torch.Tensor, n_levels: int, shared=None) -> dict[str, dict[st
         cell = (cells * ng + level - 1) * nn + dependence - 1
         return (torch.bincount(cell, minlength=groups * ng * nn).view(groups, ng, nn).to(torch.float64),)
 
-    return aggregate_by_slice(b, z, build, lambda _, m: _ngldm_features(m))
+    return aggregate_by_slice(b, z, build, lambda _, m: _ngldm_features(m), only)
 
 
 def _ngldm_features(m: torch.Tensor) -> dict[str, torch.Tensor]:

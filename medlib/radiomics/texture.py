@@ -37,8 +37,8 @@ def _mean_over(features: dict[str, torch.Tensor], dims: tuple[int, ...]) -> dict
 
 
 def aggregate(matrices_2d: torch.Tensor, matrices_3d: torch.Tensor, features,
-              voxels: torch.Tensor, voxels_per_slice: torch.Tensor) -> dict[str, dict]:
-    """Features under every IBSI aggregation.
+              voxels: torch.Tensor, voxels_per_slice: torch.Tensor, only=None) -> dict[str, dict]:
+    """Features under every IBSI aggregation (``only``: those of them listed).
 
     Args:
         matrices_2d: (B, Z, 4, ...) per slice and in-plane direction.
@@ -48,14 +48,15 @@ def aggregate(matrices_2d: torch.Tensor, matrices_3d: torch.Tensor, features,
         voxels: (B,) voxels per ROI; ``voxels_per_slice``: (B, Z).
     """
     v, vs = voxels.to(torch.float64), voxels_per_slice.to(torch.float64)
-    return {
-        "2D, averaged": _mean_over(features(matrices_2d, nv=vs[:, :, None]), (1, 2)),
-        "2D, slice-merged": _mean_over(features(matrices_2d.sum(2), nv=4 * vs), (1,)),
-        "2.5D, direction-merged": _mean_over(features(matrices_2d.sum(1), nv=v[:, None]), (1,)),
-        "2.5D, merged": features(matrices_2d.sum((1, 2)), nv=4 * v),
-        "3D, averaged": _mean_over(features(matrices_3d, nv=v[:, None]), (1,)),
-        "3D, merged": features(matrices_3d.sum(1), nv=13 * v),
+    ways = {
+        "2D, averaged": lambda: _mean_over(features(matrices_2d, nv=vs[:, :, None]), (1, 2)),
+        "2D, slice-merged": lambda: _mean_over(features(matrices_2d.sum(2), nv=4 * vs), (1,)),
+        "2.5D, direction-merged": lambda: _mean_over(features(matrices_2d.sum(1), nv=v[:, None]), (1,)),
+        "2.5D, merged": lambda: features(matrices_2d.sum((1, 2)), nv=4 * v),
+        "3D, averaged": lambda: _mean_over(features(matrices_3d, nv=v[:, None]), (1,)),
+        "3D, merged": lambda: features(matrices_3d.sum(1), nv=13 * v),
     }
+    return {name: way() for name, way in ways.items() if only is None or name in only}
 
 
 # -- grey level co-occurrence ---------------------------------------------------------------
@@ -90,11 +91,12 @@ def cooccurrence(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, tor
     voxels = torch.nonzero(flat).flatten()
     first = flat[voxels] - 1
     where = (voxels // volume * nd * z + (voxels % volume) // strides[0] - 1) * ng + first  # ROI, slice, level
-    counts = torch.zeros(b * nd * z * ng * ng, dtype=torch.int64, device=levels.device)
+    cells = []
     for d, step in enumerate(_steps(strides, levels.device).tolist()):
         other = flat[voxels + step]
         pair = other > 0
-        counts += torch.bincount((where[pair] + d * z * ng) * ng + other[pair] - 1, minlength=counts.numel())
+        cells.append((where[pair] + d * z * ng) * ng + other[pair] - 1)
+    counts = torch.bincount(torch.cat(cells), minlength=b * nd * z * ng * ng)  # one pass for every direction
     m2, m3 = _split(counts.view(b, nd, z, ng, ng))
     return m2 + m2.transpose(-1, -2), m3 + m3.transpose(-1, -2)
 

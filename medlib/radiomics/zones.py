@@ -100,7 +100,7 @@ class Zones:
         nearest = torch.full((len(zones),), torch.iinfo(torch.int64).max, device=voxel.device)
         return nearest.scatter_reduce_(0, self.zone_of[name], voxel, "amin")
 
-    def features(self, n_levels: int, family: str) -> dict[str, dict[str, torch.Tensor]]:
+    def features(self, n_levels: int, family: str, only=None) -> dict[str, dict[str, torch.Tensor]]:
         """Features per aggregation: "szm" (GLSZM, zones counted by grey level and size) or
         "dzm" (GLDZM, by grey level and distance to the ROI edge)."""
         names = count_features(family)
@@ -125,4 +125,4 @@ class Zones:
             out["zone_percentage"] = generic["total"] / nv  # zones per voxel
             return out
 
-        return aggregate_by_slice(b, z, build, features)
+        return aggregate_by_slice(b, z, build, features, only)
