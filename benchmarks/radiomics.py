@@ -265,7 +265,8 @@ def main() -> int:
         print(text)
         if args.record:
             record("Radiomics with derived images, medlib vs PyRadiomics and MIRP",
-                   f"python benchmarks/radiomics.py --filtered --peers PEERS --device {args.device}", text)
+                   f"python benchmarks/radiomics.py --filtered --peers PEERS --device {args.device} "
+                   f"--mirp-rois {args.mirp_rois} --batch {args.batch}", text)
         return 0
     image, big, labels, n_small = volume()
     small_masks = [labels == n for n in range(1, n_small + 1)]
