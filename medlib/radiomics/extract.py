@@ -186,15 +186,14 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
 
 
 class _Roi(NamedTuple):
-    """One ROI prepared: intensities and morphological mask of the crop ``outer`` of the
-    (resampled) image, its spacing, and the slices of the crop that hold the ROI with the
-    local-intensity margin."""
+    """One ROI prepared: intensities and morphological mask of a crop of the (resampled) image,
+    its spacing, and the slices of the crop that hold the ROI with the local-intensity margin."""
 
     values: torch.Tensor
     inside: torch.Tensor
     spacing: tuple[float, float, float]
     inner: tuple[slice, slice, slice]
-    outer: tuple[slice, slice, slice]
+    crop: tuple  # which image and which crop of it: ROIs with the same crop share its tensors and maps
 
 
 def _reach(settings: Settings, spacing) -> tuple[int, int, int] | None:
@@ -258,14 +257,14 @@ def _prepare(image, mask, spacing, settings: Settings, crops: dict):
     outer = (tuple(slice(0, n) for n in shape) if reach is None else
              tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, shape)))
     values, inside = values[outer], inside[outer]
+    crop = (id(source), *((o.start, o.stop) for o in outer))
     if isinstance(values, np.ndarray):
-        key = (id(source), *((o.start, o.stop) for o in outer))  # ROIs of one image share its crops' tensors
-        if key not in crops:
-            crops[key] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
-        values = crops[key]
+        if crop not in crops:
+            crops[crop] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(settings.device)
+        values = crops[crop]
         inside = torch.from_numpy(np.ascontiguousarray(inside, dtype=bool)).to(settings.device)
     inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
-    return _Roi(values, inside, tuple(float(s) for s in spacing), inner, outer)
+    return _Roi(values, inside, tuple(float(s) for s in spacing), inner, crop)
 
 
 def _resegment(values: torch.Tensor, inside: torch.Tensor, settings: Settings) -> torch.Tensor:
@@ -405,12 +404,11 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
         own = replace(settings, resegment_range=None, resegment_outliers=False, families=tuple(
             f for f in settings.families if f != "morph"), ivh_discretisation="texture", filters=(), original=True)
         for f in settings.filters:
-            maps: dict[tuple, torch.Tensor] = {}  # ROIs of one image share a response map of the same crop
-            keys = [(id(source), *((o.start, o.stop) for o in r.outer)) for source, r in zip(images, rois)]
-            for key, r in zip(keys, rois):
-                if key not in maps:
-                    maps[key] = f(r.values[None], spacing)[0]
-            response = _batch([(maps[key][r.inner], r.inside[r.inner]) for key, r in zip(keys, rois)])[0]
+            maps: dict[tuple, torch.Tensor] = {}  # ROIs of one crop of one image share its response map
+            for r in rois:
+                if r.crop not in maps:
+                    maps[r.crop] = f(r.values[None], spacing)[0]
+            response = _batch([(maps[r.crop][r.inner], r.inside[r.inner]) for r in rois])[0]
             del maps
             for key, column in _features(response, morphological, inside, image, spacing, own).items():
                 columns[f"{f.name}_{key}"] = column
@@ -556,9 +554,7 @@ def _mask_of(given, node, roi: str | None) -> np.ndarray:
     """A mask as given, or read from the SEG or RTSTRUCT file given, onto ``node``'s grid."""
     if not isinstance(given, (str, os.PathLike)):
         return given
-    from .masks import Grid, mask, referenced_series
+    from .io import series_mask
+    from .masks import Grid
 
-    segmented = referenced_series(given)
-    if segmented != node.attrs.get("SeriesInstanceUID", segmented):
-        raise RadiomicsError(f"{given} segments series {segmented}, not {node.attrs['SeriesInstanceUID']}")
-    return mask(given, Grid.of(node), roi)
+    return series_mask(given, Grid.of(node), node.attrs["SeriesInstanceUID"], roi)

@@ -59,7 +59,7 @@ def read_roi(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[st
     mask_path = Path(mask_path)
     if mask_path.is_file() and not mask_path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr")):
         from ..datasets.series import find_series
-        from .masks import Grid, mask, referenced_series
+        from .masks import Grid
 
         if not Path(image_path).is_dir():
             raise RadiomicsError(f"{mask_path} is a DICOM segmentation: give the DICOM series folder it segments "
@@ -68,10 +68,7 @@ def read_roi(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[st
         if len(found) != 1:
             raise RadiomicsError(f"{image_path} holds {len(found)} image series; give the folder of one")
         series = found[0]
-        if referenced_series(mask_path) != series.uid:
-            raise RadiomicsError(f"{mask_path.name} segments series {referenced_series(mask_path)}, not the image's "
-                                 f"({series.uid})")
-        return series.read(), mask(mask_path, Grid.of(series), roi), series.spacing
+        return series.read(), series_mask(mask_path, Grid.of(series), series.uid, roi), series.spacing
     if roi is not None:
         raise RadiomicsError(f"roi {roi!r} names a segment of a DICOM SEG or RTSTRUCT; {mask_path.name} is a label "
                              "image (choose its label with the parameter file's 'label')")
@@ -80,6 +77,17 @@ def read_roi(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[st
     if not np.allclose(spacing, mask_spacing, rtol=1e-3):
         raise RadiomicsError(f"the mask's spacing {mask_spacing} differs from the image's {spacing}; resample it first")
     return image, labels == label, spacing
+
+
+def series_mask(path: str | os.PathLike[str], grid, series_uid: str, roi: str | None = None) -> np.ndarray:
+    """The segment or ROI ``roi`` of the SEG or RTSTRUCT ``path`` on ``grid``, the grid of the
+    image series ``series_uid``, which the file must segment."""
+    from .masks import mask, referenced_series
+
+    segmented = referenced_series(path)
+    if segmented != series_uid:
+        raise RadiomicsError(f"{Path(path).name} segments series {segmented}, not the image's ({series_uid})")
+    return mask(path, grid, roi)
 
 
 def settings_from_params(path: str | os.PathLike[str], **overrides) -> tuple[Settings, int]:
