@@ -128,6 +128,12 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
 
     overrides = {"device": args.device, "names": args.names}
     settings, label = settings_from_params(args.params, **overrides) if args.params else (Settings(**overrides), 1)
+    if args.filter:
+        from dataclasses import replace
+
+        from .radiomics.filters import parse
+
+        settings = replace(settings, filters=settings.filters + tuple(parse(f) for f in args.filter))
     image, mask, spacing = read_roi(args.image, args.mask, args.roi, label)
     table = extract(image, mask, settings, spacing=spacing)
     table.insert(0, "image", str(args.image))
@@ -318,6 +324,10 @@ def parser() -> argparse.ArgumentParser:
     rad.add_argument("--params", metavar="FILE", help="a PyRadiomics parameter file (YAML), read with PyRadiomics' "
                                                       "conventions: setting, featureClass, imageType (what is not "
                                                       "implemented is refused by name)")
+    rad.add_argument("--filter", action="append", metavar="FILTER",
+                     help="also describe an IBSI 2 filter's response map, given as in Python: \"LoG(sigma=3)\", "
+                          "\"Wavelet(wavelet='db3', subband='LLH', level=2)\", \"Riesz(of=Simoncelli(level=1), "
+                          "order=(0, 2, 0))\" (medlib.radiomics.filters; repeat for several)")
     rad.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, ...")
     rad.add_argument("--names", choices=("ibsi", "pyradiomics"), default="ibsi",
                      help="column names: medlib's IBSI names (default) or PyRadiomics' where one exists")

@@ -216,10 +216,10 @@ def test_cli_reads_nifti_nrrd_and_dicom_with_a_pyradiomics_parameter_file(tmp_pa
     bad = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(image), str(tmp_path / "mask.nrrd")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "differs from the image's" in bad.stderr
-    params.write_text("setting:\n  binWidth: 25\n  normalize: true\n")
+    params.write_text("setting:\n  binWidth: 25\n  symmetricalGLCM: false\n")
     refused = subprocess.run([sys.executable, "-m", "medlib.cli", "radiomics", str(paths[0].parent),
                               str(tmp_path / "mask.nrrd"), "--params", str(params)], capture_output=True, text=True, env=env)
-    assert refused.returncode == 2 and "normalize: True are implemented by medlib only at PyRadiomics' defaults" in refused.stderr
+    assert refused.returncode == 2 and "symmetricalGLCM: False are implemented by medlib only at PyRadiomics' defaults" in refused.stderr
 
 
 def test_zones_are_the_connected_components_scipy_finds():

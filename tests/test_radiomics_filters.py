@@ -57,11 +57,10 @@ PHASE1: dict[str, tuple[str, Filter]] = {
     "8_a_1": ("checkerboard", Simoncelli(level=1)),
     "8_a_2": ("checkerboard", Simoncelli(level=2)),
     "8_a_3": ("checkerboard", Simoncelli(level=3)),
-    "9_a": ("impulse", Riesz(log=LoG(sigma=3.0, padding="constant"), order=(1, 0, 0))),
-    "9_b_1": ("sphere", Riesz(log=LoG(sigma=3.0, padding="constant"), order=(0, 2, 0))),
+    "9_a": ("impulse", Riesz(of=LoG(sigma=3.0, padding="constant"), order=(1, 0, 0))),
+    "9_b_1": ("sphere", Riesz(of=LoG(sigma=3.0, padding="constant"), order=(0, 2, 0))),
+    "10_b_1": ("pattern_1", Riesz(of=Simoncelli(level=1), order=(0, 2, 0))),
 }
-#: Reference maps kept here whose test is not implemented yet, and why.
-NOT_YET = {"10_b_1": "a steered Riesz transform (aligned by the structure tensor), which medlib does not implement"}
 
 
 def volume(path: Path) -> np.ndarray:
@@ -71,7 +70,7 @@ def volume(path: Path) -> np.ndarray:
 
 def test_every_kept_reference_map_has_its_test():
     kept = {p.name.removesuffix("-ValidCRM.nii.gz") for p in (IBSI2 / "response_maps").glob("*.nii.gz")}
-    assert kept == set(PHASE1) | set(NOT_YET)
+    assert kept == set(PHASE1)
 
 
 @pytest.mark.parametrize("test_id", sorted(PHASE1))
@@ -164,7 +163,8 @@ def roi_near_the_edge(rng, shape=(14, 30, 26)):
 
 @pytest.mark.parametrize("f", [LoG(sigma=3.0), Laws(kernels="E5S5R5", energy_distance=2, rotation_invariant=True),
                                Wavelet(wavelet="db2", subband="HLH", level=2, padding="periodic"),
-                               Gabor(sigma=4, wavelength=3, theta=30, padding="nearest")], ids=lambda f: f.name)
+                               Gabor(sigma=4, wavelength=3, theta=30, padding="nearest"),
+                               Riesz(of=Simoncelli(level=2), order=(1, 1, 0))], ids=lambda f: f.name)
 def test_a_response_map_inside_the_roi_is_the_whole_image_s(f: Filter):
     """Extraction filters only the ROI's crop widened by the filter's reach; inside the ROI that
     must equal filtering the whole image (padding at the image's edges, not the crop's)."""
@@ -177,6 +177,36 @@ def test_a_response_map_inside_the_roi_is_the_whole_image_s(f: Filter):
     cropped = extract(image, mask, Settings(families=("stat",), filters=(f,), original=False), spacing=spacing).iloc[0]
     assert list(cropped.index) == [f"{f.name}_{c}" for c in direct.index]
     np.testing.assert_allclose(cropped.to_numpy(float), direct.to_numpy(float), rtol=1e-9)
+
+
+@pytest.mark.parametrize("f", [Simoncelli(level=1), Riesz(of=Simoncelli(level=1), order=(0, 1, 1)),
+                               Riesz(of=LoG(sigma=2.0), order=(2, 0, 0))], ids=lambda f: f.name)
+def test_a_fourier_filter_on_an_odd_grid_is_finite_and_keeps_no_constant(f: Filter):
+    """On an odd number of voxels the Fourier grid holds the zero frequency itself, where the
+    Riesz transform's ``ω / |ω|`` is 0/0: the response must stay finite, and a band-pass filter
+    must remove a constant offset."""
+    image = torch.from_numpy(np.random.default_rng(4).normal(0, 1, size=(9, 15, 13)))[None]
+    response = f(image, (2.0, 1.0, 1.0))
+    assert torch.isfinite(response).all()
+    if not isinstance(f.of if isinstance(f, Riesz) else f, LoG):
+        np.testing.assert_allclose(f(image + 100, (2.0, 1.0, 1.0)).numpy(), response.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("wavelet, subband, level", [("haar", "HLH", 1), ("db2", "LLH", 2), ("coif1", "HHL", 3)])
+def test_a_decimated_wavelet_holds_pywavelets_coefficients_over_their_blocks(wavelet: str, subband: str, level: int):
+    import pywt
+
+    image = np.random.default_rng(5).normal(0, 1, size=(48, 40, 56))
+    f = Wavelet(wavelet=wavelet, subband=subband, level=level, padding="periodic", decimated=True)
+    response = f(torch.from_numpy(image)[None], (1.0, 1.0, 1.0))[0].numpy()
+    coefficients = pywt.wavedecn(image, wavelet, mode="periodization", level=level)
+    key = "".join("d" if letter == "H" else "a" for letter in reversed(subband))  # z, y, x
+    expected = coefficients[1][key] if key != "aaa" else coefficients[0]
+    block = 2 ** level
+    sampled = response[::block, ::block, ::block]
+    np.testing.assert_allclose(sampled, expected, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_array_equal(response, np.repeat(np.repeat(np.repeat(sampled, block, 0), block, 1), block, 2))
+    assert f.reach((1.0, 1.0, 1.0)) is None  # anchored at the image's first voxel: never a crop
 
 
 def test_a_batch_with_filters_gives_each_roi_what_it_gives_alone():
@@ -229,7 +259,8 @@ def test_a_response_map_is_discretised_over_its_own_range_and_keeps_the_original
     (lambda: Wavelet(wavelet="nope"), "PyWavelets"),
     (lambda: Wavelet(subband="LL"), "L or H for each of x, y, z"),
     (lambda: Simoncelli(padding="mirror"), "periodic"),
-    (lambda: Riesz(log=LoG(), order=(0, 0, 0)), "not all 0"),
+    (lambda: Riesz(of=LoG(), order=(0, 0, 0)), "not all 0"),
+    (lambda: Riesz(of=Mean(), order=(1, 0, 0)), "LoG filter or a Simoncelli wavelet"),
     (lambda: Gabor(theta_step=0), "positive step"),
 ])
 def test_a_filter_the_standard_does_not_define_is_refused(make, says: str):
@@ -244,6 +275,29 @@ def test_settings_refuse_what_is_not_a_filter():
         Settings(original=False)
     with pytest.raises(RadiomicsError, match="PyRadiomics has no names for IBSI 2's filters \\(log_s1_3d\\)"):
         Settings(filters=(LoG(),), names="pyradiomics")
+    with pytest.raises(RadiomicsError, match="filter_settings for 'mean_5_3d', which is not among the filters"):
+        Settings(filters=(LoG(),), filter_settings={"mean_5_3d": {"bins": 8}})
+    with pytest.raises(RadiomicsError, match="resegment_range cannot differ per filter"):
+        Settings(filters=(LoG(),), filter_settings={LoG().name: {"resegment_range": (0, 1)}})
+    with pytest.raises(RadiomicsError, match="discretisation 'rounded'"):
+        Settings(filters=(LoG(),), filter_settings={LoG().name: {"discretisation": "rounded"}})
+
+
+def test_a_filter_s_own_settings_discretise_its_response_map_and_only_its():
+    rng = np.random.default_rng(6)
+    image, mask = roi_near_the_edge(rng)
+    spacing = (2.0, 1.0, 1.0)
+    f = LoG(sigma=2.0)
+    families = ("stat", "ih", "cm")
+    own = {"discretisation": "fixed_bin_size", "bin_width": 7.0, "energy_shift": 50.0}
+    row = extract(image, mask, Settings(families=families, filters=(f,), filter_settings={f.name: own}),
+                  spacing=spacing).iloc[0]
+    whole = f(torch.from_numpy(image)[None], spacing)[0].numpy()
+    response = extract(whole, mask, Settings(families=families, **own), spacing=spacing).iloc[0]
+    original = extract(image, mask, Settings(families=families), spacing=spacing).iloc[0]
+    np.testing.assert_allclose(row[[f"{f.name}_{c}" for c in response.index]].to_numpy(float),
+                               response.to_numpy(float), rtol=1e-9)
+    np.testing.assert_allclose(row[list(original.index)].to_numpy(float), original.to_numpy(float), rtol=1e-12)
 
 
 def test_a_pyradiomics_parameter_file_s_image_types_are_read_or_refused_by_name(tmp_path):
@@ -258,12 +312,65 @@ def test_a_pyradiomics_parameter_file_s_image_types_are_read_or_refused_by_name(
     wavelets = [f.pyradiomics_name for f in settings.filters if isinstance(f, StationaryWavelet)]
     assert len(wavelets) == 7 + 8 and "wavelet2-LLL" in wavelets and "wavelet-LLL" not in wavelets
     assert all(isinstance(f, RecursiveLoG) for f in settings.filters[:2])
-    params.write_text("imageType:\n  LBP3D: {}\n")
-    with pytest.raises(RadiomicsError, match="image type LBP3D is not implemented"):
+    params.write_text("imageType:\n  LBP3D: {lbp3DLevels: 3, binWidth: 0.5}\n  LoG: {sigma: [1.0], binCount: 8}\n"
+                      "setting:\n  binWidth: 25\n")
+    settings, _ = settings_from_params(params)
+    assert [f.pyradiomics_name for f in settings.filters] == [
+        "lbp-3D-m1", "lbp-3D-m2", "lbp-3D-m3", "lbp-3D-k", "log-sigma-1-0-mm-3D"]
+    assert settings.filter_settings["lbp_3d_m3"] == {"discretisation": "fixed_bin_size", "bin_width": 0.5,
+                                                     "energy_shift": 0.0}
+    assert settings.filter_settings["log_sigma_1_0_mm_3d"]["bins"] == 8
+    assert (settings.discretisation, settings.bin_width) == ("fixed_bin_size", 25)  # the original's unchanged
+    params.write_text("imageType:\n  LoG: {sigma: [1.0], resegmentRange: [0, 5]}\n")
+    with pytest.raises(RadiomicsError, match="resegmentRange of image type LoG"):
         settings_from_params(params)
-    params.write_text("imageType:\n  LoG: {sigma: [1.0], binWidth: 5}\n")
-    with pytest.raises(RadiomicsError, match="binWidth of image type LoG"):
+    params.write_text("imageType:\n  Original: {binWidth: 5}\n")
+    with pytest.raises(RadiomicsError, match="binWidth of the original image in the setting section"):
+        settings_from_params(params)
+    params.write_text("imageType:\n  LBP4D: {}\n")
+    with pytest.raises(RadiomicsError, match="image type LBP4D is not implemented"):
         settings_from_params(params)
     params.write_text("imageType:\n  LoG: {}\n")
     with pytest.raises(RadiomicsError, match="LoG needs sigma"):
         settings_from_params(params)
+
+
+def test_the_command_line_describes_the_filters_it_is_given_as_the_api_does(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    image, mask = roi_near_the_edge(rng)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # x, y, z: spacing (z, y, x) = (2, 1, 1)
+    nib.save(nib.Nifti1Image(image.transpose(2, 1, 0), affine), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0).astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+    given = ["LoG(sigma=2)", "Riesz(of=Simoncelli(level=1), order=(0, 2, 0))"]
+    env = {"MEDHUB_AUDIT_BUFFER": str(tmp_path / "audit.jsonl"), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "medlib.cli", "radiomics", str(tmp_path / "image.nii.gz"),
+               str(tmp_path / "mask.nii.gz")]
+    run = subprocess.run(command + [a for f in given for a in ("--filter", f)] + ["-o", str(tmp_path / "f.csv")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    row = pd.read_csv(tmp_path / "f.csv").iloc[0]
+    api = extract(image, mask, Settings(filters=(LoG(sigma=2), Riesz(of=Simoncelli(level=1), order=(0, 2, 0)))),
+                  spacing=(2.0, 1.0, 1.0)).iloc[0]
+    assert "riesz020_simoncelli_level1_3d_stat_mean" in api.index
+    np.testing.assert_allclose(row[list(api.index)].to_numpy(float), api.to_numpy(float), rtol=1e-9)
+    bad = subprocess.run(command + ["--filter", "LoG(sigma=2, width=3)"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "LoG has no parameter width; its parameters: padding, dimensions, sigma" in bad.stderr
+
+
+@pytest.mark.parametrize("text, says", [
+    ("__import__('os').system('true')", "give a filter as Name"),
+    ("LoG(sigma=__import__('os'))", "give a filter as Name"),
+    ("LoG(3)", "by name"),
+    ("LoG(sigma=x)", "is not a number, string, tuple or filter"),
+    ("LoG(", "give a filter as Name"),
+])
+def test_a_filter_s_text_is_read_not_run(text: str, says: str):
+    from medlib.radiomics.filters import parse
+
+    with pytest.raises(FilterError, match=says):
+        parse(text)

@@ -35,19 +35,13 @@ def baseline() -> dict[str, dict[str, str]]:
 
 BASELINE = baseline()
 CASES = ("brain1", "brain2", "breast1")
-#: configurations medlib does not meet yet, and why
-NOT_YET = {"normalization": "normalize: True (PyRadiomics' whole-image normalisation) is refused",
-           "resampling": "PyRadiomics' resampling grid starts at the ROI's corner, medlib's (IBSI) is centred"}
-IMPLEMENTED = [c for c in BASELINE if c.split("_")[0] in CASES and c.partition("_")[2] not in NOT_YET]
+IMPLEMENTED = [c for c in BASELINE if c.split("_")[0] in CASES]
 
 
-def test_the_configurations_left_out_are_refused_or_named():
+def test_every_configuration_of_the_baseline_is_tested():
     kinds = {c.partition("_")[2] for c in BASELINE if c.split("_")[0] in CASES}
-    assert kinds == {"", "2d", "FBN", "combined", "flatRegion", "resegmentation"} | set(NOT_YET)
-    assert len(IMPLEMENTED) == 3 * 6
-    settings = ast.literal_eval(BASELINE["brain1_normalization"]["diagnostics_Configuration_Settings"])
-    with pytest.raises(RadiomicsError, match="normalize: True are implemented by medlib only at PyRadiomics' default"):
-        settings_from_pyradiomics({"setting": settings})
+    assert kinds == {"", "2d", "FBN", "combined", "flatRegion", "resegmentation", "normalization", "resampling"}
+    assert len(IMPLEMENTED) == 3 * 8
 
 
 @pytest.mark.parametrize("configuration", IMPLEMENTED)
@@ -105,8 +99,9 @@ def test_pyradiomics_bins_start_at_a_multiple_of_the_width():
 
 #: the parameter file filtered.csv was made with (make_filtered.py)
 FILTERED = {"setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 0},
-            "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 3.0]}, "Wavelet": {}, "Square": {}, "SquareRoot": {},
-                          "Logarithm": {}, "Exponential": {}, "Gradient": {}, "LBP2D": {}},
+            "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 3.0]}, "Wavelet": {}, "Square": {"voxelArrayShift": 1000},
+                          "SquareRoot": {}, "Logarithm": {}, "Exponential": {}, "Gradient": {"binCount": 16}, "LBP2D": {},
+                          "LBP3D": {"binWidth": 0.25}},
             "featureClass": {c: None for c in ("firstorder", "glcm", "glrlm", "glszm", "ngtdm", "gldm")}}
 
 
@@ -119,10 +114,22 @@ def test_every_pyradiomics_image_type_matches_pyradiomics_within_0_1_percent(cas
     labels, _ = read_volume(DATA / f"{case}_label.nrrd")
     row = extract(image, labels == label, settings, spacing=spacing).iloc[0]
     types = {name.split("_")[0] for name in expected}
-    assert len(types) == 17  # original, 2 LoG, 8 wavelet sub-bands, 6 voxel-wise and local
+    assert len(types) == 20  # original, 2 LoG, 8 wavelet sub-bands, 6 voxel-wise and local, 3 of LBP3D
     missing = {name for name in expected if name not in row.index}
     assert {name.split("_", 1)[1] for name in missing} == {k for k in pyradiomics_table()["missing"]
                                                           if not k.startswith("shape_")}  # no shape asked
     off = {name: f"{row[name]:.8g} vs {value:.8g}" for name, value in expected.items()
            if name in row.index and not np.isclose(row[name], value, rtol=1e-3, atol=1e-12)}
-    assert len(expected) - len(missing) == 17 * 92 and off == {}
+    assert len(expected) - len(missing) == 20 * 92 and off == {}
+
+
+def test_normalisation_clips_outliers_before_it_scales():
+    image = np.random.default_rng(8).normal(100, 10, size=(6, 12, 12))
+    image[3, 6, 6] = 1000  # 60 standard deviations out
+    mask = np.zeros(image.shape, bool)
+    mask[2:5, 4:9, 4:9] = True
+    row = extract(image, mask, Settings(families=("stat",), normalize=50, normalize_outliers=3, conventions="pyradiomics"),
+                  spacing=(1, 1, 1)).iloc[0]
+    assert row["stat_maximum"] == pytest.approx(150)  # clipped at 3 SD, then × 50
+    plain = extract(image, mask, Settings(families=("stat",), normalize=50), spacing=(1, 1, 1)).iloc[0]
+    assert plain["stat_maximum"] > 150 and plain["stat_median"] == pytest.approx(row["stat_median"])

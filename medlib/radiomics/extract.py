@@ -32,6 +32,7 @@ from . import first_order, neighbourhood, texture, zones
 from .filters import Filter
 from .local_intensity import local_intensity, sphere_margin
 from .morphology import morphology
+from .pyradiomics import normalize_as_pyradiomics, resample_as_pyradiomics
 from .resample import INTERPOLATORS, resample
 from .table import feature_table
 
@@ -52,14 +53,19 @@ class RadiomicsError(ValueError):
     """Input that features cannot be computed from; the message says what to fix."""
 
 
+#: The settings a filter's response map may have of its own (``Settings.filter_settings``).
+FILTER_SETTINGS = ("discretisation", "bins", "bin_width", "energy_shift")
+
+
 @dataclass(frozen=True)
 class Settings:
     """IBSI image processing and what to compute.
 
     Attributes:
         resample_spacing: (z, y, x) voxel size in mm to interpolate to (IBSI 2.4, grid centres
-            aligned); None for an axis keeps it (``(None, 2, 2)``: in the slice only); None: no
-            interpolation.
+            aligned; under PyRadiomics' conventions its grid, from the image's corner, and its
+            crop, ``medlib.radiomics.pyradiomics``); None for an axis keeps it (``(None, 2, 2)``:
+            in the slice only); None: no interpolation.
         interpolator: "nearest", "linear" or "cubic" (B-spline) for the image.
         mask_interpolator: "nearest" or "linear" for the mask; ``mask_threshold``: the
             partial-volume fraction from which an interpolated mask voxel is in the ROI.
@@ -78,6 +84,10 @@ class Settings:
             sphericity differ from PyRadiomics' by up to 0.5% (``pyradiomics.json``).
         energy_shift: added to the intensities for the energy and root mean square (PyRadiomics'
             voxelArrayShift; IBSI: 0).
+        normalize: PyRadiomics' whole-image normalisation (its normalize and normalizeScale,
+            not IBSI's): before anything else the image's intensities become z-scores times this
+            scale; None: none. ``normalize_outliers``: z-scores clipped at ± this many standard
+            deviations before scaling (its removeOutliers).
         resegment_range: keep only intensities in [low, high] (IBSI 2.6); None: all.
         resegment_outliers: also drop intensities beyond mean ± 3 SD (IBSI 2.6).
         ivh_discretisation: for the intensity-volume histogram (IBSI 3.5): "texture" (as for
@@ -101,6 +111,9 @@ class Settings:
         filters: IBSI 2 filters (:mod:`medlib.radiomics.filters`) whose response maps are also
             described, each by the families above except morphology.
         original: describe the original image too (False: response maps only).
+        filter_settings: for a filter's response map, by the filter's ``name``, settings that
+            differ from those above: any of ``FILTER_SETTINGS`` (how its intensities are
+            discretised, its energy shift), as PyRadiomics sets them per image type.
     """
 
     resample_spacing: tuple[float | None, float | None, float | None] | None = None
@@ -113,6 +126,8 @@ class Settings:
     bin_width: float = 25.0
     conventions: str = "ibsi"
     energy_shift: float = 0.0
+    normalize: float | None = None
+    normalize_outliers: float | None = None
     resegment_range: tuple[float, float] | None = None
     resegment_outliers: bool = False
     ivh_discretisation: str = "texture"
@@ -127,6 +142,7 @@ class Settings:
     minimum_voxels: int = 1
     filters: tuple[Filter, ...] = ()
     original: bool = True
+    filter_settings: dict[str, dict] | None = None
 
     def __post_init__(self):
         if self.discretisation not in DISCRETISATIONS:
@@ -158,6 +174,14 @@ class Settings:
                                  "Gabor, Wavelet, Simoncelli, Riesz)")
         if not self.original and not self.filters:
             raise RadiomicsError("original=False leaves nothing to describe: give filters, or keep the original")
+        for name, given in (self.filter_settings or {}).items():
+            if name not in {f.name for f in self.filters}:
+                raise RadiomicsError(f"filter_settings for {name!r}, which is not among the filters (their names: "
+                                     f"{', '.join(f.name for f in self.filters) or 'none'})")
+            if set(given) - set(FILTER_SETTINGS):
+                raise RadiomicsError(f"filter_settings for {name}: {', '.join(sorted(set(given) - set(FILTER_SETTINGS)))}"
+                                     f" cannot differ per filter; give some of {', '.join(FILTER_SETTINGS)}")
+            replace(self, **given, filter_settings=None)  # the values checked as any settings are
         unnamed = [f.name for f in self.filters if not hasattr(f, "pyradiomics_name")]
         if unnamed and self.names == "pyradiomics":
             raise RadiomicsError(f"PyRadiomics has no names for IBSI 2's filters ({', '.join(unnamed)}): use "
@@ -233,14 +257,24 @@ def _prepare(image, mask, spacing, settings: Settings, crops: dict):
     if settings.minimum_voxels > 1 and int(mask[box].sum()) < settings.minimum_voxels:
         raise RadiomicsError(f"the ROI has {int(mask[box].sum())} voxels; minimum_voxels asks for "
                              f"{settings.minimum_voxels}")
+    if settings.normalize is not None:
+        key = ("normalized", id(source))
+        if key not in crops:
+            crops[key] = normalize_as_pyradiomics(image, settings.normalize, settings.normalize_outliers)
+        image = crops[key]
     if settings.resample_spacing is not None:
         target = tuple(settings.resample_spacing)
         new = tuple(s if t is None else t for s, t in zip(spacing, target))
-        reach = _reach(settings, new)
-        margin = (max(sphere_margin(new)) if "loc" in settings.families else 0) + 1
-        margin += max(reach) if reach is not None else max(image.shape) * 10 ** 3  # the whole grid
-        values, inside, spacing = resample(image, mask, box, spacing, target, settings.interpolator,
-                                           settings.mask_interpolator, settings.mask_threshold, margin, settings.device)
+        if settings.conventions == "pyradiomics":
+            values, inside, spacing = resample_as_pyradiomics(image, mask, spacing, target, settings.interpolator)
+            values, inside = values.to(settings.device), inside.to(settings.device)
+        else:
+            reach = _reach(settings, new)
+            margin = (max(sphere_margin(new)) if "loc" in settings.families else 0) + 1
+            margin += max(reach) if reach is not None else max(image.shape) * 10 ** 3  # the whole grid
+            values, inside, spacing = resample(image, mask, box, spacing, target, settings.interpolator,
+                                               settings.mask_interpolator, settings.mask_threshold, margin,
+                                               settings.device)
         if not inside.any():
             raise RadiomicsError(f"no voxel of the ROI is left after resampling to {new} mm; the ROI is smaller "
                                  "than the new voxels")
@@ -402,7 +436,8 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
     if settings.filters:
         # a response map's intensities are its own: discretised over their range, IVH as for texture
         own = replace(settings, resegment_range=None, resegment_outliers=False, families=tuple(
-            f for f in settings.families if f != "morph"), ivh_discretisation="texture", filters=(), original=True)
+            f for f in settings.families if f != "morph"), ivh_discretisation="texture", filters=(), original=True,
+            filter_settings=None)
         for f in settings.filters:
             maps: dict[tuple, torch.Tensor] = {}  # ROIs of one crop of one image share its response map
             for r in rois:
@@ -410,7 +445,8 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
                     maps[r.crop] = f(r.values[None], spacing)[0]
             response = _batch([(maps[r.crop][r.inner], r.inside[r.inner]) for r in rois])[0]
             del maps
-            for key, column in _features(response, morphological, inside, image, spacing, own).items():
+            for key, column in _features(response, morphological, inside, image, spacing,
+                                         replace(own, **(settings.filter_settings or {}).get(f.name, {}))).items():
                 columns[f"{f.name}_{key}"] = column
     if settings.names == "pyradiomics":  # PyRadiomics' features that are IBSI's shifted or scaled
         for prefix in [""] * settings.original + [f"{f.name}_" for f in settings.filters]:

@@ -8,9 +8,10 @@ feature values (``tests/test_radiomics_filters.py``):
 
 - :class:`Mean` (support in voxels), :class:`LoG` (σ in mm, truncated at ``truncate`` σ),
   :class:`Laws` (kernels such as ``"E5L5S5"``, energy maps), :class:`Gabor` (σ and λ in mm,
-  γ, θ), :class:`Wavelet` (separable, undecimated, any PyWavelets family: Haar, Daubechies,
-  Coiflet, ...; sub-bands such as ``"LHL"``, decomposition level) and :class:`Simoncelli`
-  (non-separable, in the Fourier domain).
+  γ, θ), :class:`Wavelet` (separable, undecimated or decimated, any PyWavelets family: Haar,
+  Daubechies, Coiflet, ...; sub-bands such as ``"LHL"``, decomposition level),
+  :class:`Simoncelli` (non-separable, in the Fourier domain) and :class:`Riesz` (the Riesz
+  transform of a LoG or a Simoncelli wavelet).
 - ``padding``: ``constant`` (zeros), ``nearest``, ``periodic`` or ``mirror`` (the edge voxel
   repeated: ``c b a | a b c``).
 - ``dimensions``: 3 (volumetric) or 2 (each axial slice on its own).
@@ -25,6 +26,8 @@ order x, y, z (``"E5L5S5"``: E5 along x, L5 along y, S5 along z). Volumes are (B
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -422,17 +425,24 @@ class Gabor(Filter):
 
 @dataclass(frozen=True)
 class Wavelet(Filter):
-    """A separable wavelet (IBSI 2: stationary, undecimated), any PyWavelets family (``haar``,
-    ``db2``, ``coif1``, ...): ``subband`` picks the low (L) or high (H) pass filter along x, y
-    (and z), e.g. ``"LHL"``; at ``level`` n > 1 the image is first low-passed along every axis
-    n - 1 times (à trous: the kernels dilated by a zero between taps at each level). Rotation
-    invariance pools over the grid's rotations."""
+    """A separable wavelet, any PyWavelets family (``haar``, ``db2``, ``coif1``, ...):
+    ``subband`` picks the low (L) or high (H) pass filter along x, y (and z), e.g. ``"LHL"``; at
+    ``level`` n > 1 the image is first low-passed along every axis n - 1 times. Rotation invariance
+    pools over the grid's rotations.
+
+    Undecimated (stationary, à trous: the kernels dilated by a zero between taps at each level) as
+    IBSI 2 uses it, or ``decimated``: the coefficients of the decimated transform are those of the
+    undecimated one at every 2^n-th voxel from the image's first (with periodic padding they are
+    PyWavelets' ``wavedecn(mode="periodization")`` coefficients), and each is held over its
+    2^n-voxel block so that the response map keeps the image's grid. A decimated map is anchored
+    at the image's first voxel, so it is always computed on the whole image."""
 
     wavelet: str = "haar"
     subband: str = "LLH"
     level: int = 1
     rotation_invariant: bool = False
     pooling: str = "mean"
+    decimated: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -454,6 +464,8 @@ class Wavelet(Filter):
         return _odd(bank.dec_lo), _odd(bank.dec_hi)
 
     def reach(self, spacing):
+        if self.decimated:
+            return None
         low, _ = self._bank()
         r = (len(low) // 2) * (2 ** self.level - 1)
         return (r if self.dimensions == 3 else 0, r, r)
@@ -472,12 +484,21 @@ class Wavelet(Filter):
                     response = self._separable(response, [k and k[0 if last else 1] for k in s])
                     s = tuple(k and tuple(_dilate(f) for f in k) for k in s)
                 yield response
-        return _pool(responses(), self.pooling)
+        pooled = _pool(responses(), self.pooling)
+        if self.decimated:
+            block = 2 ** self.level
+            for axis in self.axes:
+                n = pooled.shape[axis]
+                held = torch.arange(n, device=pooled.device) // block * block
+                pooled = pooled.index_select(axis, held)
+        return pooled
 
     @property
     def name(self):
         invariant = f"_invariant_{self.pooling}" if self.rotation_invariant else ""
-        return f"wavelet_{self.wavelet}_{self.subband.lower()}_level{self.level}{invariant}_{self._suffix()}"
+        decimated = "_decimated" if self.decimated else ""
+        return (f"wavelet_{self.wavelet}_{self.subband.lower()}_level{self.level}{decimated}{invariant}"
+                f"_{self._suffix()}")
 
 
 @dataclass(frozen=True)
@@ -497,19 +518,22 @@ class Simoncelli(Filter):
         if self.level < 1:
             raise FilterError(f"level {self.level}: give 1, 2, ...")
 
-    def __call__(self, volume, spacing):
-        axes = self.axes
-        grids = [(torch.arange(volume.shape[a], dtype=torch.float64) - (volume.shape[a] - 1) / 2)
-                 / max((volume.shape[a] - 1) / 2, 0.5) for a in axes]
+    def transfer(self, sizes) -> torch.Tensor:
+        """The wavelet's spectrum on a grid of ``sizes`` (the filtered axes), in FFT order."""
+        grids = [(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / max((n - 1) / 2, 0.5) for n in sizes]
         distance = torch.sqrt(sum(g ** 2 for g in torch.meshgrid(*grids, indexing="ij")))
         top = 1 / 2 ** (self.level - 1)
         band = (distance >= top / 4) & (distance <= top)
         response = torch.where(band, torch.cos(math.pi / 2 * torch.log2((2 * distance / top).clamp(min=1e-300))), 0)
-        response = torch.fft.ifftshift(response).to(volume.device)
+        return torch.fft.ifftshift(response)
+
+    def __call__(self, volume, spacing):
+        axes = self.axes
         shape = [1] * volume.ndim
         for axis in axes:
             shape[axis] = volume.shape[axis]
-        return torch.fft.ifftn(torch.fft.fftn(volume, dim=axes) * response.reshape(shape), dim=axes).real
+        transfer = self.transfer([volume.shape[a] for a in axes]).to(volume.device).reshape(shape)
+        return torch.fft.ifftn(torch.fft.fftn(volume, dim=axes) * transfer, dim=axes).real
 
     @property
     def name(self):
@@ -518,21 +542,22 @@ class Simoncelli(Filter):
 
 @dataclass(frozen=True)
 class Riesz(Filter):
-    """The Riesz transform (IBSI 2, 4.8) of a Laplacian of Gaussian: the kernel's spectrum
-    multiplied by ``(-i)^L sqrt(L! / (l_x! l_y! l_z!)) prod(ω_a^l_a) / |ω|^L`` with ``order``
-    (l_x, l_y[, l_z]) and L their sum: a derivative of that order along the axes, normalised so
-    that it does not change the scale. The response is the real part; padding and dimensions are
-    the LoG's."""
+    """The Riesz transform (IBSI 2, 4.8) of a Laplacian of Gaussian or a Simoncelli wavelet
+    (``of``): that filter's spectrum multiplied by
+    ``(-i)^L sqrt(L! / (l_x! l_y! l_z!)) prod(ω_a^l_a) / |ω|^L`` with ``order`` (l_x, l_y[, l_z])
+    and L their sum: a derivative of that order along the axes, normalised so that it does not
+    change the scale. The response is the real part; padding and dimensions are those of ``of``."""
 
-    log: LoG = LoG()
+    of: LoG | Simoncelli = LoG()
     order: tuple[int, ...] = (1, 0, 0)
 
     def __post_init__(self):
-        object.__setattr__(self, "padding", self.log.padding)
-        object.__setattr__(self, "dimensions", self.log.dimensions)
+        if not isinstance(self.of, LoG | Simoncelli):
+            raise FilterError("the Riesz transform is implemented for a LoG filter or a Simoncelli wavelet: "
+                              "Riesz(of=LoG(sigma=...), ...) or Riesz(of=Simoncelli(level=...), ...)")
+        object.__setattr__(self, "padding", self.of.padding)
+        object.__setattr__(self, "dimensions", self.of.dimensions)
         super().__post_init__()
-        if not isinstance(self.log, LoG):
-            raise FilterError("the Riesz transform is implemented for a LoG filter: Riesz(log=LoG(sigma=...), ...)")
         if len(self.order) != self.dimensions or min(self.order) < 0 or not sum(self.order):
             raise FilterError(f"order {self.order}: give {self.dimensions} orders (x, y"
                               f"{', z' if self.dimensions == 3 else ''}), none negative, not all 0")
@@ -540,31 +565,74 @@ class Riesz(Filter):
     def reach(self, spacing):
         return None  # the Riesz kernel decays slowly: the filter sees the whole image
 
+    def transfer(self, sizes) -> torch.Tensor:
+        """The Riesz transform's spectrum on a grid of ``sizes`` (the filtered axes), in FFT
+        order; 0 at the zero frequency."""
+        grids = torch.meshgrid(*[(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / max((n - 1) / 2, 0.5)
+                                 for n in sizes], indexing="ij")
+        order = tuple(reversed(self.order))  # x, y, z → the grid's z, y, x
+        total = sum(order)
+        gain = (-1j) ** total * math.sqrt(math.factorial(total) / math.prod(math.factorial(o) for o in order))
+        norm = torch.sqrt(sum(g ** 2 for g in grids))
+        transfer = gain * math.prod(g ** o for g, o in zip(grids, order)) / norm.clamp(min=1e-300) ** total
+        return torch.fft.ifftshift(torch.where(norm > 0, transfer, 0))
+
     def __call__(self, volume, spacing):
-        kernel = self.log.kernel(spacing)
         axes = self.axes
-        radii = [k // 2 for k in kernel.shape]
+        kernel = self.of.kernel(spacing) if isinstance(self.of, LoG) else None
+        radii = [k // 2 for k in kernel.shape] if kernel is not None else [0] * len(axes)
         padded = volume
         for axis, r in zip(axes, radii):
             padded = pad(padded, axis, r, r, self.padding)
         sizes = [padded.shape[a] for a in axes]
-        grids = torch.meshgrid(*[(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / ((n - 1) / 2) for n in sizes],
-                               indexing="ij")
-        order = tuple(reversed(self.order))  # x, y, z → the grid's z, y, x
-        total = sum(order)
-        gain = (-1j) ** total * math.sqrt(math.factorial(total) / math.prod(math.factorial(o) for o in order))
-        numerator = math.prod(g ** o for g, o in zip(grids, order))
-        transfer = gain * numerator / torch.sqrt(sum(g ** 2 for g in grids)) ** total
-        spectrum = torch.fft.ifftshift(torch.fft.fftshift(torch.fft.fftn(kernel, s=sizes)) * transfer)
+        of = torch.fft.fftn(kernel, s=sizes) if kernel is not None else self.of.transfer(sizes)
         shape = [1] * volume.ndim
         for axis, size in zip(axes, sizes):
             shape[axis] = size
-        out = torch.fft.ifftn(torch.fft.fftn(padded, dim=axes) * spectrum.to(volume.device).reshape(shape), dim=axes)
+        spectrum = (of * self.transfer(sizes)).to(volume.device).reshape(shape)
+        out = torch.fft.ifftn(torch.fft.fftn(padded, dim=axes) * spectrum, dim=axes)
         for axis, r, size in zip(axes, radii, sizes):
             out = out.narrow(axis, 2 * r, size - 2 * r)
         return out.real
 
     @property
     def name(self):
-        return f"riesz{''.join(map(str, self.order))}_{self.log.name}"
+        return f"riesz{''.join(map(str, self.order))}_{self.of.name}"
 
+
+
+#: The filters by name, as :func:`parse` reads them.
+FILTERS = {f.__name__: f for f in (Mean, LoG, Laws, Gabor, Wavelet, Simoncelli, Riesz)}
+
+
+def parse(text: str) -> Filter:
+    """A filter from its Python form, as the command line takes it: a call of one of
+    ``FILTERS`` with keyword arguments that are literals or filters, e.g.
+    ``"LoG(sigma=3, padding='mirror')"`` or ``"Riesz(of=Simoncelli(level=1), order=(0, 2, 0))"``.
+    Nothing is evaluated but the filters' constructors."""
+
+    def build(node: ast.expr) -> Filter:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FILTERS):
+            raise FilterError(f"{text!r}: give a filter as Name(key=value, ...), Name one of {', '.join(FILTERS)}")
+        cls = FILTERS[node.func.id]
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if node.args:
+            raise FilterError(f"{text!r}: give {cls.__name__}'s parameters by name ({', '.join(fields)})")
+        unknown = [k.arg for k in node.keywords if k.arg not in fields]
+        if unknown:
+            raise FilterError(f"{text!r}: {cls.__name__} has no parameter {', '.join(map(str, unknown))}; its "
+                              f"parameters: {', '.join(fields)}")
+        return cls(**{k.arg: build(k.value) if isinstance(k.value, ast.Call) else _literal(k.value)
+                      for k in node.keywords})
+
+    def _literal(node: ast.expr):
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise FilterError(f"{text!r}: {ast.unparse(node)} is not a number, string, tuple or filter") from None
+
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        raise FilterError(f"{text!r}: give a filter as Name(key=value, ...), e.g. \"LoG(sigma=3)\"") from None
+    return build(tree.body)

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from .extract import FAMILIES, RadiomicsError, Settings, pyradiomics_table
+from .pyradiomics import SITK_INTERPOLATORS
 
 #: PyRadiomics feature classes → medlib families (first order covers statistics and histogram).
 PYRADIOMICS_CLASSES = {"shape": ("morph",), "firstorder": ("stat", "ih"), "glcm": ("cm",), "glrlm": ("rlm",),
                        "glszm": ("szm",), "ngtdm": ("ngt",), "gldm": ("ngl",)}
 #: PyRadiomics (SimpleITK) interpolators → medlib's.
-PYRADIOMICS_INTERPOLATORS = {"sitkNearestNeighbor": "nearest", "sitkLinear": "linear", "sitkBSpline": "cubic"}
+PYRADIOMICS_INTERPOLATORS = {sitk: medlib for medlib, sitk in SITK_INTERPOLATORS.items()}
 
 
 def read_volume(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -108,11 +109,14 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
     derived images (:mod:`medlib.radiomics.image_types`, with PyRadiomics' definitions and names):
     LoG (``sigma``), Wavelet (``wavelet``, ``start_level``, ``level``: every sub-band of every
     level, the approximation of the last), Square, SquareRoot, Logarithm, Exponential, Gradient
-    (``gradientUseSpacing``) and LBP2D (``lbp2DRadius``, ``lbp2DSamples``, ``lbp2DMethod``).
-    PyRadiomics lists spacings x, y, z with 0 for "keep"; its resampling grid starts at the
-    ROI's corner where IBSI's (and medlib's) is centred on the image, so resampled values differ
-    slightly. The settings medlib accepts only at PyRadiomics' default, and those that do not
-    change features, are the data table ``pyradiomics.json``.
+    (``gradientUseSpacing``), LBP2D (``lbp2DRadius``, ``lbp2DSamples``, ``lbp2DMethod``) and
+    LBP3D (``lbp3DLevels``, ``lbp3DIcosphereRadius``, ``lbp3DIcosphereSubdivision``; its outputs
+    ``lbp-3D-m1`` ... and the kurtosis ``lbp-3D-k``). An image type may set its own
+    ``binWidth``, ``binCount`` and ``voxelArrayShift``.
+    PyRadiomics lists spacings x, y, z with 0 for "keep"; its resampling grid and normalisation
+    are its own (``medlib.radiomics.pyradiomics``). The settings medlib accepts only at
+    PyRadiomics' default, and those that do not change features, are the data table
+    ``pyradiomics.json``.
 
     Raises:
         RadiomicsError: a setting, value, image type or section medlib does not implement, by
@@ -129,6 +133,7 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
     setting = dict(params.get("setting") or {})
     mapped = {"binWidth", "binCount", "resegmentRange", "resegmentMode", "label", "resampledPixelSpacing",
               "interpolator", "voxelArrayShift", "minimumROIDimensions", "minimumROISize", "force2D", "weightingNorm",
+              "normalize", "normalizeScale", "removeOutliers",
               *IMAGE_TYPE_SETTINGS}
     unsupported = sorted(set(setting) - mapped - set(table["same_at_default"]) - set(table["no_effect"]))
     if unsupported:
@@ -152,6 +157,10 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
     kwargs["pyradiomics_aggregation"] = ("2.5D" if setting.get("force2D") else "3D") + (
         " merged" if setting.get("weightingNorm") else "")
     kwargs["aggregations"] = tuple(sorted(set(table["aggregations"][kwargs["pyradiomics_aggregation"]].values())))
+    if setting.get("normalize"):
+        kwargs["normalize"] = float(setting.get("normalizeScale") or 1)
+        if setting.get("removeOutliers") is not None:
+            kwargs["normalize_outliers"] = float(setting["removeOutliers"])
     if setting.get("binCount"):
         kwargs.update(discretisation="fixed_bin_number", bins=int(setting["binCount"]))
     else:
@@ -180,30 +189,41 @@ def settings_from_pyradiomics(params: dict, source: str = "parameters", **overri
         kwargs["families"] = tuple(f for c in classes for f in PYRADIOMICS_CLASSES[c])
     else:
         kwargs["families"] = FAMILIES
-    kwargs["original"], kwargs["filters"] = _image_types(params.get("imageType") or {"Original": {}}, setting, source)
+    kwargs["original"], kwargs["filters"], own = _image_types(params.get("imageType") or {"Original": {}}, setting,
+                                                             source)
+    kwargs["filter_settings"] = own or None
     return Settings(**{**kwargs, **overrides}), int(setting.get("label") or 1)
 
 
 #: PyRadiomics' settings of its image types, in ``setting`` (for all) or under the image type.
 IMAGE_TYPE_SETTINGS = {"sigma", "wavelet", "start_level", "level", "gradientUseSpacing", "lbp2DRadius",
-                       "lbp2DSamples", "lbp2DMethod"}
+                       "lbp2DSamples", "lbp2DMethod", "lbp3DLevels", "lbp3DIcosphereRadius", "lbp3DIcosphereSubdivision"}
+#: PyRadiomics' general settings that an image type may set for its own features.
+PER_IMAGE_TYPE = {"binWidth", "binCount", "voxelArrayShift"}
 
 
-def _image_types(types: dict, setting: dict, source: str) -> tuple[bool, tuple]:
-    """Whether the original image is described, and PyRadiomics' derived images
-    (:mod:`medlib.radiomics.image_types`) for a parameter file's ``imageType`` section."""
+def _image_types(types: dict, setting: dict, source: str) -> tuple[bool, tuple, dict]:
+    """Whether the original image is described, PyRadiomics' derived images
+    (:mod:`medlib.radiomics.image_types`) for a parameter file's ``imageType`` section, and the
+    settings of their own (``Settings.filter_settings``)."""
     from . import image_types as it
 
     filters: list = []
+    own: dict[str, dict] = {}
     for name, custom in types.items():
         custom = custom or {}
-        unknown = sorted(set(custom) - IMAGE_TYPE_SETTINGS)
+        unknown = sorted(set(custom) - IMAGE_TYPE_SETTINGS - PER_IMAGE_TYPE)
         if unknown:
             raise RadiomicsError(f"{source}: setting(s) {', '.join(unknown)} of image type {name} are not implemented "
-                                 "by medlib (settings per image type other than the filter's own); set them for all")
+                                 f"by medlib per image type (only the filter's own and {', '.join(sorted(PER_IMAGE_TYPE))}"
+                                 "); set them for all")
         given = {**{k: v for k, v in setting.items() if k in IMAGE_TYPE_SETTINGS}, **custom}
         if name == "Original":
+            if set(custom) & PER_IMAGE_TYPE:
+                raise RadiomicsError(f"{source}: set {', '.join(sorted(set(custom) & PER_IMAGE_TYPE))} of the original "
+                                     "image in the setting section")
             continue
+        first = len(filters)
         if name == "LoG":
             if not given.get("sigma"):
                 raise RadiomicsError(f"{source}: image type LoG needs sigma (a list of scales in mm)")
@@ -220,9 +240,20 @@ def _image_types(types: dict, setting: dict, source: str) -> tuple[bool, tuple]:
         elif name == "LBP2D":
             filters.append(it.LBP2D(radius=float(given.get("lbp2DRadius", 1)), samples=int(given.get("lbp2DSamples", 8)),
                                     method=str(given.get("lbp2DMethod", "uniform"))))
+        elif name == "LBP3D":
+            levels = int(given.get("lbp3DLevels", 2))
+            filters += [it.LBP3D(levels=levels, radius=float(given.get("lbp3DIcosphereRadius", 1)),
+                                 subdivision=int(given.get("lbp3DIcosphereSubdivision", 1)), output=output)
+                        for output in [f"m{n}" for n in range(1, levels + 1)] + ["k"]]
         elif name in ("Square", "SquareRoot", "Logarithm", "Exponential"):
             filters.append(getattr(it, name)())
         else:
             raise RadiomicsError(f"{source}: image type {name} is not implemented by medlib (implemented: Original, "
-                                 "LoG, Wavelet, Square, SquareRoot, Logarithm, Exponential, Gradient, LBP2D)")
-    return "Original" in types, tuple(filters)
+                                 "LoG, Wavelet, Square, SquareRoot, Logarithm, Exponential, Gradient, LBP2D, LBP3D)")
+        if set(custom) & PER_IMAGE_TYPE:
+            mine = {**setting, **custom}  # PyRadiomics: the image type's settings update the general ones
+            settings = ({"discretisation": "fixed_bin_number", "bins": int(mine["binCount"])} if mine.get("binCount")
+                        else {"discretisation": "fixed_bin_size", "bin_width": float(mine.get("binWidth") or 25)})
+            settings["energy_shift"] = float(mine.get("voxelArrayShift") or 0)
+            own.update({f.name: settings for f in filters[first:]})
+    return "Original" in types, tuple(filters), own

@@ -1,5 +1,5 @@
 """PyRadiomics' values of every image type medlib reads from parameter files, on its brain1 and
-breast1 cases: filtered.csv. Run with PyRadiomics (3.0.1 here, with scikit-image for LBP2D) in its
+breast1 cases: filtered.csv. Run with PyRadiomics (3.0.1 here, with scikit-image for LBP2D, and trimesh and scipy<1.15 for LBP3D) in its
 own environment (../shared/PEERS.md):
 
     PEERS/pyradiomics/bin/python tests/data/pyradiomics/make_filtered.py tests/data/pyradiomics filtered.csv
@@ -10,8 +10,9 @@ from radiomics import featureextractor, logger
 logger.setLevel(40)
 data, out = sys.argv[1], sys.argv[2]
 params = {"setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 0},
-          "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 3.0]}, "Wavelet": {}, "Square": {}, "SquareRoot": {},
-                        "Logarithm": {}, "Exponential": {}, "Gradient": {}, "LBP2D": {}},
+          "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 3.0]}, "Wavelet": {}, "Square": {"voxelArrayShift": 1000},
+                        "SquareRoot": {}, "Logarithm": {}, "Exponential": {}, "Gradient": {"binCount": 16}, "LBP2D": {},
+                        "LBP3D": {"binWidth": 0.25}},
           "featureClass": {c: None for c in ("firstorder", "glcm", "glrlm", "glszm", "ngtdm", "gldm")}}
 extractor = featureextractor.RadiomicsFeatureExtractor(params)
 rows = {}
