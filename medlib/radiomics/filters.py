@@ -566,16 +566,15 @@ class Riesz(Filter):
         return None  # the Riesz kernel decays slowly: the filter sees the whole image
 
     def transfer(self, sizes) -> torch.Tensor:
-        """The Riesz transform's spectrum on a grid of ``sizes`` (the filtered axes), in FFT
-        order; 0 at the zero frequency."""
-        grids = torch.meshgrid(*[(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) / max((n - 1) / 2, 0.5)
-                                 for n in sizes], indexing="ij")
+        """The Riesz transform's spectrum on the DFT frequencies of a grid of ``sizes`` (the
+        filtered axes), in FFT order; 0 at the zero frequency."""
+        grids = torch.meshgrid(*[torch.fft.fftfreq(n, dtype=torch.float64) for n in sizes], indexing="ij")
         order = tuple(reversed(self.order))  # x, y, z → the grid's z, y, x
         total = sum(order)
         gain = (-1j) ** total * math.sqrt(math.factorial(total) / math.prod(math.factorial(o) for o in order))
         norm = torch.sqrt(sum(g ** 2 for g in grids))
         transfer = gain * math.prod(g ** o for g, o in zip(grids, order)) / norm.clamp(min=1e-300) ** total
-        return torch.fft.ifftshift(torch.where(norm > 0, transfer, 0))
+        return torch.where(norm > 0, transfer, 0)
 
     def __call__(self, volume, spacing):
         axes = self.axes
