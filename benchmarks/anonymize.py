@@ -145,6 +145,9 @@ def main() -> int:
         runs.append(timed(medlib + [str(corpus), str(tmp / "medlibN"), "--key-file", str(tmp / "site.key"),
                                     "--workers", str(cores), "--report", str(tmp / "rN.json")], tmp / "medlibN",
                           f"medlib, {cores} workers"))
+        runs.append(timed(medlib + [str(corpus), str(tmp / "medlibN-no-ocr"), "--key-file", str(tmp / "site.key"),
+                                    "--workers", str(cores), "--no-ocr", "--report", str(tmp / "rN0.json")],
+                          tmp / "medlibN-no-ocr", f"medlib, {cores} workers, no OCR (the byte-level path)"))
         if args.peers:
             peers = args.peers.resolve()
             shutil.copytree(corpus, tmp / "dicognito")  # it anonymizes in place

@@ -229,7 +229,7 @@ def test_zones_are_the_connected_components_scipy_finds():
 
     rng = np.random.default_rng(3)
     levels = rng.integers(1, 4, size=(2, 6, 9, 11)) * (rng.random((2, 6, 9, 11)) > 0.15)
-    found = Zones(torch.from_numpy(levels)).found
+    zones = Zones(torch.from_numpy(levels))
     in_slice = np.zeros((3, 3, 3))
     in_slice[1] = 1
     for name, structure in (("2D", in_slice), ("3D", np.ones((3, 3, 3)))):
@@ -238,13 +238,38 @@ def test_zones_are_the_connected_components_scipy_finds():
             for g in (1, 2, 3):
                 labels, n = ndimage.label(roi == g, structure=structure)
                 expected += sorted(np.bincount(labels.ravel())[1:].tolist())
-        level, cell, size = found[name]
+        level, cell, size = zones.found(name)
         ours = []
         for roi in range(2):
             for g in (1, 2, 3):
                 chosen = (cell // 6 == roi) & (level == g)  # cell: ROI × 6 slices + slice
                 ours += sorted(size[chosen].tolist())
         assert ours == expected
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_compiled_kernels_give_what_the_tensor_versions_give(seed: int):
+    """The CPU's kernels (medlib.radiomics.kernels) and the whole-tensor versions other devices
+    run: the same zones and the same runs, voxel for voxel."""
+    from medlib.radiomics import kernels
+    from medlib.radiomics.neighbourhood import _neighbours_in_tensors
+    from medlib.radiomics.texture import _flat, _runs_in_tensors, _steps
+    from medlib.radiomics.zones import _components_in_tensors
+
+    rng = np.random.default_rng(seed)
+    levels = torch.from_numpy(rng.integers(1, 4, size=(3, 7, 10, 12)) * (rng.random((3, 7, 10, 12)) > 0.2))
+    flat, strides, _ = _flat(levels)
+    voxels = torch.nonzero(flat).flatten()
+    steps = _steps(strides, levels.device).tolist()
+    for linked in (steps[:4], steps):
+        assert torch.equal(kernels.components(flat, voxels, linked), _components_in_tensors(flat, voxels, linked))
+    assert torch.equal(kernels.neighbours(flat, voxels, steps[:4], steps[4:]),
+                       _neighbours_in_tensors(flat, voxels, steps[:4], steps[4:]))
+    for step in steps:
+        compiled, tensors = kernels.runs(flat, voxels, step), _runs_in_tensors(flat, voxels, step)
+        order = torch.argsort(tensors[0])
+        assert torch.equal(compiled[0], tensors[0][order]) and torch.equal(compiled[1], tensors[1][order])
+        assert int(compiled[1].sum()) == len(voxels)  # every voxel is in one run per direction
 
 
 def test_morans_i_and_gearys_c_equal_the_pairwise_sums():

@@ -327,8 +327,19 @@ def _anonymize_file(anonymizer: Anonymizer, src: Path, dst: Path, quarantine: Pa
                                                  "or remove it from the source")
 
 
-def _work(args: tuple) -> tuple[FileOutcome, list]:
-    return anonymize_file(*args)
+#: a worker process's share of the run (:func:`_start_worker`): the anonymizer and the folders,
+#: given once per process rather than with every file
+_run: tuple = ()
+
+
+def _start_worker(*run) -> None:
+    global _run
+    _run = run
+
+
+def _work(rel: str) -> tuple[FileOutcome, list]:
+    anonymizer, src, dst, quarantine, keep_mappings, pixels = _run
+    return anonymize_file(anonymizer, src, dst, quarantine, rel, keep_mappings, pixels)
 
 
 def anonymize_tree(
@@ -377,17 +388,17 @@ def anonymize_tree(
         else:
             todo.append(rel)
 
-    jobs = [(anonymizer, src, dst, quarantine, rel, mapping_store is not None, pixels) for rel in todo]
-    with open(journal_path, "a") as journal, tqdm(total=len(jobs), unit="file", disable=not progress,
+    run = (anonymizer, src, dst, quarantine, mapping_store is not None, pixels)
+    with open(journal_path, "a") as journal, tqdm(total=len(todo), unit="file", disable=not progress,
                                                   desc="anonymizing") as bar:
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                results = pool.map(_work, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1)))
+            with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=run) as pool:
+                results = pool.map(_work, todo, chunksize=max(1, min(64, len(todo) // (workers * 8) or 1)))
                 for outcome, mappings in results:
                     _finish(outcome, mappings, report, journal, anonymizer, mapping_store, bar)
         else:
-            for job in jobs:
-                _finish(*_work(job), report, journal, anonymizer, mapping_store, bar)
+            for rel in todo:
+                _finish(*anonymize_file(*run[:4], rel, *run[4:]), report, journal, anonymizer, mapping_store, bar)
     return report
 
 

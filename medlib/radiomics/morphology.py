@@ -12,6 +12,7 @@ Positions are voxel centres in mm; ``spacing`` is (z, y, x) in mm.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,6 +42,21 @@ def _offset_weights(shape: tuple[int, int, int], spacing, device) -> torch.Tenso
     return torch.where(distance > 0, 1 / distance.clamp(min=1e-300), 0.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _weights_spectrum(size: tuple[int, int, int], spacing: tuple[float, ...], device: str) -> torch.Tensor:
+    """The real spectrum of the inverse-distance weights on a grid of ``size``, as (re, im)
+    pairs flattened, scaled so that its dot product with two spectra is the double sum:
+    the half spectrum stands for the whole (every frequency but 0 and Nyquist counted twice),
+    over the number of grid points. Kept for the next ROI of the same crop size and spacing."""
+    w = torch.fft.rfftn(_offset_weights(size, spacing, device), dim=(0, 1, 2)).real
+    twice = torch.full((w.shape[-1],), 2.0, dtype=torch.float64, device=w.device)
+    twice[0] = 1
+    if size[-1] % 2 == 0:
+        twice[-1] = 1
+    w = w * twice / math.prod(size)
+    return torch.stack([w, w], -1).flatten()
+
+
 def spatial_autocorrelation(values: torch.Tensor, inside: torch.Tensor, spacing) -> dict[str, torch.Tensor]:
     """Moran's I and Geary's C of the intensities in ``inside``, for a batch (B, Z, Y, X).
 
@@ -54,17 +70,11 @@ def spatial_autocorrelation(values: torch.Tensor, inside: torch.Tensor, spacing)
     d = (values - mean[:, None, None, None]) * m
     size = tuple(fast_length(2 * s - 1) for s in d.shape[1:])
     dims = (1, 2, 3)
-    w = torch.fft.rfftn(_offset_weights(size, spacing, d.device), dim=(0, 1, 2)).real
-    # the half spectrum stands for the whole: count every frequency but 0 and Nyquist twice
-    twice = torch.full((w.shape[-1],), 2.0, dtype=torch.float64, device=d.device)
-    twice[0] = 1
-    if size[-1] % 2 == 0:
-        twice[-1] = 1
-    w = w * twice / math.prod(size)
-    fm, fd, fd2 = (torch.fft.rfftn(x, s=size, dim=dims) for x in (m, d, d ** 2))
+    w = _weights_spectrum(size, tuple(float(s) for s in spacing), str(d.device))
+    fm, fd, fd2 = (torch.view_as_real(torch.fft.rfftn(x, s=size, dim=dims)).flatten(1) for x in (m, d, d ** 2))
 
-    def weighted(a, b):
-        return (w * (a.conj() * b).real).sum(dims)
+    def weighted(a, b):  # sum over f of W(f) Re(conj(A(f)) B(f)), (re, im) pairs side by side
+        return torch.mv(a * b, w)
 
     total_weight = weighted(fm, fm)
     cross = weighted(fd, fd)  # sum of w d1 d2 over pairs

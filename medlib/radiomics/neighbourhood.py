@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from .table import count_features
 from .texture import DIRECTIONS_2D, _flat, _steps, count_matrix_features
 
@@ -26,16 +27,25 @@ def neighbours(levels: torch.Tensor):
     where = (voxels // volume) * z + (voxels % volume) // strides[0] - 1
     steps = _steps(strides, levels.device)
     in_plane, across = steps[:len(DIRECTIONS_2D)], steps[len(DIRECTIONS_2D):]
-    found = {}
+    counted = (kernels.neighbours if flat.device.type == "cpu" else _neighbours_in_tensors)(
+        flat, voxels, in_plane.tolist(), across.tolist())
+    return level, where, {"2D": tuple(counted[:3]), "3D": tuple(counted[3:])}
+
+
+def _neighbours_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, in_plane: list[int],
+                           across: list[int]) -> torch.Tensor:
+    """:func:`medlib.radiomics.kernels.neighbours` in whole tensors (devices other than the CPU)."""
+    level = flat[voxels]
+    out = []
     count, total, same = torch.zeros_like(level), torch.zeros_like(level), torch.zeros_like(level)
-    for name, chosen in (("2D", in_plane), ("3D", across)):  # 3D: the 8 in-plane neighbours and 18 more
-        for step in torch.cat([chosen, -chosen]).tolist():
+    for chosen in (in_plane, across):  # 3D: the 8 in-plane neighbours and 18 more
+        for step in chosen + [-s for s in chosen]:
             other = flat[voxels + step]
             count += other > 0
             total += other
             same += other == level
-        found[name] = (count.clone(), total.clone(), same.clone())
-    return level, where, found
+        out += [count.clone(), total.clone(), same.clone()]
+    return torch.stack(out)
 
 
 def _per(where: torch.Tensor, values: torch.Tensor, groups: int, size: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import itertools
 
 import torch
 
+from . import kernels
 from .table import count_features
 
 AGGREGATIONS = ("2D, averaged", "2D, slice-merged", "2.5D, direction-merged", "2.5D, merged",
@@ -175,9 +176,9 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     direction; L is the longest run found.
 
     The volume gets a margin of zeros (outside the ROI), so every run ends inside the padded
-    array. Each run is followed from its first voxel by flat-index steps, only the runs still
-    going taking part in each step: the work is the number of ROI voxels per direction, not
-    voxels times the longest run.
+    array. Each run is followed from its first voxel by flat-index steps (compiled on the CPU,
+    :func:`medlib.radiomics.kernels.runs`): the work is the number of ROI voxels per direction,
+    not voxels times the longest run.
     """
     b, z = levels.shape[:2]
     ng, nd = n_levels, len(DIRECTIONS_3D)
@@ -185,22 +186,29 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     voxels = torch.nonzero(flat).flatten()
     runs = []  # (direction, first voxel, grey level, length) per direction
     for d, step in enumerate(_steps(strides, levels.device).tolist()):
-        starts = voxels[flat[voxels - step] != flat[voxels]]  # a run starts where the voxel before differs
-        grey = flat[starts]
-        length = torch.ones_like(starts)
-        current, going = starts, torch.arange(len(starts), device=levels.device)
-        while len(going):
-            current = current + step
-            same = flat[current] == grey[going]
-            going, current = going[same], current[same]
-            length[going] += 1
-        runs.append((d, starts, grey, length))
-    longest = max(int(r[3].max()) for r in runs if len(r[3])) if any(len(r[3]) for r in runs) else 1
-    counts = torch.zeros(b * nd * z * ng * longest, dtype=torch.int64, device=levels.device)
-    for d, starts, grey, length in runs:
-        where = starts // volume * nd * z + d * z + (starts % volume) // strides[0] - 1
-        counts += torch.bincount((where * ng + grey - 1) * longest + length - 1, minlength=counts.numel())
+        starts, length = (kernels.runs if flat.device.type == "cpu" else _runs_in_tensors)(flat, voxels, step)
+        runs.append((d, starts, flat[starts], length))
+    lengths = torch.cat([r[3] for r in runs])
+    longest = int(lengths.max()) if len(lengths) else 1
+    cells = torch.cat([(starts // volume * nd * z + d * z + (starts % volume) // strides[0] - 1) * ng + grey - 1
+                       for d, starts, grey, _ in runs])
+    counts = torch.bincount(cells * longest + lengths - 1, minlength=b * nd * z * ng * longest)
     return _split(counts.view(b, nd, z, ng, longest))
+
+
+def _runs_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`medlib.radiomics.kernels.runs` in whole tensors (for devices other than the CPU):
+    each run is followed from its first voxel, only the runs still going taking part in a step."""
+    starts = voxels[flat[voxels - step] != flat[voxels]]  # a run starts where the voxel before differs
+    grey = flat[starts]
+    length = torch.ones_like(starts)
+    current, going = starts, torch.arange(len(starts), device=flat.device)
+    while len(going):
+        current = current + step
+        same = flat[current] == grey[going]
+        going, current = going[same], current[same]
+        length[going] += 1
+    return starts, length
 
 
 def count_matrix_features(counts: torch.Tensor, j_values: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from .neighbourhood import aggregate_by_slice
 from .table import count_features
 from .texture import DIRECTIONS_2D, DIRECTIONS_3D, _flat, _steps, count_matrix_features
@@ -26,7 +27,14 @@ AGGREGATIONS = ("2D", "2.5D", "3D")
 
 def _components(flat: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> torch.Tensor:
     """For each ROI voxel (flat indices ``voxels`` into the padded ``flat`` levels), the index
-    in ``voxels`` of one voxel of its zone, the same for all voxels of the zone."""
+    in ``voxels`` of the first voxel of its zone, the same for all voxels of the zone: compiled
+    on the CPU (:func:`medlib.radiomics.kernels.components`), in whole tensors elsewhere."""
+    if flat.device.type == "cpu":
+        return kernels.components(flat, voxels, steps)
+    return _components_in_tensors(flat, voxels, steps)
+
+
+def _components_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> torch.Tensor:
     n = len(voxels)
     position = torch.full_like(flat, -1)
     position[voxels] = torch.arange(n, device=flat.device)
@@ -75,28 +83,35 @@ class Zones:
 
     def __init__(self, levels: torch.Tensor, morphological: torch.Tensor | None = None):
         self.batch, self.slices = levels.shape[:2]
-        flat, strides, volume = _flat(levels)
-        self.voxels = voxels = torch.nonzero(flat).flatten()
-        self.voxels_per_slice = torch.bincount((voxels // volume) * self.slices + (voxels % volume) // strides[0] - 1,
-                                               minlength=self.batch * self.slices)
-        steps = _steps(strides, levels.device).tolist()
+        self.flat, self.strides, self.volume = _flat(levels)
+        self.voxels = voxels = torch.nonzero(self.flat).flatten()
+        self.voxels_per_slice = torch.bincount((voxels // self.volume) * self.slices + (voxels % self.volume)
+                                               // self.strides[0] - 1, minlength=self.batch * self.slices)
+        self.steps = _steps(self.strides, levels.device).tolist()
         padded = torch.nn.functional.pad(morphological if morphological is not None else levels > 0, (1, 1) * 3)
         self.morphological = padded
-        self.found, self.zone_of = {}, {}
-        for name, linked in (("2D", steps[:len(DIRECTIONS_2D)]), ("3D", steps[:len(DIRECTIONS_3D)])):
-            label = _components(flat, voxels, linked)
+        self._found: dict[str, tuple] = {}
+        self.zone_of: dict[str, torch.Tensor] = {}
+
+    def found(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The zones of connectedness ``name`` ("2D" or "3D", labelled when first asked for):
+        each zone's grey level, its ROI and slice (of its first voxel), and its size."""
+        if name not in self._found:
+            linked = self.steps[:len(DIRECTIONS_2D if name == "2D" else DIRECTIONS_3D)]
+            label = _components(self.flat, self.voxels, linked)
             roots = torch.nonzero(label == torch.arange(len(label), device=label.device)).flatten()
             self.zone_of[name] = zone_of = torch.searchsorted(roots, label)  # each voxel's zone number
             size = torch.bincount(zone_of, minlength=len(roots))
-            first = voxels[roots]
-            cell = (first // volume) * self.slices + (first % volume) // strides[0] - 1  # the zone's ROI and slice
-            self.found[name] = (flat[first], cell, size)
+            first = self.voxels[roots]
+            cell = (first // self.volume) * self.slices + (first % self.volume) // self.strides[0] - 1
+            self._found[name] = (self.flat[first], cell, size)
+        return self._found[name]
 
     def distances(self, name: str) -> torch.Tensor:
         """Each zone's distance to the edge of the morphological mask, 4-connected in the slice
         ("2D") or 6-connected ("3D"): the smallest of its voxels'."""
         voxel = _edge_distance(self.morphological, (2, 3) if name == "2D" else (1, 2, 3)).flatten()[self.voxels]
-        zones = self.found[name][2]
+        zones = self.found(name)[2]
         nearest = torch.full((len(zones),), torch.iinfo(torch.int64).max, device=voxel.device)
         return nearest.scatter_reduce_(0, self.zone_of[name], voxel, "amin")
 
@@ -109,7 +124,7 @@ class Zones:
         columns = {}
 
         def build(neighbourhood, per_slice):
-            level, cell, size = self.found[neighbourhood]
+            level, cell, size = self.found(neighbourhood)
             count = size if family == "szm" else self.distances(neighbourhood)
             columns[neighbourhood], column = torch.unique(count, return_inverse=True)
             nc = len(columns[neighbourhood])
