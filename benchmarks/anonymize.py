@@ -189,7 +189,8 @@ def main() -> int:
     text = "\n".join(rows)
     print(text)
     if args.record:
-        command = "python benchmarks/anonymize.py --peers PEERS" + (" --quick" if args.quick else f" --files {n}")
+        command = ("python benchmarks/anonymize.py" + (" --peers PEERS" if args.peers else "")
+                   + (" --quick" if args.quick else f" --files {n}"))
         record(f"DICOM anonymization, {n} files", command, text)
     return 0
 
