@@ -398,7 +398,8 @@ def anonymize_tree(
                     _finish(outcome, mappings, report, journal, anonymizer, mapping_store, bar)
         else:
             for rel in todo:
-                _finish(*anonymize_file(*run[:4], rel, *run[4:]), report, journal, anonymizer, mapping_store, bar)
+                outcome, mappings = anonymize_file(anonymizer, src, dst, quarantine, rel, mapping_store is not None, pixels)
+                _finish(outcome, mappings, report, journal, anonymizer, mapping_store, bar)
     return report
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .filters import Filter, FilterError
+from .pyradiomics import itk_image
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,10 @@ class ImageType(Filter):
         raise NotImplementedError
 
 
-def _itk(image: np.ndarray, spacing):
-    import SimpleITK as sitk
-
-    out = sitk.GetImageFromArray(np.ascontiguousarray(image, dtype=np.float64))
-    out.SetSpacing(tuple(float(s) for s in reversed(spacing)))  # SimpleITK lists x, y, z
-    return out
+def _as_read(image: np.ndarray) -> np.ndarray:
+    """``image`` as PyRadiomics holds a file's whole-number intensities: integers (its filters
+    then sample, round and warn as they do for the file's type)."""
+    return image.astype(np.int64) if np.array_equal(image, np.round(image)) else image
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class RecursiveLoG(ImageType):
         log = sitk.LaplacianRecursiveGaussianImageFilter()
         log.SetNormalizeAcrossScale(True)
         log.SetSigma(float(self.sigma))
-        return sitk.GetArrayFromImage(log.Execute(_itk(image, spacing)))
+        return sitk.GetArrayFromImage(log.Execute(itk_image(image.astype(np.float64), spacing)))
 
     @property
     def pyradiomics_name(self):
@@ -239,7 +238,7 @@ class Gradient(ImageType):
 
         gradient = sitk.GradientMagnitudeImageFilter()
         gradient.SetUseImageSpacing(self.use_spacing)
-        return sitk.GetArrayFromImage(gradient.Execute(_itk(image, spacing)))
+        return sitk.GetArrayFromImage(gradient.Execute(itk_image(image.astype(np.float64), spacing)))
 
     @property
     def pyradiomics_name(self):
@@ -263,8 +262,7 @@ class LBP2D(ImageType):
     def derive(self, image, spacing):
         from skimage.feature import local_binary_pattern
 
-        if np.array_equal(image, np.round(image)):  # whole numbers, as PyRadiomics passes them (no float warning)
-            image = image.astype(np.int64)
+        image = _as_read(image)
         return np.stack([local_binary_pattern(s, P=self.samples, R=self.radius, method=self.method) for s in image])
 
     @property
@@ -304,11 +302,6 @@ class LBP3D(ImageType):
         return (r, r, r)
 
     def derive(self, image, spacing):
-        from scipy.ndimage import map_coordinates, spline_filter
-        from scipy.special import sph_harm_y
-        from scipy.stats import kurtosis
-        from trimesh.creation import icosphere
-
         key = ("lbp3d", _digest(image), self.levels, self.radius, self.subdivision)
         return _once(key, lambda: self._outputs(image))[self.output]
 
@@ -318,8 +311,7 @@ class LBP3D(ImageType):
         from scipy.stats import kurtosis
         from trimesh.creation import icosphere
 
-        if np.array_equal(image, np.round(image)):  # whole numbers: sampled as integers, as PyRadiomics samples them
-            image = image.astype(np.int64)
+        image = _as_read(image)
         vertices = np.asarray(icosphere(self.subdivision, self.radius).vertices)  # PyRadiomics' sphere, in its order
         polar, azimuth = np.arccos(vertices[:, 2] / self.radius), np.arctan2(vertices[:, 1], vertices[:, 0])
         # PyRadiomics calls scipy's former sph_harm(m, n, theta, phi), whose theta is the

@@ -1,9 +1,9 @@
-"""Compiled kernels for the steps of texture that follow voxels one by one: zone labelling and
-run lengths.
+"""Compiled kernels for the steps of texture that follow voxels one by one: zone labelling, run
+lengths and neighbour counts.
 
 On the CPU they run as machine code (numba, compiled on first use and cached); on any other
-device the whole-tensor torch versions in :mod:`medlib.radiomics.zones` and
-:mod:`medlib.radiomics.texture` run instead. Both give the same result (``tests``: compared on
+device the whole-tensor torch versions in :mod:`medlib.radiomics.zones`,
+:mod:`medlib.radiomics.texture` and :mod:`medlib.radiomics.neighbourhood` run instead. Both give the same result (``tests``: compared on
 random volumes), so each family keeps one code path with a kernel for the CPU and one for CUDA
 behind it. The kernels take the flat, zero-padded grey levels those modules make: a step from
 an ROI voxel in any direction lands inside the array.
@@ -84,16 +84,13 @@ def _neighbours(flat: np.ndarray, voxels: np.ndarray, in_plane: np.ndarray, acro
         v = voxels[i]
         level = flat[v]
         count = total = same = 0
-        for k in range(2 * (len(in_plane) + len(across))):
-            if k == 2 * len(in_plane):
-                out[0, i], out[1, i], out[2, i] = count, total, same
-            steps = in_plane if k < 2 * len(in_plane) else across
-            j = k if k < 2 * len(in_plane) else k - 2 * len(in_plane)
-            other = flat[v + steps[j // 2] * (1 - 2 * (j % 2))]
-            count += other > 0
-            total += other
-            same += other == level
-        out[3, i], out[4, i], out[5, i] = count, total, same
+        for row, steps in ((0, in_plane), (3, across)):  # 3D: the in-plane neighbours and the rest
+            for step in steps:
+                for other in (flat[v + step], flat[v - step]):
+                    count += other > 0
+                    total += other
+                    same += other == level
+            out[row, i], out[row + 1, i], out[row + 2, i] = count, total, same
     return out
 
 

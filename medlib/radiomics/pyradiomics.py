@@ -9,6 +9,15 @@ import numpy as np
 import torch
 
 
+def itk_image(array: np.ndarray, spacing):
+    """A SimpleITK image of a (Z, Y, X) array of its own type, with ``spacing`` (z, y, x) in mm."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    out.SetSpacing(tuple(float(s) for s in reversed(spacing)))  # SimpleITK lists x, y, z
+    return out
+
+
 def normalize_as_pyradiomics(image: np.ndarray, scale: float, outliers: float | None = None) -> np.ndarray:
     """PyRadiomics' ``normalizeImage``: the whole image centred on its mean and divided by its
     standard deviation (SimpleITK's ``Normalize``), clipped at ± ``outliers`` standard deviations
@@ -39,11 +48,6 @@ def resample_as_pyradiomics(image: np.ndarray, mask: np.ndarray, spacing, new_sp
     """
     import SimpleITK as sitk
 
-    def itk(array):
-        out = sitk.GetImageFromArray(np.ascontiguousarray(array))
-        out.SetSpacing(tuple(float(s) for s in reversed(spacing)))  # SimpleITK lists x, y, z
-        return out
-
     old = np.array(spacing[::-1], dtype=np.float64)  # x, y, z from here on, as PyRadiomics works
     new = np.array([s if t is None else t for s, t in zip(spacing, new_spacing)][::-1], dtype=np.float64)
     found = np.nonzero(mask)
@@ -60,11 +64,11 @@ def resample_as_pyradiomics(image: np.ndarray, mask: np.ndarray, spacing, new_sp
     resampler.SetOutputSpacing(tuple(float(s) for s in new))
     resampler.SetSize([int(n) for n in upper - lower + 1])
     resampler.SetOutputOrigin(tuple(float(o) for o in origin * old))
-    source = itk(image)
+    source = itk_image(image, spacing)
     resampler.SetOutputPixelType(source.GetPixelID())
     resampler.SetInterpolator(getattr(sitk, SITK_INTERPOLATORS[interpolator]))
     values = sitk.GetArrayFromImage(resampler.Execute(source)).astype(np.float64)
     resampler.SetOutputPixelType(sitk.sitkUInt8)
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
-    inside = sitk.GetArrayFromImage(resampler.Execute(itk(mask.astype(np.uint8)))) > 0
+    inside = sitk.GetArrayFromImage(resampler.Execute(itk_image(mask.astype(np.uint8), spacing))) > 0
     return torch.from_numpy(values), torch.from_numpy(inside), tuple(float(s) for s in new[::-1])
