@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from scipy import ndimage
 
 from burned_in import Patient, angiography, instance, ultrasound
@@ -213,6 +213,32 @@ def test_the_free_text_rules_are_data_about_attributes_outside_the_table():
         assert tag not in profile.by_tag, keyword_for_tag(tag)
         assert dictionary_VR(tag) in policy.text_vrs, keyword_for_tag(tag)
     assert policy.is_local_scheme("99NRI") and policy.is_local_scheme("L") and not policy.is_local_scheme("SCT")
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_the_byte_level_path_finds_identifiers_in_every_value_the_residual_scan_reads(syntax):
+    """The byte-level path looks for the input's identifiers only in the values the residual
+    scan reads (not in pixel or waveform samples): a name typed at any depth, in any text VR,
+    in either encoding, must still be found and replaced as the whole-dataset path does."""
+    ds = base("1.2.840.10008.5.1.4.1.1.2", "CT")
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.ConvolutionKernel = "B30f MRN90210"  # SH, kept by the reviewed list
+    inner = Dataset()  # two levels down, in a sequence with no rule (kept, its items follow the profile)
+    inner.WindowCenterWidthExplanation = "for Whitfield"
+    outer = Dataset()
+    outer.ReferencedInstanceSequence = Sequence([inner])
+    ds.ReferencedSeriesSequence = Sequence([outer])
+    ds.add_new(0x54000110, "OW", b"MRN90210" * 4)  # ChannelSensitivity-like samples: not text, not read
+    outputs = both_engines(Anonymizer(KEY), ds)
+    for output, trace in outputs:
+        assert b"MRN90210" * 4 in output  # samples are samples
+        assert b"B30f MRN90210" not in output and b"Whitfield" not in output
+        assert {"ConvolutionKernel: PatientID",
+                "ReferencedSeriesSequence[0]/ReferencedInstanceSequence[0]/WindowCenterWidthExplanation: "
+                "PatientName part"} <= set(trace.residual)
+    (whole, whole_trace), (fast, fast_trace) = outputs
+    assert pydicom.dcmread(io.BytesIO(fast)) == pydicom.dcmread(io.BytesIO(whole))
+    assert fast_trace.residual == whole_trace.residual
 
 
 def test_the_residual_scan_replaces_identifiers_the_profile_left_and_check_finds_them(tmp_path: Path):

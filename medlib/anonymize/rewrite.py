@@ -13,9 +13,9 @@ and sorts each top-level element by what the profile does with it:
   pydicom into a small dataset that :class:`~medlib.anonymize.Anonymizer` anonymizes exactly as
   it would the whole file.
 
-The residual scan reads the output's bytes (all but the pixel data) for the input's
-identifying values first; only a file where one turns up is decoded whole, scanned and written
-again.
+The residual scan first looks for the input's identifying values in the bytes of the values it
+would read (text, private binary, and every value the anonymizer made); only a file where one
+turns up is decoded whole, scanned and written again.
 
 The output is the same dataset as :meth:`Anonymizer.anonymize` makes of the whole file (a test
 holds them equal on every pydicom test file). Anything the scanner does not expect (big endian,
@@ -44,7 +44,7 @@ from .anonymizer import (CODE_MEANING, CODING_SCHEME_DESIGNATOR, DUMMY_BY_VR, IM
                          IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer, Scope, Trace, encode, inside,
                          keep_identifiers, scope_of)
 from .profile import Action, creator_tag
-from .residual import identifying_tags
+from .residual import SCANNED_BINARY_VRS, SCANNED_VRS, identifying_tags
 
 #: Also decoded (into :attr:`PartialFile.dataset`, as read): what a tree run reads from every
 #: file (to name the output, find missing UIDs, truncated pixel data and burned-in candidates)
@@ -106,6 +106,9 @@ def _vr_of(tag: int, vr: bytes | None, undefined: bool) -> bytes:
 _DICTIONARY_VRS: dict[int, bytes] = {}
 #: Explicit VRs that need a look at the dictionary or the items.
 _NOT_PLAIN = frozenset((b"SQ", b"UN"))
+#: The VRs whose values the residual scan reads (:mod:`.residual`): text, and binary in private elements.
+_SCANNED = frozenset(vr.encode() for vr in SCANNED_VRS)
+_SCANNED_PRIVATE = frozenset(vr.encode() for vr in SCANNED_BINARY_VRS)
 
 
 def _text(raw: bytes | None) -> str:
@@ -119,6 +122,8 @@ class _Scanner:
         self.buf, self.implicit, self.end = buf, implicit, len(buf)
         #: undefined-length values found so far: value start → (value end, next, items)
         self._undefined: dict[int, tuple[int, int, list[tuple[int, int]]]] = {}
+        #: the elements of undefined-length items: contents start → (contents end, elements)
+        self._contents: dict[int, tuple[int, list[Element]]] = {}
 
     def header(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, explicit VR or None, value length, value start) of the element at ``pos``."""
@@ -141,6 +146,15 @@ class _Scanner:
     def elements(self, pos: int, end: int, stop_group: int | None = None) -> list[Element]:
         """The elements from ``pos`` to ``end`` (or up to the first of another group than
         ``stop_group``): (tag, VR or None, start, value start, value end, next element)."""
+        found = self._contents.get(pos)
+        if found is not None and found[0] == end:  # an undefined-length item, read when its end was sought
+            return found[1]
+        return self._scan(pos, end, stop_group)[0]
+
+    def _scan(self, pos: int, end: int, stop_group: int | None = None,
+              delimited: bool = False) -> tuple[list[Element], int]:
+        """The elements from ``pos`` (see :meth:`elements`) and where they end; ``delimited``:
+        up to an item delimiter, returning the position after it."""
         out, buf, implicit = [], self.buf, self.implicit
         while pos < end:
             if stop_group is not None and (pos + 2 > end or _GROUP(buf, pos)[0] != stop_group):
@@ -156,6 +170,8 @@ class _Scanner:
                     continue
             tag, vr, length, start = self.header(pos)
             if tag >> 16 == 0xFFFE:
+                if delimited and tag == ITEM_END:
+                    return out, start
                 raise NotRewritable("an item tag outside a sequence")
             if length == UNDEFINED:
                 value_end, following = self._undefined_end(start, vr)
@@ -165,7 +181,9 @@ class _Scanner:
                 raise NotRewritable(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is cut off")
             out.append((tag, vr, pos, start, value_end, following))
             pos = following
-        return out
+        if delimited:
+            raise NotRewritable("a sequence item has no delimiter")
+        return out, pos
 
     def items(self, pos: int, end: int) -> list[tuple[int, int]]:
         """(start, end) of the contents of each item of the sequence value from ``pos`` to ``end``."""
@@ -198,22 +216,13 @@ class _Scanner:
         tag, _, length, start = self.header(pos)
         if tag != ITEM:
             raise NotRewritable("a sequence holds something other than items")
-        if length == UNDEFINED:
-            following = self._item_end(start)
+        if length == UNDEFINED:  # its elements are read to find its end: kept for :meth:`elements`
+            found, following = self._scan(start, self.end, delimited=True)
+            self._contents[start] = (following - 8, found)
             return start, following - 8, following
         if start + length > self.end:
             raise NotRewritable("a sequence item is cut off")
         return start, start + length, start + length
-
-    def _item_end(self, pos: int) -> int:
-        """The position after the delimiter of the undefined-length item starting at ``pos``."""
-        while True:
-            tag, vr, length, start = self.header(pos)
-            if tag == ITEM_END:
-                return start
-            pos = self._undefined_end(start, vr)[1] if length == UNDEFINED else start + length
-            if pos > self.end:
-                raise NotRewritable("an element in a sequence item is cut off")
 
 
 class PartialFile:
@@ -261,6 +270,8 @@ class PartialFile:
             self.dataset.file_meta.MediaStorageSOPClassUID = self.sop_class
         self._encodings = convert_encodings(self.dataset.get("SpecificCharacterSet", "ISO_IR 6"))
         self._replaced: dict[int, str] = {}
+        #: the output's values the residual scan reads (:meth:`_rewrite` fills it)
+        self._scanned: list[bytes] = []
 
     def anonymize(self, trace: Trace | None = None) -> bytes:
         """The anonymized file; ``trace`` as for :meth:`Anonymizer.anonymize`."""
@@ -270,6 +281,7 @@ class PartialFile:
         identifiers = anonymizer.identifiers(self.dataset)
         record = self._record()
         scope = scope_of(self.dataset)
+        self._scanned = list(record.values())
         with anonymizer.recording(trace):
             parts = [p for p in self._rewrite(self._elements, shift, trace, scope, top=True) if p[0] not in record]
         present = {tag for tag, _ in parts}
@@ -280,7 +292,7 @@ class PartialFile:
         parts.sort(key=_first)
         meta = _encode_file_meta(self.sop_class, self.output_uid(0x00080018), self.syntax)
         data = b"\0" * 128 + b"DICM" + meta + b"".join(p for _, p in parts)
-        if identifiers.in_bytes(b"".join(p for tag, p in parts if tag != PIXEL_DATA), self._encodings[0]):
+        if identifiers.in_bytes(b"".join(self._scanned), self._encodings[0]):
             ds = pydicom.dcmread(BytesIO(data))  # rare: decode, scan, write again
             anonymizer.finish(ds, identifiers, trace)
             return encode(ds)
@@ -304,7 +316,7 @@ class PartialFile:
                  top: bool = False) -> list[tuple[int, bytes]]:
         """The anonymized elements, as (tag, bytes): the walk of :class:`Anonymizer`, with
         decoding only where a value must be made."""
-        data, anonymizer, out, counts = self.data, self.anonymizer, [], trace.counts
+        data, anonymizer, out, counts, scanned = self.data, self.anonymizer, [], trace.counts, self._scanned
         action_of = anonymizer.action
         creators: dict[int, str] | None = None
         for tag, raw_vr, start, value_start, value_end, following in elements:
@@ -316,6 +328,8 @@ class PartialFile:
                 action = Action.DUMMY
             if action is None and raw_vr is not None and raw_vr not in _NOT_PLAIN and tag & 0xFFFF:
                 out.append((tag, data[start:following]))  # the common case: kept as read
+                if raw_vr in _SCANNED or tag >> 16 & 1 and raw_vr in _SCANNED_PRIVATE:
+                    scanned.append(data[value_start:value_end])
                 continue
             if action is not None and action is not Action.KEEP:
                 anonymizer.beyond_table(tag, local)
@@ -326,8 +340,12 @@ class PartialFile:
                     creators = {e[0]: data[e[3]:e[4]].decode("latin-1") for e in elements
                                 if e[0] >> 16 & 1 and 0x10 <= e[0] & 0xFFFF <= 0xFF}
                 if anonymizer.safe_private.keeps(tag, creators.get(creator_tag(tag))):
-                    out.append((tag, self._sequence(tag, value_start, value_end, shift, trace, scope)
-                                if vr == b"SQ" else data[start:following]))
+                    if vr == b"SQ":
+                        out.append((tag, self._sequence(tag, value_start, value_end, shift, trace, scope)))
+                    else:
+                        out.append((tag, data[start:following]))
+                        if vr in _SCANNED or vr in _SCANNED_PRIVATE:
+                            scanned.append(data[value_start:value_end])
                 continue
             if vr == b"SQ" and raw_vr == b"UN":  # an implicit-VR sequence inside: pydicom reads it
                 out.extend(self._decode(data[start:following], shift, trace, scope))
@@ -347,6 +365,8 @@ class PartialFile:
                 if action is Action.KEEP:
                     counts["K"] += 1
                 out.append((tag, data[start:following]))
+                if vr in _SCANNED or tag >> 16 & 1 and vr in _SCANNED_PRIVATE:
+                    scanned.append(data[value_start:value_end])
             elif action is Action.ZERO and tag not in _PSEUDONYM_TAGS:
                 counts["Z"] += 1
                 out.append((tag, self._header(tag, vr, 0)))
@@ -361,6 +381,7 @@ class PartialFile:
             elif action is Action.DUMMY and tag not in _PSEUDONYM_TAGS:
                 counts["D"] += 1
                 out.append((tag, self._dummy(tag, vr)))
+                scanned.append(out[-1][1])
             else:  # a cleaned value or a pseudonym: pydicom decodes, the anonymizer makes it
                 out.extend(self._decode(data[start:following], shift, trace, scope))
         return out
@@ -381,7 +402,9 @@ class PartialFile:
         """Elements through pydicom and the anonymizer's walk."""
         ds = read_dataset(BytesIO(raw), self.implicit, True, parent_encoding=self._encodings)
         self.anonymizer.anonymize_elements(ds, shift, trace, scope)
-        return self._encode(ds)
+        made = self._encode(ds)
+        self._scanned.extend(p for _, p in made)  # made values are read whole
+        return made
 
     def _encode(self, ds: Dataset) -> list[tuple[int, bytes]]:
         out = DicomBytesIO()
