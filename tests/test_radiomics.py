@@ -292,6 +292,28 @@ def test_morans_i_and_gearys_c_equal_the_pairwise_sums():
     assert float(ours["gearys_c"][0]) == pytest.approx(geary, rel=1e-9)
 
 
+def test_grey_level_quantiles_from_the_histogram_equal_those_from_a_sort():
+    """The intensity histogram's quantiles are read off the cumulative counts; they must be the
+    sorted values' quantiles, bit for bit, for any counts (an empty ROI, one voxel, ties)."""
+    from medlib.radiomics.first_order import QUANTILES, _level_quantiles, _quantiles
+
+    rng = np.random.default_rng(5)
+    n_levels = 7
+    levels = torch.from_numpy(rng.integers(1, n_levels + 1, size=(6, 41)))
+    valid = torch.from_numpy(rng.random((6, 41)) > 0.4)
+    valid[0] = False  # an empty ROI
+    valid[1] = False
+    valid[1, 3] = True  # one voxel
+    levels[2] = 4  # one level only
+    hist = torch.zeros(6, n_levels + 1, dtype=torch.float64).scatter_add_(
+        1, torch.where(valid, levels, 0), valid.to(torch.float64))[:, 1:]
+    from_counts = _level_quantiles(hist, QUANTILES)
+    from_sort = _quantiles(levels.to(torch.float64), valid, QUANTILES)
+    for a, b in zip(from_counts, from_sort):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
+    assert from_counts[2][2] == 4 and from_counts[0][0].isnan()
+
+
 def test_resampling_aligns_grid_centres_and_extrapolates_the_boundary():
     from medlib.radiomics.resample import axis_matrix
 

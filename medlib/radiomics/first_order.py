@@ -36,8 +36,31 @@ def _quantiles(values: torch.Tensor, valid: torch.Tensor, qs: tuple[float, ...])
     return out
 
 
-def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The features shared by intensity statistics and the intensity histogram."""
+QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90)
+
+
+def _level_quantiles(hist: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Tensor]:
+    """Per-ROI quantiles of grey levels 1..Ng from their counts ``hist`` (B, Ng), as
+    :func:`_quantiles` gives them without a sort: the k-th smallest level is the first whose
+    cumulative count exceeds k."""
+    cumulative = hist.cumsum(-1)
+    n = cumulative[:, -1]
+    last = (n - 1).clamp(min=0)
+    out = []
+    for q in qs:
+        pos = last * q
+        lo = pos.floor()
+        hi = (lo + 1).minimum(last)
+        a = torch.searchsorted(cumulative, lo[:, None], right=True)[:, 0].to(hist.dtype) + 1
+        b = torch.searchsorted(cumulative, hi[:, None], right=True)[:, 0].to(hist.dtype) + 1
+        out.append(torch.where(n > 0, a + (b - a) * (pos - lo), torch.nan))
+    return out
+
+
+def _statistics(values: torch.Tensor, valid: torch.Tensor,
+                quantiles: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The features shared by intensity statistics and the intensity histogram; ``quantiles``:
+    those of :data:`QUANTILES`, when already known."""
     x, n = _masked(values, valid)
     mean = x.sum(-1) / n
     dev = torch.where(valid, values - mean[..., None], 0)
@@ -47,7 +70,7 @@ def _statistics(values: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Te
     big = torch.finfo(values.dtype).max
     minimum = torch.where(valid, values, big).min(-1).values
     maximum = torch.where(valid, values, -big).max(-1).values
-    p10, p25, p50, p75, p90 = _quantiles(values, valid, (0.10, 0.25, 0.50, 0.75, 0.90))
+    p10, p25, p50, p75, p90 = quantiles or _quantiles(values, valid, QUANTILES)
     robust = valid & (values >= p10[..., None]) & (values <= p90[..., None])
     robust_n = robust.sum(-1).to(values.dtype)
     robust_mean = torch.where(robust, values, 0).sum(-1) / robust_n
@@ -85,11 +108,11 @@ def intensity_statistics(values: torch.Tensor, valid: torch.Tensor, shift: float
 def intensity_histogram(levels: torch.Tensor, valid: torch.Tensor, n_levels: int) -> dict[str, torch.Tensor]:
     """IBSI 3.4 on discretised grey levels 1..``n_levels``."""
     values = levels.to(torch.float64)
-    out = _statistics(values, valid)
     b = levels.shape[0]
     counts = torch.zeros(b, n_levels + 1, dtype=torch.float64, device=levels.device)
     counts.scatter_add_(1, torch.where(valid, levels, 0).long(), valid.to(torch.float64))
     hist = counts[:, 1:]  # grey levels 1..Ng
+    out = _statistics(values, valid, _level_quantiles(hist, QUANTILES))
     p = hist / hist.sum(-1, keepdim=True)
     grey = torch.arange(1, n_levels + 1, dtype=torch.float64, device=levels.device)
     # the most frequent level; of equally frequent ones, the closest to the mean (left on a tie)
