@@ -76,14 +76,20 @@ def federation(tmp_path_factory):
 
 def run_job(fed: Federation, folder: Path, timeout: float = 240) -> tuple[str, str]:
     """Submit a job folder as the engine's admin; its id and final status."""
+    return run_jobs(fed, [folder], timeout)[0]
+
+
+def run_jobs(fed: Federation, folders: list[Path], timeout: float = 240) -> list[tuple[str, str]]:
+    """Submit job folders together (the engine runs up to 4 at once), as the engine's admin;
+    the id and final status of each."""
     session = fed.session()
     try:
-        job = session.submit_job(str(folder))
+        jobs = [session.submit_job(str(folder)) for folder in folders]
         deadline = time.monotonic() + timeout
         while True:
-            status = session.get_job_meta(job).get("status", "")
-            if status.startswith("FINISHED") or time.monotonic() > deadline:
-                return job, status
+            statuses = [session.get_job_meta(job).get("status", "") for job in jobs]
+            if all(s.startswith("FINISHED") for s in statuses) or time.monotonic() > deadline:
+                return list(zip(jobs, statuses))
             time.sleep(0.5)
     finally:
         session.close()
@@ -220,10 +226,15 @@ def attack_job(folder: Path, recipe: dict, tasks: list, signature: bytes | None 
 
 
 def attack(fed: Federation, tmp_path: Path, recipe: dict, tasks: list, **kwargs) -> list[dict]:
-    job, status = run_job(fed, attack_job(tmp_path / "job", recipe, tasks, **kwargs))
+    job, _ = run_job(fed, attack_job(tmp_path / "job", recipe, tasks, **kwargs))
+    return attack_replies(fed, job, tmp_path / "out")
+
+
+def attack_replies(fed: Federation, job: str, into: Path) -> list[dict]:
+    """What every site answered the attacker of ``job`` (downloaded as the engine's admin)."""
     session = fed.session()
     try:
-        found = Path(session.download_job_result(job, str(tmp_path / "out")))
+        found = Path(session.download_job_result(job, str(into)))
     finally:
         session.close()
     replies = json.loads(next(found.rglob("attack.json")).read_text())
@@ -237,19 +248,37 @@ def changed(**fields) -> dict:
     return recipe
 
 
-@pytest.mark.parametrize("recipe, says", [
-    (changed(model={"name": "TorchScript", "args": {}}), "'TorchScript' is not on the allow-list"),
-    (changed(transforms=[{"name": "Lambda", "args": {}}]), "'Lambda' is not on the allow-list"),
-    (changed(dataset="../../../etc"), "dataset must be a dataset id"),
-    (changed(dataset="another-sites-data"), "holds no dataset 'another-sites-data'"),  # signed: approved
-    (changed(epochs=4), "runs at most 3 local epochs"),  # signed: approved
-    (changed(epochs=2), "has not approved recipe 'spheres' (sha256:"),
-], ids=["architecture", "transform", "path", "dataset", "epochs", "unapproved"])
-def test_a_site_refuses_a_recipe_it_has_not_approved_and_says_what_to_approve(federation, tmp_path, recipe, says):
-    signature = sign(parse(recipe), SIGNER) if "approved" not in says and "allow-list" not in says \
-        and "dataset id" not in says else None
-    replies = attack(federation, tmp_path, recipe, [["train", {"round": 0, "weights": {}}]], signature=signature)
-    for reply in replies:
+#: Recipes a site must refuse, and what its refusal says (signed where only the site's policy
+#: or data can refuse them).
+REFUSED = {
+    "architecture": (changed(model={"name": "TorchScript", "args": {}}), "'TorchScript' is not on the allow-list"),
+    "transform": (changed(transforms=[{"name": "Lambda", "args": {}}]), "'Lambda' is not on the allow-list"),
+    "path": (changed(dataset="../../../etc"), "dataset must be a dataset id"),
+    "dataset": (changed(dataset="another-sites-data"), "holds no dataset 'another-sites-data'"),  # signed: approved
+    "epochs": (changed(epochs=4), "runs at most 3 local epochs"),  # signed: approved
+    "unapproved": (changed(epochs=2), "has not approved recipe 'spheres' (sha256:"),
+}
+
+
+@pytest.fixture(scope="module")
+def refusals(federation, tmp_path_factory) -> dict[str, list[dict]]:
+    """Every site's answer to a training task under each recipe of :data:`REFUSED`: one job a
+    recipe, submitted together."""
+    root = tmp_path_factory.mktemp("refusals")
+    folders = []
+    for case, (recipe, says) in REFUSED.items():
+        signature = sign(parse(recipe), SIGNER) if "approved" not in says and "allow-list" not in says \
+            and "dataset id" not in says else None
+        folders.append(attack_job(root / case / "job", recipe, [["train", {"round": 0, "weights": {}}]],
+                                  signature=signature))
+    jobs = run_jobs(federation, folders)
+    return {case: attack_replies(federation, job, root / case / "out") for case, (job, _) in zip(REFUSED, jobs)}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_site_refuses_a_recipe_it_has_not_approved_and_says_what_to_approve(refusals, case):
+    says = REFUSED[case][1]
+    for reply in refusals[case]:
         assert reply["rc"] == "BAD_TASK_DATA" and says in reply["refused"], reply
         assert set(reply["sent"]) == set(), reply  # the refusal's message is a header: no body
 
@@ -257,11 +286,12 @@ def test_a_site_refuses_a_recipe_it_has_not_approved_and_says_what_to_approve(fe
 def test_a_recipe_changed_after_it_was_signed_is_refused(federation, tmp_path):
     signed = changed(epochs=2, name="spheres-signed")
     signature = sign(parse(signed), SIGNER)
-    assert "has not approved" not in json.dumps(attack(federation, tmp_path / "ok", signed,
-                                                       [["keep", {"round": 0, "weights": {}}]], signature=signature))
     altered = changed(epochs=3, name="spheres-signed")
-    for reply in attack(federation, tmp_path / "altered", altered, [["train", {"round": 0, "weights": {}}]],
-                        signature=signature):
+    (ok, _), (changed_job, _) = run_jobs(federation, [
+        attack_job(tmp_path / "ok" / "job", signed, [["keep", {"round": 0, "weights": {}}]], signature=signature),
+        attack_job(tmp_path / "altered" / "job", altered, [["train", {"round": 0, "weights": {}}]], signature=signature)])
+    assert "has not approved" not in json.dumps(attack_replies(federation, ok, tmp_path / "ok" / "out"))
+    for reply in attack_replies(federation, changed_job, tmp_path / "altered" / "out"):
         assert reply["rc"] == "BAD_TASK_DATA" and "has not approved recipe 'spheres-signed'" in reply["refused"]
 
 
