@@ -159,6 +159,7 @@ def main() -> int:
         SiteKey.generate(tmp / "site.key")
         # the measure, the byte-level path against the copy: rounds in turn, medians
         copies, byte_level = [], []
+        byte_level_row = f"medlib, {cores} workers, no OCR (the byte-level path)"
         byte_level_argv = medlib + [str(corpus), str(tmp / "medlibN-no-ocr"), "--key-file", str(tmp / "site.key"),
                                     "--workers", str(cores), "--no-ocr", "--report", str(tmp / "rN0.json")]
         for _ in range(args.rounds):
@@ -168,7 +169,7 @@ def main() -> int:
             t0 = time.perf_counter()
             shutil.copytree(corpus, tmp / "copy")
             copies.append(time.perf_counter() - t0)
-            byte_level.append(timed(byte_level_argv, tmp / "medlibN-no-ocr", "").seconds)
+            byte_level.append(timed(byte_level_argv, tmp / "medlibN-no-ocr", byte_level_row).seconds)
         runs = [Run("plain copy (floor)", statistics.median(copies), tmp / "copy")]
         runs.append(timed(medlib + [str(corpus), str(tmp / "medlib1"), "--key-file", str(tmp / "site.key"),
                                     "--workers", "1", "--report", str(tmp / "r1.json")], tmp / "medlib1", "medlib, 1 worker"))
@@ -178,8 +179,7 @@ def main() -> int:
         runs.append(timed(medlib + [str(corpus), str(tmp / "medlibN"), "--key-file", str(tmp / "site.key"),
                                     "--workers", str(cores), "--report", str(tmp / "rN.json")], tmp / "medlibN",
                           f"medlib, {cores} workers"))
-        runs.append(Run(f"medlib, {cores} workers, no OCR (the byte-level path)", statistics.median(byte_level),
-                        tmp / "medlibN-no-ocr"))
+        runs.append(Run(byte_level_row, statistics.median(byte_level), tmp / "medlibN-no-ocr"))
         (tmp / "empty").mkdir()
         empty = timed(medlib + [str(tmp / "empty"), str(tmp / "empty-out"), "--key-file", str(tmp / "site.key"),
                                 "--workers", str(cores), "--no-ocr", "--report", str(tmp / "r-empty.json")],

@@ -38,6 +38,11 @@ SCANNED_BINARY_VRS = frozenset({"OB", "UN"})
 _WORD = r"(?<![0-9A-Za-z]){}(?![0-9A-Za-z])"
 
 
+def reads(vr: str, private: bool) -> bool:
+    """Whether the scan reads a value of ``vr`` (in a private element, if ``private``)."""
+    return vr in SCANNED_VRS or private and vr in SCANNED_BINARY_VRS
+
+
 @dataclass(frozen=True)
 class _Table:
     rows: tuple[tuple[int, str, str, str | None, int | None], ...]  # (tag, keyword, kind, retained by, in sequence)
@@ -242,7 +247,7 @@ def _walk(ds: Dataset, where: str) -> Iterator[tuple[str, object]]:
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value):
                 yield from _walk(item, f"{path}[{i}]/")
-        elif elem.VR in SCANNED_VRS or (elem.VR in SCANNED_BINARY_VRS and elem.tag.is_private):
+        elif reads(elem.VR, elem.tag.is_private):
             yield path, elem
 
 

@@ -44,7 +44,7 @@ from .anonymizer import (CODE_MEANING, CODING_SCHEME_DESIGNATOR, DUMMY_BY_VR, IM
                          IMPLEMENTATION_VERSION_NAME, PSEUDONYMS, Anonymizer, Scope, Trace, encode, inside,
                          keep_identifiers, scope_of)
 from .profile import Action, creator_tag
-from .residual import SCANNED_BINARY_VRS, SCANNED_VRS, identifying_tags
+from .residual import identifying_tags, reads
 
 #: Also decoded (into :attr:`PartialFile.dataset`, as read): what a tree run reads from every
 #: file (to name the output, find missing UIDs, truncated pixel data and burned-in candidates)
@@ -106,9 +106,10 @@ def _vr_of(tag: int, vr: bytes | None, undefined: bool) -> bytes:
 _DICTIONARY_VRS: dict[int, bytes] = {}
 #: Explicit VRs that need a look at the dictionary or the items.
 _NOT_PLAIN = frozenset((b"SQ", b"UN"))
-#: The VRs whose values the residual scan reads (:mod:`.residual`): text, and binary in private elements.
-_SCANNED = frozenset(vr.encode() for vr in SCANNED_VRS)
-_SCANNED_PRIVATE = frozenset(vr.encode() for vr in SCANNED_BINARY_VRS)
+#: The VRs whose values the residual scan reads (:func:`.residual.reads`), in a standard (0) and
+#: a private (1) element.
+_READ_BY_SCAN = {private: frozenset(vr for vr in LONG_VRS | SHORT_VRS if reads(vr.decode(), bool(private)))
+                 for private in (0, 1)}
 
 
 def _text(raw: bytes | None) -> str:
@@ -328,7 +329,7 @@ class PartialFile:
                 action = Action.DUMMY
             if action is None and raw_vr is not None and raw_vr not in _NOT_PLAIN and tag & 0xFFFF:
                 out.append((tag, data[start:following]))  # the common case: kept as read
-                if raw_vr in _SCANNED or tag >> 16 & 1 and raw_vr in _SCANNED_PRIVATE:
+                if raw_vr in _READ_BY_SCAN[tag >> 16 & 1]:
                     scanned.append(data[value_start:value_end])
                 continue
             if action is not None and action is not Action.KEEP:
@@ -344,7 +345,7 @@ class PartialFile:
                         out.append((tag, self._sequence(tag, value_start, value_end, shift, trace, scope)))
                     else:
                         out.append((tag, data[start:following]))
-                        if vr in _SCANNED or vr in _SCANNED_PRIVATE:
+                        if vr in _READ_BY_SCAN[1]:
                             scanned.append(data[value_start:value_end])
                 continue
             if vr == b"SQ" and raw_vr == b"UN":  # an implicit-VR sequence inside: pydicom reads it
@@ -365,7 +366,7 @@ class PartialFile:
                 if action is Action.KEEP:
                     counts["K"] += 1
                 out.append((tag, data[start:following]))
-                if vr in _SCANNED or tag >> 16 & 1 and vr in _SCANNED_PRIVATE:
+                if vr in _READ_BY_SCAN[tag >> 16 & 1]:
                     scanned.append(data[value_start:value_end])
             elif action is Action.ZERO and tag not in _PSEUDONYM_TAGS:
                 counts["Z"] += 1

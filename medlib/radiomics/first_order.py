@@ -23,16 +23,20 @@ def _quantiles(values: torch.Tensor, valid: torch.Tensor, qs: tuple[float, ...])
     one sort."""
     big = torch.finfo(values.dtype).max
     ordered, _ = torch.sort(torch.where(valid, values, big), dim=-1)
-    n = valid.sum(-1)
+    return _interpolated(valid.sum(-1).to(values.dtype), qs,
+                         lambda k: ordered.gather(-1, k.long()[..., None])[..., 0])
+
+
+def _interpolated(n: torch.Tensor, qs: tuple[float, ...], kth) -> list[torch.Tensor]:
+    """Quantiles by linear interpolation between order statistics, ``kth(k)`` giving the k-th
+    smallest value (0-based, k a float tensor of whole numbers) of ROIs of ``n`` values."""
     last = (n - 1).clamp(min=0)
     out = []
     for q in qs:
-        pos = last.to(values.dtype) * q
-        lo = pos.floor().long()
-        hi = (lo + 1).minimum(last)
-        a = ordered.gather(-1, lo[..., None])[..., 0]
-        b = ordered.gather(-1, hi[..., None])[..., 0]
-        out.append(torch.where(n > 0, a + (b - a) * (pos - lo.to(values.dtype)), torch.nan))
+        pos = last * q
+        lo = pos.floor()
+        a, b = kth(lo), kth((lo + 1).minimum(last))
+        out.append(torch.where(n > 0, a + (b - a) * (pos - lo), torch.nan))
     return out
 
 
@@ -44,17 +48,8 @@ def _level_quantiles(hist: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Te
     :func:`_quantiles` gives them without a sort: the k-th smallest level is the first whose
     cumulative count exceeds k."""
     cumulative = hist.cumsum(-1)
-    n = cumulative[:, -1]
-    last = (n - 1).clamp(min=0)
-    out = []
-    for q in qs:
-        pos = last * q
-        lo = pos.floor()
-        hi = (lo + 1).minimum(last)
-        a = torch.searchsorted(cumulative, lo[:, None], right=True)[:, 0].to(hist.dtype) + 1
-        b = torch.searchsorted(cumulative, hi[:, None], right=True)[:, 0].to(hist.dtype) + 1
-        out.append(torch.where(n > 0, a + (b - a) * (pos - lo), torch.nan))
-    return out
+    return _interpolated(cumulative[:, -1], qs,
+                         lambda k: torch.searchsorted(cumulative, k[:, None], right=True)[:, 0].to(hist.dtype) + 1)
 
 
 def _statistics(values: torch.Tensor, valid: torch.Tensor,
