@@ -17,7 +17,11 @@ import tomli_w
 import tomllib
 
 from conftest import Platform, start_platform, stop_platform
+from medhub.audit.hooks import AUDIT_SERVICE
 from medhub.processes import free_port
+from medlib import contract
+
+MANAGED = {AUDIT_SERVICE, contract.BATCH_SERVICE, contract.INGEST_SERVICE, contract.ACCESS_SERVICE, "idle-culler"}
 
 
 def medhub(*args: str) -> subprocess.CompletedProcess:
@@ -84,13 +88,19 @@ def test_the_hubs_services_heed_sigint_when_the_hub_was_started_in_the_backgroun
 
 
 def hub_services(p: Platform) -> list[psutil.Process]:
-    """The hub's managed services' processes: audit, batch, ingest and culler, once all are started."""
+    """The processes of the hub's managed services (every service the hub runs a command for:
+    audit, batch, ingest, access, culler), once the hub has started all of them."""
     hub = psutil.Process(p.hub.proc.pid)
     deadline = time.monotonic() + 60
-    while len(services := hub.children()) < 4 and time.monotonic() < deadline:
+    while True:
+        managed = {name: model["pid"] for name, model in p.api("GET", "/services").json().items() if model["command"]}
+        children = {child.pid: child for child in hub.children()}
+        if all(pid in children for pid in managed.values()) or time.monotonic() > deadline:
+            break
         time.sleep(0.2)
-    assert len(services) == 4, [s.cmdline() for s in services]
-    return services
+    assert set(managed) == MANAGED, managed
+    assert all(pid in children for pid in managed.values()), f"not running as the hub's children: {managed}"
+    return [children[pid] for pid in managed.values()]
 
 
 def ignores_sigint(process: psutil.Process) -> bool:
