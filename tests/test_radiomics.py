@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -139,6 +141,27 @@ def test_a_batch_gives_each_roi_what_it_gives_alone():
         np.testing.assert_allclose(together.iloc[n].to_numpy(float), alone.to_numpy(float), rtol=1e-9, equal_nan=True)
 
 
+def test_families_run_side_by_side_as_they_run_one_after_another(monkeypatch):
+    """The families of a batch run on worker threads, each with one torch thread: the values are
+    those of one family after another in the caller's thread, whose torch thread count stays."""
+    module = sys.modules["medlib.radiomics.extract"]
+    image, mask = phantom()
+    settings = Settings(discretisation="fixed_bin_number", bins=16)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side_by_side = extract(image, mask, settings, spacing=SPACING)
+        assert torch.get_num_threads() == 2
+        assert module._workers().submit(torch.get_num_threads).result() == 1
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setattr(module, "_workers", lambda: SimpleNamespace(map=map))
+    one_after_another = extract(image, mask, settings, spacing=SPACING)
+    assert list(side_by_side.columns) == list(one_after_another.columns)
+    np.testing.assert_allclose(side_by_side.iloc[0].to_numpy(float), one_after_another.iloc[0].to_numpy(float),
+                               rtol=1e-12, equal_nan=True)
+
+
 def test_fixed_bin_size_and_resegmentation():
     image = np.arange(60, dtype=float).reshape(3, 4, 5) * 10 - 200  # -200 .. 390
     mask = np.ones(image.shape, bool)
@@ -250,26 +273,37 @@ def test_zones_are_the_connected_components_scipy_finds():
 @pytest.mark.parametrize("seed", [5, 6])
 def test_the_compiled_kernels_give_what_the_tensor_versions_give(seed: int):
     """The CPU's kernels (medlib.radiomics.kernels) and the whole-tensor versions other devices
-    run: the same zones and the same runs, voxel for voxel."""
+    run: the same zones, neighbours, co-occurrences and runs, voxel for voxel, and the same
+    spectral sums."""
     from medlib.radiomics import kernels
+    from medlib.radiomics.morphology import _spectral_sums
     from medlib.radiomics.neighbourhood import _neighbours_in_tensors
-    from medlib.radiomics.texture import _flat, _runs_in_tensors, _steps
+    from medlib.radiomics.texture import _flat, _pairs_in_tensors, _rows, _runs_in_tensors, _steps
     from medlib.radiomics.zones import _components_in_tensors
 
     rng = np.random.default_rng(seed)
     levels = torch.from_numpy(rng.integers(1, 4, size=(3, 7, 10, 12)) * (rng.random((3, 7, 10, 12)) > 0.2))
-    flat, strides, _ = _flat(levels)
+    flat, strides, volume = _flat(levels)
     voxels = torch.nonzero(flat).flatten()
     steps = _steps(strides, levels.device).tolist()
     for linked in (steps[:4], steps):
         assert torch.equal(kernels.components(flat, voxels, linked), _components_in_tensors(flat, voxels, linked))
     assert torch.equal(kernels.neighbours(flat, voxels, steps[:4], steps[4:]),
                        _neighbours_in_tensors(flat, voxels, steps[:4], steps[4:]))
-    for step in steps:
-        compiled, tensors = kernels.runs(flat, voxels, step), _runs_in_tensors(flat, voxels, step)
-        order = torch.argsort(tensors[0])
-        assert torch.equal(compiled[0], tensors[0][order]) and torch.equal(compiled[1], tensors[1][order])
-        assert int(compiled[1].sum()) == len(voxels)  # every voxel is in one run per direction
+    rows, per_direction = _rows(flat, voxels, strides, volume, 7, 3), 7 * 3
+    n_rows = 3 * len(steps) * per_direction
+    size = n_rows * 3
+    pairs = kernels.pairs(flat, voxels, rows, steps, per_direction, 3, size)
+    assert torch.equal(pairs, _pairs_in_tensors(flat, voxels, rows, steps, per_direction, 3, size))
+    assert int(pairs.sum()) == sum(int((flat[voxels + step] > 0).sum()) for step in steps)
+    runs = kernels.runs(flat, voxels, rows, steps, per_direction, n_rows, 12)
+    assert torch.equal(runs, _runs_in_tensors(flat, voxels, rows, steps, per_direction, n_rows, 12))
+    lengths = torch.arange(1, runs.shape[1] + 1)
+    assert int((runs * lengths).sum()) == len(voxels) * len(steps)  # every voxel is in one run per direction
+    spectra = [torch.from_numpy(rng.normal(size=(3, 50, 2))) for _ in range(3)]
+    weights = torch.from_numpy(rng.normal(size=50))
+    torch.testing.assert_close(kernels.spectral_sums(*spectra, weights), _spectral_sums(*spectra, weights),
+                               rtol=1e-12, atol=0)
 
 
 def test_morans_i_and_gearys_c_equal_the_pairwise_sums():

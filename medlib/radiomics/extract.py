@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +32,7 @@ import torch
 from . import first_order, neighbourhood, texture, zones
 from .filters import Filter
 from .local_intensity import local_intensity, sphere_margin
-from .morphology import morphology
+from .morphology import morphology, spatial_autocorrelation
 from .pyradiomics import normalize_as_pyradiomics, resample_as_pyradiomics
 from .resample import INTERPOLATORS, resample
 from .table import feature_table
@@ -468,54 +469,79 @@ def extract_batch(images: Sequence, masks: Sequence, settings: Settings = Settin
     return table
 
 
+#: One family's work: (family, aggregation or None, features) for each result it gives.
+Job = Callable[[], list[tuple[str, str | None, dict[str, torch.Tensor]]]]
+
+
+@functools.cache
+def _workers() -> ThreadPoolExecutor:
+    """The threads the families of a batch run on, side by side: as many as torch's intra-op
+    threads (the cores). Each runs its own torch operations on one thread (torch's thread count
+    is kept per thread, so the caller's stays as it is): the cores are shared out between
+    families, most of whose steps (marching cubes, the hull, the compiled kernels, the small
+    per-matrix operations) use one core anyway, rather than fought over by every operation."""
+    return ThreadPoolExecutor(torch.get_num_threads(), thread_name_prefix="medlib-radiomics",
+                              initializer=torch.set_num_threads, initargs=(1,))
+
+
 def _features(values, morphological, inside, image, spacing, settings: Settings) -> dict[str, torch.Tensor]:
     """Every asked family's features of a batch (B, Z, Y, X): intensities, morphological and
-    intensity masks, and which positions are image; in IBSI's family order."""
+    intensity masks, and which positions are image; in IBSI's family order. The families are
+    independent of each other, so they run side by side (:func:`_workers`)."""
     levels, n_levels = _discretise(values, inside, settings)
     families = set(settings.families)
     voxels = inside.sum((1, 2, 3))
     per_slice = inside.sum((2, 3))
-
-    columns: dict[str, torch.Tensor] = {}
-
-    def add(family: str, features: dict, aggregation: str | None = None):
-        for key, v in features.items():
-            if family != "morph":  # no intensities left after re-segmentation: nothing to describe
-                v = torch.where(voxels > 0, v, torch.nan)
-            columns[f"{family}_{key}" + (f"_{AGGREGATION_SUFFIX[aggregation]}" if aggregation else "")] = v
-
-    if "morph" in families:
-        add("morph", morphology(morphological, inside, values, spacing,
-                                population_axes=settings.conventions == "pyradiomics"))
-    if "loc" in families:
-        add("loc", local_intensity(values, image, inside, spacing))
     roi_values, roi_levels, valid = _compact(inside, values, levels)
+    jobs: list[Job] = []
+    if "morph" in families:
+        jobs.append(lambda: [("morph", None, morphology(morphological, inside, values, spacing,
+                                                        population_axes=settings.conventions == "pyradiomics"))])
+        jobs.append(lambda: [("morph", None, spatial_autocorrelation(values, inside, spacing))])
+    if "loc" in families:
+        jobs.append(lambda: [("loc", None, local_intensity(values, image, inside, spacing))])
     if "stat" in families:
-        add("stat", first_order.intensity_statistics(roi_values, valid, settings.energy_shift))
+        jobs.append(lambda: [("stat", None,
+                              first_order.intensity_statistics(roi_values, valid, settings.energy_shift))])
     if "ih" in families:
-        add("ih", first_order.intensity_histogram(roi_levels, valid, n_levels))
+        jobs.append(lambda: [("ih", None, first_order.intensity_histogram(roi_levels, valid, n_levels))])
     if "ivh" in families:
-        ivh_levels, ivh_n, intensity, level_range = _ivh_levels(values, inside, levels, n_levels, settings)
-        (roi_ivh, _) = _compact(inside, ivh_levels)
-        add("ivh", first_order.intensity_volume_histogram(roi_ivh, valid, ivh_n, intensity, level_range))
+        def ivh():
+            ivh_levels, ivh_n, intensity, level_range = _ivh_levels(values, inside, levels, n_levels, settings)
+            (roi_ivh, _) = _compact(inside, ivh_levels)
+            return [("ivh", None,
+                     first_order.intensity_volume_histogram(roi_ivh, valid, ivh_n, intensity, level_range))]
+        jobs.append(ivh)
     for family, matrices, features in (("cm", texture.cooccurrence, texture.glcm_features),
                                        ("rlm", texture.run_lengths, texture.glrlm_features)):
         if family in families:
-            m2, m3 = matrices(levels, n_levels)
-            for aggregation, by_key in texture.aggregate(m2, m3, features, voxels, per_slice,
-                                                         settings.aggregations).items():
-                add(family, by_key, aggregation)
+            def matrix_family(family=family, matrices=matrices, features=features):
+                m2, m3 = matrices(levels, n_levels)
+                return [(family, aggregation, by_key) for aggregation, by_key in
+                        texture.aggregate(m2, m3, features, voxels, per_slice, settings.aggregations).items()]
+            jobs.append(matrix_family)
     if {"szm", "dzm"} & families:
-        found = zones.Zones(levels, morphological)
-        for family in ("szm", "dzm"):
-            if family in families:
-                for aggregation, by_key in found.features(n_levels, family, settings.aggregations).items():
-                    add(family, by_key, aggregation)
-    shared = neighbourhood.neighbours(levels) if {"ngt", "ngl"} & families else None
-    for family, features in (("ngt", neighbourhood.ngtdm), ("ngl", neighbourhood.ngldm)):
-        if family in families:
-            for aggregation, by_key in features(levels, n_levels, shared, settings.aggregations).items():
-                add(family, by_key, aggregation)
+        def zone_families():
+            found = zones.Zones(levels, morphological)
+            return [(family, aggregation, by_key) for family in ("szm", "dzm") if family in families
+                    for aggregation, by_key in found.features(n_levels, family, settings.aggregations).items()]
+        jobs.append(zone_families)
+    if {"ngt", "ngl"} & families:
+        def neighbourhood_families():
+            shared = neighbourhood.neighbours(levels)
+            return [(family, aggregation, by_key)
+                    for family, features in (("ngt", neighbourhood.ngtdm), ("ngl", neighbourhood.ngldm))
+                    if family in families
+                    for aggregation, by_key in features(levels, n_levels, shared, settings.aggregations).items()]
+        jobs.append(neighbourhood_families)
+
+    columns: dict[str, torch.Tensor] = {}
+    for results in _workers().map(lambda job: job(), jobs):
+        for family, aggregation, features in results:
+            for key, v in features.items():
+                if family != "morph":  # no intensities left after re-segmentation: nothing to describe
+                    v = torch.where(voxels > 0, v, torch.nan)
+                columns[f"{family}_{key}" + (f"_{AGGREGATION_SUFFIX[aggregation]}" if aggregation else "")] = v
     if settings.conventions == "pyradiomics":  # PyRadiomics' values where IBSI's are undefined (one grey level)
         for name, value in pyradiomics_table()["flat"].items():
             for column in [c for c in columns if c.startswith(name + "_") or c == name]:

@@ -6,6 +6,7 @@ Every feature is computed for all ROIs at once; an ROI without voxels gives NaN.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -22,9 +23,17 @@ def _quantiles(values: torch.Tensor, valid: torch.Tensor, qs: tuple[float, ...])
     """Per-ROI quantiles (linear interpolation, as numpy's default) over the valid values, from
     one sort."""
     big = torch.finfo(values.dtype).max
-    ordered, _ = torch.sort(torch.where(valid, values, big), dim=-1)
+    ordered = _sorted(torch.where(valid, values, big))
     return _interpolated(valid.sum(-1).to(values.dtype), qs,
                          lambda k: ordered.gather(-1, k.long()[..., None])[..., 0])
+
+
+def _sorted(x: torch.Tensor) -> torch.Tensor:
+    """``x`` sorted along its last axis: by numpy's vectorised sort on the CPU (an order of
+    magnitude quicker there than torch's), by torch's on other devices."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
 
 
 def _interpolated(n: torch.Tensor, qs: tuple[float, ...], kth) -> list[torch.Tensor]:

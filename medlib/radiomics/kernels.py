@@ -1,12 +1,14 @@
-"""Compiled kernels for the steps of texture that follow voxels one by one: zone labelling, run
-lengths and neighbour counts.
+"""Compiled kernels for the steps that visit voxels or frequencies one by one: zone labelling,
+co-occurrences, run lengths and neighbour counts for texture, and the spectral sums of Moran's I
+and Geary's C for morphology.
 
 On the CPU they run as machine code (numba, compiled on first use and cached); on any other
 device the whole-tensor torch versions in :mod:`medlib.radiomics.zones`,
-:mod:`medlib.radiomics.texture` and :mod:`medlib.radiomics.neighbourhood` run instead. Both give the same result (``tests``: compared on
-random volumes), so each family keeps one code path with a kernel for the CPU and one for CUDA
-behind it. The kernels take the flat, zero-padded grey levels those modules make: a step from
-an ROI voxel in any direction lands inside the array.
+:mod:`medlib.radiomics.texture`, :mod:`medlib.radiomics.neighbourhood` and
+:mod:`medlib.radiomics.morphology` run instead. Both give the same result (``tests``: compared
+on random volumes), so each family keeps one code path with a kernel for the CPU and one for
+CUDA behind it. The texture kernels take the flat, zero-padded grey levels those modules make:
+a step from an ROI voxel in any direction lands inside the array.
 """
 
 from __future__ import annotations
@@ -54,27 +56,55 @@ def components(flat: torch.Tensor, voxels: torch.Tensor, steps: list[int]) -> to
 
 
 @njit(cache=True, nogil=True)
-def _runs(flat: np.ndarray, voxels: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-    starts = np.empty(len(voxels), np.int64)
-    lengths = np.empty(len(voxels), np.int64)
-    n = 0
-    for v in voxels:
-        grey = flat[v]
-        if flat[v - step] != grey:  # a run starts where the voxel before differs
-            length, current = 1, v + step
-            while flat[current] == grey:
-                length += 1
-                current += step
-            starts[n], lengths[n] = v, length
-            n += 1
-    return starts[:n], lengths[:n]
+def _pairs(flat: np.ndarray, voxels: np.ndarray, rows: np.ndarray, steps: np.ndarray, per_direction: int,
+           n_levels: int, size: int) -> np.ndarray:
+    counts = np.zeros(size, np.int64)
+    for d in range(len(steps)):
+        step, offset = steps[d], d * per_direction
+        for i in range(len(voxels)):
+            other = flat[voxels[i] + step]
+            if other > 0:
+                counts[(rows[i] + offset) * n_levels + other - 1] += 1
+    return counts
 
 
-def runs(flat: torch.Tensor, voxels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The runs along ``step`` of the ROI voxels ``voxels`` of the padded ``flat`` levels: each
-    run's first voxel and its length."""
-    starts, lengths = _runs(flat.numpy(), voxels.numpy(), int(step))
-    return torch.from_numpy(starts), torch.from_numpy(lengths)
+def pairs(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int], per_direction: int,
+          n_levels: int, size: int) -> torch.Tensor:
+    """Co-occurrence counts, flat (``size``): for each ROI voxel (``voxels`` into the padded
+    ``flat`` levels) and each direction d of ``steps``, its neighbour's level counted in row
+    ``rows[voxel] + d * per_direction`` of matrices ``n_levels`` wide."""
+    return torch.from_numpy(_pairs(flat.numpy(), voxels.numpy(), rows.numpy(), np.asarray(steps, dtype=np.int64),
+                                   per_direction, n_levels, size))
+
+
+@njit(cache=True, nogil=True)
+def _runs(flat: np.ndarray, voxels: np.ndarray, rows: np.ndarray, steps: np.ndarray, per_direction: int,
+          n_rows: int, bound: int) -> tuple[np.ndarray, int]:
+    counts = np.zeros((n_rows, bound), np.int64)
+    longest = 1
+    for d in range(len(steps)):
+        step, offset = steps[d], d * per_direction
+        for i in range(len(voxels)):
+            v = voxels[i]
+            grey = flat[v]
+            if flat[v - step] != grey:  # a run starts where the voxel before differs
+                length, current = 1, v + step
+                while flat[current] == grey:
+                    length += 1
+                    current += step
+                counts[rows[i] + offset, length - 1] += 1
+                longest = max(longest, length)
+    return counts, longest
+
+
+def runs(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int], per_direction: int,
+         n_rows: int, bound: int) -> torch.Tensor:
+    """Run-length counts (``n_rows``, L), L the longest run: the runs of the ROI voxels
+    ``voxels`` of the padded ``flat`` levels along each direction d of ``steps``, each counted
+    in its first voxel's row (``rows``) plus ``d * per_direction``; ``bound``: no run is longer."""
+    counts, longest = _runs(flat.numpy(), voxels.numpy(), rows.numpy(), np.asarray(steps, dtype=np.int64),
+                            per_direction, n_rows, bound)
+    return torch.from_numpy(counts[:, :longest])
 
 
 @njit(cache=True, nogil=True)
@@ -101,3 +131,24 @@ def neighbours(flat: torch.Tensor, voxels: torch.Tensor, in_plane: list[int], ac
     same."""
     return torch.from_numpy(_neighbours(flat.numpy(), voxels.numpy(), np.asarray(in_plane, dtype=np.int64),
                                         np.asarray(across, dtype=np.int64)))
+
+
+@njit(cache=True, nogil=True)
+def _spectral_sums(fm: np.ndarray, fd: np.ndarray, fd2: np.ndarray, w: np.ndarray) -> np.ndarray:
+    out = np.zeros((fm.shape[0], 3))
+    for r in range(fm.shape[0]):
+        total = cross = squared = 0.0
+        for f in range(len(w)):
+            m_re, m_im, d_re, d_im = fm[r, f, 0], fm[r, f, 1], fd[r, f, 0], fd[r, f, 1]
+            total += w[f] * (m_re * m_re + m_im * m_im)
+            cross += w[f] * (d_re * d_re + d_im * d_im)
+            squared += w[f] * (fd2[r, f, 0] * m_re + fd2[r, f, 1] * m_im)
+        out[r, 0], out[r, 1], out[r, 2] = total, cross, squared
+    return out
+
+
+def spectral_sums(fm: torch.Tensor, fd: torch.Tensor, fd2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """For spectra (B, F, 2) of the mask, the deviations and their squares (as (re, im) pairs)
+    and real weights ``w`` (F,): the sums over f of w Re(conj(A) B) for (A, B) = (M, M), (D, D)
+    and (D², M), in one pass over the spectra; (B, 3)."""
+    return torch.from_numpy(_spectral_sums(fm.numpy(), fd.numpy(), fd2.numpy(), w.numpy()))

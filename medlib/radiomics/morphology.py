@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from . import kernels
+
 
 def fast_length(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n: a length FFTs are quick at."""
@@ -44,17 +46,16 @@ def _offset_weights(shape: tuple[int, int, int], spacing, device) -> torch.Tenso
 
 @functools.lru_cache(maxsize=8)
 def _weights_spectrum(size: tuple[int, int, int], spacing: tuple[float, ...], device: str) -> torch.Tensor:
-    """The real spectrum of the inverse-distance weights on a grid of ``size``, as (re, im)
-    pairs flattened, scaled so that its dot product with two spectra is the double sum:
-    the half spectrum stands for the whole (every frequency but 0 and Nyquist counted twice),
-    over the number of grid points. Kept for the next ROI of the same crop size and spacing."""
+    """The real spectrum of the inverse-distance weights on a grid of ``size``, flattened, scaled
+    so that its sum with the products of two spectra is the double sum: the half spectrum
+    stands for the whole (every frequency but 0 and Nyquist counted twice), over the number of
+    grid points. Kept for the next ROI of the same crop size and spacing."""
     w = torch.fft.rfftn(_offset_weights(size, spacing, device), dim=(0, 1, 2)).real
     twice = torch.full((w.shape[-1],), 2.0, dtype=torch.float64, device=w.device)
     twice[0] = 1
     if size[-1] % 2 == 0:
         twice[-1] = 1
-    w = w * twice / math.prod(size)
-    return torch.stack([w, w], -1).flatten()
+    return (w * twice / math.prod(size)).flatten()
 
 
 def spatial_autocorrelation(values: torch.Tensor, inside: torch.Tensor, spacing) -> dict[str, torch.Tensor]:
@@ -71,19 +72,23 @@ def spatial_autocorrelation(values: torch.Tensor, inside: torch.Tensor, spacing)
     size = tuple(fast_length(2 * s - 1) for s in d.shape[1:])
     dims = (1, 2, 3)
     w = _weights_spectrum(size, tuple(float(s) for s in spacing), str(d.device))
-    fm, fd, fd2 = (torch.view_as_real(torch.fft.rfftn(x, s=size, dim=dims)).flatten(1) for x in (m, d, d ** 2))
-
-    def weighted(a, b):  # sum over f of W(f) Re(conj(A(f)) B(f)), (re, im) pairs side by side
-        return torch.mv(a * b, w)
-
-    total_weight = weighted(fm, fm)
-    cross = weighted(fd, fd)  # sum of w d1 d2 over pairs
+    fm, fd, fd2 = (torch.view_as_real(torch.fft.rfftn(x, s=size, dim=dims)).flatten(1, 3) for x in (m, d, d ** 2))
+    # sums over f of W(f) Re(conj(A(f)) B(f)): the weights of all pairs, of d1 d2 and of d1^2
+    total_weight, cross, squared_with_mask = (kernels.spectral_sums if d.device.type == "cpu" else _spectral_sums)(
+        fm, fd, fd2, w).unbind(-1)
     squares = (d ** 2).sum(dims)
-    differences = 2 * weighted(fd2, fm) - 2 * cross  # sum of w (x1 - x2)^2 over pairs
+    differences = 2 * squared_with_mask - 2 * cross  # sum of w (x1 - x2)^2 over pairs
     return {
         "morans_i": n / total_weight * cross / squares,
         "gearys_c": (n - 1) / (2 * total_weight) * differences / squares,
     }
+
+
+def _spectral_sums(fm: torch.Tensor, fd: torch.Tensor, fd2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """:func:`medlib.radiomics.kernels.spectral_sums` in whole tensors (devices other than the CPU)."""
+    def weighted(a, b):
+        return torch.mv((a * b).sum(-1), w)
+    return torch.stack([weighted(fm, fm), weighted(fd, fd), weighted(fd2, fm)], -1)
 
 
 def _ellipsoid_area(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, terms: int = 20) -> torch.Tensor:
@@ -119,9 +124,29 @@ def _hull(points: np.ndarray) -> tuple[float, float, np.ndarray]:
     return hull.volume, hull.area, points[hull.vertices]
 
 
+def _moments(weight: torch.Tensor, spacing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums of ``weight`` (B, Z, Y, X), of weight × voxel centre (mm) and of weight × the
+    centre's outer product with itself: (B,), (B, 3), (B, 3, 3). Each product of two axes needs
+    only the weights summed over the third, so the volume is read three times, not once per
+    moment."""
+    b = weight.shape[0]
+    axes = [torch.arange(n, dtype=weight.dtype, device=weight.device) * s for n, s in zip(weight.shape[1:], spacing)]
+    planes = {(0, 1): weight.sum(3), (0, 2): weight.sum(2), (1, 2): weight.sum(1)}  # two axes kept
+    lines = [planes[(0, 1)].sum(2), planes[(0, 1)].sum(1), planes[(0, 2)].sum(1)]  # one axis kept
+    total = lines[0].sum(-1)
+    first = torch.stack([line @ axis for line, axis in zip(lines, axes)], -1)
+    second = torch.empty(b, 3, 3, dtype=weight.dtype, device=weight.device)
+    for c in range(3):
+        second[:, c, c] = lines[c] @ axes[c] ** 2
+    for (c, d), plane in planes.items():
+        second[:, c, d] = second[:, d, c] = torch.einsum("bij,i,j->b", plane, axes[c], axes[d])
+    return total, first, second
+
+
 def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.Tensor, spacing,
                population_axes: bool = False) -> dict[str, torch.Tensor]:
-    """The IBSI morphological features with reference values, each (B,).
+    """The IBSI morphological features with reference values, each (B,), but for Moran's I and
+    Geary's C (:func:`spatial_autocorrelation`).
 
     Args:
         morphological: (B, Z, Y, X) bool, the morphological mask (before re-segmentation).
@@ -150,19 +175,15 @@ def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.
     hull_volume, hull_area = torch.tensor(hull_volumes, **dev), torch.tensor(hull_areas, **dev)
 
     # voxel centres (mm) of the morphological mask: PCA (sample covariance) and the centre of mass
-    grid = torch.meshgrid(*(torch.arange(n, **dev) * s for n, s in zip(morphological.shape[1:], spacing)), indexing="ij")
-    position = torch.stack(grid, -1)  # (Z, Y, X, 3)
-    m = morphological.to(torch.float64)
-    nm = m.sum((1, 2, 3))
-    centre = torch.einsum("bzyx,zyxc->bc", m, position) / nm[:, None]
-    second = torch.einsum("bzyx,zyxc,zyxd->bcd", m, position, position) / nm[:, None, None]
-    covariance = second - centre[:, :, None] * centre[:, None, :]
+    nm, first, second = _moments(morphological.to(torch.float64), spacing)
+    centre = first / nm[:, None]
+    covariance = second / nm[:, None, None] - centre[:, :, None] * centre[:, None, :]
     if not population_axes:  # IBSI: the sample covariance
         covariance = covariance * (nm / (nm - 1).clamp(min=1))[:, None, None]
     least, minor, major = torch.linalg.eigvalsh(covariance).clamp(min=0).unbind(-1)
-    weight = torch.where(inside, values, 0.0)
-    weighted_centre = torch.einsum("bzyx,zyxc->bc", weight, position) / weight.sum((1, 2, 3))[:, None]
-    mean_intensity = weight.sum((1, 2, 3)) / inside.sum((1, 2, 3))
+    total_intensity, first_intensity, _ = _moments(torch.where(inside, values, 0.0), spacing)
+    weighted_centre = first_intensity / total_intensity[:, None]
+    mean_intensity = total_intensity / inside.sum((1, 2, 3))
     semi = [2 * lam.sqrt() for lam in (major, minor, least)]
     voxel_volume = float(np.prod(spacing))
     compactness_2 = 36 * math.pi * volume ** 2 / area ** 3
@@ -191,5 +212,4 @@ def morphology(morphological: torch.Tensor, inside: torch.Tensor, values: torch.
         "area_density_convex_hull": area / hull_area,
         "integrated_intensity": volume * mean_intensity,
     }
-    features.update(spatial_autocorrelation(values, inside, spacing))
     return features

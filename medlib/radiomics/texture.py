@@ -82,24 +82,40 @@ def _split(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return per_slice.to(torch.float64), counts.sum(2).to(torch.float64)
 
 
+def _rows(flat: torch.Tensor, voxels: torch.Tensor, strides: tuple[int, int, int], volume: int, z: int,
+          n_levels: int) -> torch.Tensor:
+    """The row of each ROI voxel in the count matrices (B, 13, Z, Ng, ...) of the first
+    direction: its ROI, its slice and its grey level; direction d's is ``d * Z * Ng`` further."""
+    return (voxels // volume * len(DIRECTIONS_3D) * z + (voxels % volume) // strides[0] - 1) * n_levels + flat[voxels] - 1
+
+
 def cooccurrence(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric GLCMs at distance 1: (B, Z, 4, Ng, Ng) per slice and in-plane direction,
     and (B, 13, Ng, Ng) per 3D direction. Each ROI voxel is paired with its neighbour by a
-    flat-index step (a gather over the ROI's voxels only), one direction at a time."""
+    flat-index step, one direction at a time (compiled on the CPU,
+    :func:`medlib.radiomics.kernels.pairs`; a gather over the ROI's voxels elsewhere)."""
     b, z = levels.shape[:2]
     ng, nd = n_levels, len(DIRECTIONS_3D)
     flat, strides, volume = _flat(levels)
     voxels = torch.nonzero(flat).flatten()
-    first = flat[voxels] - 1
-    where = (voxels // volume * nd * z + (voxels % volume) // strides[0] - 1) * ng + first  # ROI, slice, level
-    cells = []
-    for d, step in enumerate(_steps(strides, levels.device).tolist()):
-        other = flat[voxels + step]
-        pair = other > 0
-        cells.append((where[pair] + d * z * ng) * ng + other[pair] - 1)
-    counts = torch.bincount(torch.cat(cells), minlength=b * nd * z * ng * ng)  # one pass for every direction
+    rows = _rows(flat, voxels, strides, volume, z, ng)
+    steps = _steps(strides, levels.device).tolist()
+    counts = (kernels.pairs if flat.device.type == "cpu" else _pairs_in_tensors)(
+        flat, voxels, rows, steps, z * ng, ng, b * nd * z * ng * ng)
     m2, m3 = _split(counts.view(b, nd, z, ng, ng))
     return m2 + m2.transpose(-1, -2), m3 + m3.transpose(-1, -2)
+
+
+def _pairs_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int],
+                      per_direction: int, n_levels: int, size: int) -> torch.Tensor:
+    """:func:`medlib.radiomics.kernels.pairs` in whole tensors (for devices other than the CPU):
+    one gather per direction, one count for all."""
+    cells = []
+    for d, step in enumerate(steps):
+        other = flat[voxels + step]
+        pair = other > 0
+        cells.append((rows[pair] + d * per_direction) * n_levels + other[pair] - 1)
+    return torch.bincount(torch.cat(cells), minlength=size)
 
 
 def glcm_features(counts: torch.Tensor, **_) -> dict[str, torch.Tensor]:
@@ -184,31 +200,34 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     ng, nd = n_levels, len(DIRECTIONS_3D)
     flat, strides, volume = _flat(levels)
     voxels = torch.nonzero(flat).flatten()
-    runs = []  # (direction, first voxel, grey level, length) per direction
-    for d, step in enumerate(_steps(strides, levels.device).tolist()):
-        starts, length = (kernels.runs if flat.device.type == "cpu" else _runs_in_tensors)(flat, voxels, step)
-        runs.append((d, starts, flat[starts], length))
-    lengths = torch.cat([r[3] for r in runs])
-    longest = int(lengths.max()) if len(lengths) else 1
-    cells = torch.cat([(starts // volume * nd * z + d * z + (starts % volume) // strides[0] - 1) * ng + grey - 1
-                       for d, starts, grey, _ in runs])
-    counts = torch.bincount(cells * longest + lengths - 1, minlength=b * nd * z * ng * longest)
-    return _split(counts.view(b, nd, z, ng, longest))
+    rows = _rows(flat, voxels, strides, volume, z, ng)
+    steps = _steps(strides, levels.device).tolist()
+    counts = (kernels.runs if flat.device.type == "cpu" else _runs_in_tensors)(
+        flat, voxels, rows, steps, z * ng, b * nd * z * ng, max(levels.shape[1:]))
+    return _split(counts.reshape(b, nd, z, ng, -1))
 
 
-def _runs_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _runs_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int],
+                     per_direction: int, n_rows: int, bound: int) -> torch.Tensor:
     """:func:`medlib.radiomics.kernels.runs` in whole tensors (for devices other than the CPU):
     each run is followed from its first voxel, only the runs still going taking part in a step."""
-    starts = voxels[flat[voxels - step] != flat[voxels]]  # a run starts where the voxel before differs
-    grey = flat[starts]
-    length = torch.ones_like(starts)
-    current, going = starts, torch.arange(len(starts), device=flat.device)
-    while len(going):
-        current = current + step
-        same = flat[current] == grey[going]
-        going, current = going[same], current[same]
-        length[going] += 1
-    return starts, length
+    cells, lengths = [], []
+    for d, step in enumerate(steps):
+        first = flat[voxels - step] != flat[voxels]  # a run starts where the voxel before differs
+        starts = voxels[first]
+        grey = flat[starts]
+        length = torch.ones_like(starts)
+        current, going = starts, torch.arange(len(starts), device=flat.device)
+        while len(going):
+            current = current + step
+            same = flat[current] == grey[going]
+            going, current = going[same], current[same]
+            length[going] += 1
+        cells.append(rows[first] + d * per_direction)
+        lengths.append(length)
+    cells, lengths = torch.cat(cells), torch.cat(lengths)
+    longest = int(lengths.max()) if len(lengths) else 1
+    return torch.bincount(cells * longest + lengths - 1, minlength=n_rows * longest).view(n_rows, longest)
 
 
 def count_matrix_features(counts: torch.Tensor, j_values: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
