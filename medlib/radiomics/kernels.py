@@ -80,31 +80,33 @@ def pairs(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: l
 @njit(cache=True, nogil=True)
 def _runs(flat: np.ndarray, voxels: np.ndarray, rows: np.ndarray, steps: np.ndarray, per_direction: int,
           n_rows: int, bound: int) -> tuple[np.ndarray, int]:
-    counts = np.zeros((n_rows, bound), np.int64)
+    counts = np.zeros((bound, n_rows), np.int64)  # by length: the short runs' counts stay in cache
+    run = np.zeros(len(flat), np.int32)  # the length so far of the run each voxel is in (0 outside)
     longest = 1
     for d in range(len(steps)):
         step, offset = steps[d], d * per_direction
-        for i in range(len(voxels)):
+        for i in range(len(voxels)):  # in flat order: the voxel before along a direction comes first
             v = voxels[i]
             grey = flat[v]
-            if flat[v - step] != grey:  # a run starts where the voxel before differs
-                length, current = 1, v + step
-                while flat[current] == grey:
-                    length += 1
-                    current += step
-                counts[rows[i] + offset, length - 1] += 1
-                longest = max(longest, length)
+            same = flat[v - step] == grey
+            length = (run[v - step] + 1) * same + (not same)  # without branches: they would be guesses
+            run[v] = length
+            counts[length - 1, rows[i] + offset] += flat[v + step] != grey  # the run ends here
+            longest = max(longest, length)
     return counts, longest
 
 
 def runs(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int], per_direction: int,
          n_rows: int, bound: int) -> torch.Tensor:
     """Run-length counts (``n_rows``, L), L the longest run: the runs of the ROI voxels
-    ``voxels`` of the padded ``flat`` levels along each direction d of ``steps``, each counted
-    in its first voxel's row (``rows``) plus ``d * per_direction``; ``bound``: no run is longer."""
+    ``voxels`` (in flat order) of the padded ``flat`` levels along each direction d of
+    ``steps`` (each forward in flat order), each counted in its last voxel's row (``rows``)
+    plus ``d * per_direction``; ``bound``: no run is longer."""
+    if min(steps) <= 0:
+        raise ValueError("run lengths follow directions forward in flat order: every step must be positive")
     counts, longest = _runs(flat.numpy(), voxels.numpy(), rows.numpy(), np.asarray(steps, dtype=np.int64),
                             per_direction, n_rows, bound)
-    return torch.from_numpy(counts[:, :longest])
+    return torch.from_numpy(counts[:longest].T)
 
 
 @njit(cache=True, nogil=True)

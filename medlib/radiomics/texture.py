@@ -192,9 +192,12 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
     direction; L is the longest run found.
 
     The volume gets a margin of zeros (outside the ROI), so every run ends inside the padded
-    array. Each run is followed from its first voxel by flat-index steps (compiled on the CPU,
-    :func:`medlib.radiomics.kernels.runs`): the work is the number of ROI voxels per direction,
-    not voxels times the longest run.
+    array. A run is counted in the slice of its last voxel (the same slice as its first, for
+    the in-plane directions the per-slice matrices hold). On the CPU each voxel carries the
+    length of its run so far from the voxel before it (compiled,
+    :func:`medlib.radiomics.kernels.runs`); elsewhere each run is followed from its first voxel.
+    Either way the work is the number of ROI voxels per direction, not voxels times the longest
+    run.
     """
     b, z = levels.shape[:2]
     ng, nd = n_levels, len(DIRECTIONS_3D)
@@ -210,21 +213,23 @@ def run_lengths(levels: torch.Tensor, n_levels: int) -> tuple[torch.Tensor, torc
 def _runs_in_tensors(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: list[int],
                      per_direction: int, n_rows: int, bound: int) -> torch.Tensor:
     """:func:`medlib.radiomics.kernels.runs` in whole tensors (for devices other than the CPU):
-    each run is followed from its first voxel, only the runs still going taking part in a step."""
+    each run is followed from its first voxel to its last, only the runs still going taking
+    part in a step."""
+    row_at = torch.zeros_like(flat)
+    row_at[voxels] = rows
     cells, lengths = [], []
     for d, step in enumerate(steps):
-        first = flat[voxels - step] != flat[voxels]  # a run starts where the voxel before differs
-        starts = voxels[first]
+        starts = voxels[flat[voxels - step] != flat[voxels]]  # a run starts where the voxel before differs
         grey = flat[starts]
-        length = torch.ones_like(starts)
+        last = starts.clone()
         current, going = starts, torch.arange(len(starts), device=flat.device)
         while len(going):
             current = current + step
             same = flat[current] == grey[going]
             going, current = going[same], current[same]
-            length[going] += 1
-        cells.append(rows[first] + d * per_direction)
-        lengths.append(length)
+            last[going] = current
+        cells.append(row_at[last] + d * per_direction)
+        lengths.append((last - starts) // step + 1)
     cells, lengths = torch.cat(cells), torch.cat(lengths)
     longest = int(lengths.max()) if len(lengths) else 1
     return torch.bincount(cells * longest + lengths - 1, minlength=n_rows * longest).view(n_rows, longest)
