@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import re
 import sys
 from pathlib import Path
@@ -160,6 +161,19 @@ def test_families_run_side_by_side_as_they_run_one_after_another(monkeypatch):
     assert list(side_by_side.columns) == list(one_after_another.columns)
     np.testing.assert_allclose(side_by_side.iloc[0].to_numpy(float), one_after_another.iloc[0].to_numpy(float),
                                rtol=1e-12, equal_nan=True)
+
+
+def _extract_phantom_features() -> int:
+    image, mask = phantom()
+    return extract(image, mask, Settings(discretisation="fixed_bin_number", bins=16), spacing=SPACING).shape[1]
+
+
+def test_a_process_forked_after_an_extraction_extracts_too():
+    """A forked child (a multiprocessing pool, a data loader's workers) has none of its parent's
+    worker threads: it must start its own rather than wait for them for ever."""
+    columns = _extract_phantom_features()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_extract_phantom_features).get(timeout=60) == columns
 
 
 def test_fixed_bin_size_and_resegmentation():

@@ -484,6 +484,9 @@ def _workers() -> ThreadPoolExecutor:
                               initializer=torch.set_num_threads, initargs=(1,))
 
 
+os.register_at_fork(after_in_child=_workers.cache_clear)  # a forked child has none of the threads: its own pool
+
+
 def _features(values, morphological, inside, image, spacing, settings: Settings) -> dict[str, torch.Tensor]:
     """Every asked family's features of a batch (B, Z, Y, X): intensities, morphological and
     intensity masks, and which positions are image; in IBSI's family order. The families are
