@@ -6,11 +6,11 @@ volume. Both tools compute the families both implement (shape, first order, GLCM
 NGTDM, GLDM) with a fixed bin width of 25 HU under PyRadiomics' conventions (``conventions=
 "pyradiomics"``: bins from the multiple of the bin width below each ROI's minimum, the axis
 lengths from the population covariance), and the one texture aggregation PyRadiomics computes
-by default: GLCM/GLRLM at distance 1 averaged over the 13 directions (IBSI "3D,
-averaged"), zones and neighbourhoods in 3D. medlib with every IBSI aggregation, and with every
-family, is timed too (same conventions). Timings are in-process after a warm-up: the big ROI the median of 3 runs;
-the 100 small ROIs one batch for medlib, one call per ROI for PyRadiomics. Feature values are
-compared where the definitions agree.
+by default: GLCM/GLRLM at distance 1 averaged over the 13 directions (IBSI "3D, averaged"),
+zones and neighbourhoods in 3D. medlib with every IBSI aggregation, and with every family, is
+timed too (same conventions). Timings are in-process after a warm-up: the big ROI the median of
+3 runs; the 100 small ROIs one batch for medlib, one call per ROI for PyRadiomics. Feature
+values are compared where the definitions agree.
 
 PyRadiomics lives in its own virtual environment (../shared/PEERS.md):
 

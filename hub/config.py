@@ -39,6 +39,7 @@ from .state import StateDir
 
 PROXY_TOKEN_ENV = "CONFIGPROXY_AUTH_TOKEN"
 BATCH_SERVICE = contract.BATCH_SERVICE
+CULLER_SERVICE = "idle-culler"
 TEMPLATES = Path(__file__).with_name("templates")
 _TEACHING = f"user-redirect/lab/tree/{contract.NOTEBOOKS_FOLDER}"
 #: The home page's links (paths under the hub's base URL): name, where, what it is.
@@ -114,8 +115,8 @@ def culler_service(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
     if cull.cull_users:
         scopes.append("admin:users")
-    service = {"name": "idle-culler", "command": command}
-    role = {"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]}
+    service = {"name": CULLER_SERVICE, "command": command}
+    role = {"name": CULLER_SERVICE, "scopes": scopes, "services": [CULLER_SERVICE]}
     return service, role
 
 

@@ -18,10 +18,11 @@ import tomllib
 
 from conftest import Platform, start_platform, stop_platform
 from medhub.audit.hooks import AUDIT_SERVICE
+from medhub.config import CULLER_SERVICE
 from medhub.processes import free_port
 from medlib import contract
 
-MANAGED = {AUDIT_SERVICE, contract.BATCH_SERVICE, contract.INGEST_SERVICE, contract.ACCESS_SERVICE, "idle-culler"}
+MANAGED = {AUDIT_SERVICE, contract.BATCH_SERVICE, contract.INGEST_SERVICE, contract.ACCESS_SERVICE, CULLER_SERVICE}
 
 
 def medhub(*args: str) -> subprocess.CompletedProcess:

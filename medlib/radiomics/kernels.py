@@ -80,7 +80,9 @@ def pairs(flat: torch.Tensor, voxels: torch.Tensor, rows: torch.Tensor, steps: l
 @njit(cache=True, nogil=True)
 def _runs(flat: np.ndarray, voxels: np.ndarray, rows: np.ndarray, steps: np.ndarray, per_direction: int,
           n_rows: int, bound: int) -> tuple[np.ndarray, int]:
-    counts = np.zeros((bound, n_rows), np.int64)  # by length: the short runs' counts stay in cache
+    # by length: the rows of the short runs, nearly all of them, stay in cache, and the pages of
+    # lengths that never occur are never touched (zeroed lazily)
+    counts = np.zeros((bound, n_rows), np.int64)
     run = np.zeros(len(flat), np.int32)  # the length so far of the run each voxel is in (0 outside)
     longest = 1
     for d in range(len(steps)):
